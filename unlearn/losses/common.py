@@ -60,3 +60,26 @@ def as_float(x: Tensor | float) -> float:
 
 def zeros_like_batch(batch: Batch) -> Tensor:
     return torch.zeros(batch_size_of(batch), device=batch["input_ids"].device)
+
+
+def answer_mask(labels: Tensor) -> Tensor:
+    """``[B, T]`` bool: the positions whose token is a label (answer tokens; all tokens of a text row)."""
+    return labels != -100
+
+
+def require_number(value: Any, key: str, low: float | None = None, low_open: bool = True) -> float:
+    """``value`` as a float, or a ValueError naming ``key`` (``> low`` or ``>= low`` when given)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if not ok:
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"{key} must be a number{bound}, got {value!r}")
+    return float(value)
+
+
+def ids_of(batch: Batch) -> list[str]:
+    ids = batch.get("ids")
+    if ids is None:
+        raise ValueError("this loss needs row ids in the batch (the 'ids' key the collate function adds)")
+    return [str(i) for i in ids]

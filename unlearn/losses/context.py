@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from unlearn.data.collate import collate
-from unlearn.training.reference import Reference
+from unlearn.data.format import PromptFormat
+from unlearn.training.reference import Reference, is_peft
 
 
 @dataclass
@@ -18,7 +19,9 @@ class PrepareContext:
 
     ``encoded`` holds the tokenised training rows by role (``forget``, ``retain``, ``normal``), so
     a component can precompute per-sample values (NPO's reference log-probabilities) keyed by the
-    rows' ``id``. ``reference`` is the frozen starting model (see :class:`Reference`).
+    rows' ``id``; ``rows`` holds the same rows as data (IDK needs the forget questions), encoded
+    with ``fmt`` and ``max_length``. ``reference`` is the frozen starting model (see
+    :class:`Reference`).
     """
 
     model: nn.Module
@@ -27,6 +30,9 @@ class PrepareContext:
     encoded: dict[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
     batch_size: int = 8
     seed: int = 0
+    rows: dict[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    max_length: int = 256
 
     @property
     def device(self) -> torch.device:
@@ -39,3 +45,17 @@ class PrepareContext:
         for i in range(0, len(rows), self.batch_size):
             b = collate(rows[i : i + self.batch_size], pad)
             yield {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+
+    @torch.no_grad()
+    def reference_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """Logits of the starting model, without a snapshot: before training the live model *is*
+        the reference, except under LoRA, where the reference is the base with the adapter off."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if is_peft(self.model):
+            return self.reference(**inputs).logits
+        was_training = self.model.training
+        self.model.eval()  # no dropout in reference values
+        try:
+            return self.model(**inputs).logits
+        finally:
+            self.model.train(was_training)

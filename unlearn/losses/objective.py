@@ -45,6 +45,12 @@ class Objective:
             if hasattr(c, "prepare"):
                 c.prepare(ctx)
 
+    def before_step(self, step: int, model: nn.Module, batch: Mapping[str, Any]) -> None:
+        """Called once per optimizer step, before its first micro-batch (SGA's ``rate: auto``)."""
+        hook = getattr(self.smoothing, "before_step", None)
+        if hook is not None and self.forget is not None:
+            hook(step, self.forget, model, batch)
+
     def loss(self, task: str, model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
         if task == "forget":
             return self.forget_loss(model, batch)

@@ -29,8 +29,13 @@ class Reference:
         self._snapshot: dict[str, Tensor] | None = None
 
     def snapshot(self) -> None:
-        """Freeze the current trainable weights as the reference (call before training starts)."""
-        if is_peft(self.model):
+        """Freeze the current trainable weights as the reference (call before training starts).
+
+        Idempotent: the first call wins, so every component that needs the reference may ask for
+        it in its ``prepare``. Call it after any change of ``requires_grad`` (RMU freezes most of
+        the model first, so only its few trained tensors are copied).
+        """
+        if is_peft(self.model) or self._snapshot is not None:
             return
         self._snapshot = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 

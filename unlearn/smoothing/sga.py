@@ -15,10 +15,10 @@ GA), the group loss is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 CONVENTIONS = ("gls", "ga_gd")
 
@@ -65,6 +65,7 @@ class SGA:
         self.provider = provider
         self.auto_every = auto_every
         self.auto_range = (lo, hi)
+        self.estimate: float | None = None  # the last unclipped r* (rate: auto)
 
     def __repr__(self) -> str:
         rate = "'auto'" if self.auto else self.rate
@@ -92,6 +93,23 @@ class SGA:
             grouped = per_normal.view(per_forget.shape[0], self.K - 1)
             loss = loss + w_n * grouped.sum(-1)
         return loss.mean()
+
+    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> None:
+        """``rate: auto``: every ``auto_every`` optimizer steps, re-estimate ``r*`` on this batch
+        (see :mod:`unlearn.smoothing.auto`) and use it, clipped to ``auto_range``."""
+        if not self.auto or step % self.auto_every or "normal" not in batch:
+            return
+        from unlearn.smoothing.auto import estimate_rate
+
+        self.estimate = estimate_rate(self, forget, model, batch)
+        self.set_rate(self.estimate)
+
+    def log_values(self) -> dict[str, float]:
+        """``train/smoothing/rate`` every step (and the unclipped estimate under ``rate: auto``)."""
+        out = {"train/smoothing/rate": self.rate}
+        if self.estimate is not None:
+            out["train/smoothing/rate_estimate"] = self.estimate
+        return out
 
     def set_rate(self, r: float) -> float:
         """Clip an estimate of ``r*`` to ``auto_range`` and use it from now on; returns the rate."""

@@ -79,6 +79,10 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         dtype = resolve_dtype(str(cfg.model.get("dtype", "auto")), device)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
+    if cfg.model.get("lora"):
+        from unlearn.models.lora import lora_config
+
+        lora_config(cfg.model.lora)  # bad adapter settings fail here, before any model is built
     combiner = build(cfg, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")

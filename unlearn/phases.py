@@ -157,11 +157,14 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
     if not forget_rows and obj.forget is not None:
         raise ConfigError("benchmark.roles.forget selects no rows: nothing to unlearn")
     encoded: dict[str, Any] = {"forget": encode_rows(tok, s.fmt, forget_rows, max_len), "retain": encode_rows(tok, s.fmt, retain_rows, max_len)}
+    rows: dict[str, Any] = {"forget": forget_rows, "retain": retain_rows}
     groups = None
     if obj.smoothing.active:
         pool_rows = gather(splits, to_plain(roles.normal_pool), "benchmark.roles.normal_pool")
-        encoded["normal"] = encode_rows(tok, s.fmt, pool_rows, max_len)
-        groups = obj.smoothing.provider.select(forget_rows, pool_rows, obj.smoothing.K - 1)
+        normal = obj.smoothing.provider.select(forget_rows, pool_rows, obj.smoothing.K - 1)
+        rows["normal"], groups = normal.rows, normal.groups
+        encoded["normal"] = encode_rows(tok, s.fmt, normal.rows, max_len)
+        s.run.update({f"smoothing/{k}": v for k, v in normal.info.items()})
     bs, steps = int(cfg.train.batch_size), int(cfg.train.steps)
     world = s.loop.devices if isinstance(s.loop.devices, int) and s.loop.strategy.startswith("ddp") else 1
     stream = PairedStream(
@@ -174,7 +177,7 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
     )
     L.seed_everything(int(cfg.seed), verbose=False)
     model.to(s.device).train()
-    obj.prepare(PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=encoded, batch_size=bs, seed=int(cfg.seed)))
+    obj.prepare(PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=encoded, batch_size=bs, seed=int(cfg.seed), rows=rows, fmt=s.fmt, max_length=max_len))
     module = UnlearnModule(model, obj, s.combiner, s.optim, s.step)
     say(f"unlearning: {len(forget_rows)} forget rows, {len(retain_rows)} retain rows, {steps} steps of batch {bs}")
     fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers, default_root_dir=str(s.run.path))

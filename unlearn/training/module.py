@@ -103,6 +103,8 @@ class UnlearnModule(L.LightningModule):
     # -- the step ------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         cfg = self.step_cfg
+        if batch_idx % cfg.accumulate == 0:
+            self.objective.before_step(self.global_step, self.model, batch)  # e.g. SGA's rate: auto
         for task in self.objective.tasks:
             loss = self.objective.loss(task, self.model, batch)
             self.grads.accumulate(task, loss, scale=1.0 / cfg.accumulate)

@@ -57,6 +57,22 @@ def offline_mode(active: bool = True) -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
+def _read_json_rows(path: Path, split: str) -> list[Any]:
+    """A JSON document (a list, or a dict of splits) or JSON lines: hub dumps often name JSON lines
+    ``.json`` (TOFU's files do)."""
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise DataUnavailable(f"{path}: neither JSON nor JSON lines ({e})") from None
+    if isinstance(data, dict):
+        return list(data.get(split, data.get("data", [data])))
+    return list(data) if isinstance(data, list) else [data]
+
+
 def _read_local(path: Path, split: str) -> list[Row]:
     if path.is_dir():
         from datasets import DatasetDict, load_from_disk
@@ -68,16 +84,16 @@ def _read_local(path: Path, split: str) -> list[Row]:
             ds = ds[split]
         return [dict(r) for r in ds]
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        return list(data if isinstance(data, list) else data.get(split, data.get("data", [])))
+    if suffix == ".txt":  # a plain-text corpus (a book): one row
+        return [{"text": path.read_text()}]
+    if suffix in (".jsonl", ".json"):
+        # MUSE's own data files are JSON lists of strings: each string is a text row
+        return [r if isinstance(r, dict) else {"text": r} for r in _read_json_rows(path, split)]
     if suffix in (".csv", ".parquet"):
         from datasets import load_dataset
 
         return [dict(r) for r in load_dataset(suffix[1:], data_files=str(path), split="train")]
-    raise DataUnavailable(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet or a datasets folder)")
+    raise DataUnavailable(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet, .txt or a datasets folder)")
 
 
 def _sample(n: int, max_rows: int | None, seed: int) -> list[int] | None:

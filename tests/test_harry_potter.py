@@ -66,7 +66,9 @@ def test_prompts_accept_muses_gt_field_and_name_a_missing_continuation(tmp_path)
 def test_no_book_and_no_hub_fails_within_seconds_saying_how_to_give_it(tmp_path, monkeypatch):
     if hub_reachable():
         pytest.skip("the hub is reachable here: this checks the offline path")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
     start = time.perf_counter()
     with pytest.raises(DataUnavailable, match=r"harry_potter forget: cannot load muse-bench/MUSE-Books .*benchmark.data.paths.forget="):
         _data().build()

@@ -70,7 +70,9 @@ def test_a_missing_field_names_the_data_set_and_the_field(tmp_path):
 def test_unreachable_hub_fails_within_seconds_with_the_how_to(tmp_path, monkeypatch):
     if hub_reachable():
         pytest.skip("the hub is reachable here: this checks the offline path")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
     start = time.perf_counter()
     with pytest.raises(DataUnavailable, match=r"muse_news forget: cannot load muse-bench/MUSE-News \(raw, split forget\).*benchmark.data.paths.forget="):
         MuseData().build()

@@ -81,7 +81,9 @@ def test_a_per_part_path_wins_over_the_folder_and_unknown_parts_are_refused(tmp_
 def test_unreachable_hub_fails_within_seconds_with_the_how_to(tmp_path, monkeypatch):
     if hub_reachable():
         pytest.skip("the hub is reachable here: this checks the offline path")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))  # no cached copy to fall back on
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
     start = time.perf_counter()
     with pytest.raises(DataUnavailable) as e:
         TofuData().build()

@@ -139,6 +139,13 @@ def oracle_record(s: Setup, splits: Mapping[str, Rows]) -> dict[str, Any] | None
         if not path.exists():
             raise ConfigError(f"benchmark.oracle.eval_file: {path} does not exist")
         record = read_json(path)
+        # an evaluator that reads other formats (TOFU's or MUSE's own logs) says what it needs
+        convert = getattr(s.evaluator, "oracle_from_file", None)
+        if convert is not None:
+            try:
+                return convert(record)
+            except ValueError as e:
+                raise ConfigError(f"benchmark.oracle.eval_file: {path} {e}") from e
         if "arrays" not in record or "forget_truth_ratio" not in record["arrays"]:
             raise ConfigError(f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)")
         return record

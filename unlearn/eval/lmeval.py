@@ -41,10 +41,12 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> str:
 
 def _task_configs(task: MCTask, folder: Path) -> list[tuple[str, dict[str, Any], list[int]]]:
     """One lm-eval task config per subject of ``task``: ``(name, config, row indices)``."""
+    if task.n_shot and (task.shots is not None or any(r.get("examples") for r in task.rows)):
+        raise ValueError(f"{task.name}: the lm-eval backend takes few-shot examples from a dev split only, not per question")
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(task.rows):
         groups.setdefault(task.subject(r), []).append(i)
-    shots = task.shots or first_n_by_subject(task.dev, task.n_shot)
+    shots = first_n_by_subject(task.dev, task.n_shot)
     out = []
     for k, (subject, idx) in enumerate(sorted(groups.items())):
         name = f"unlearn_{task.name}_{k}"

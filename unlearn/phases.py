@@ -6,6 +6,7 @@ Each phase is a function of the :class:`~unlearn.components.Setup` and plain dat
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -110,9 +111,12 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``target`` (the target model's evaluation record) reaches evaluators whose ``evaluate``
+    takes it, for metrics relative to the starting point (WMDP's MMLU recovery)."""
     model.to(s.device)
-    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle)
+    extra = {"target": target} if target is not None and "target" in inspect.signature(s.evaluator.evaluate).parameters else {}
+    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
 
 
 def cached_evaluation(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], role: str, oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     assert target is not None
     oracle = phases.oracle_record(s, splits)
     cols = {"oracle": _record(s, "oracle", oracle)} if oracle else {}
-    cols = {"target": _record(s, "target", phases.cached_evaluation(s, target, splits, "target", oracle)), **cols}
+    target_rec = phases.cached_evaluation(s, target, splits, "target", oracle)
+    cols = {"target": _record(s, "target", target_rec), **cols}
     model, tok = target.load(s)
     if s.cfg.model.get("lora"):
         from unlearn.models.lora import apply_lora
@@ -75,7 +76,7 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
             s.run.status("diverged", s.step.guard.reason)
             say(f"diverged: {s.step.guard.reason}; skipping evaluation of the unlearned model")
             return s.run.results
-        unlearned = phases.evaluate(s, model, tok, splits, oracle)
+        unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
         cols["unlearned"] = _record(s, "unlearned", unlearned)
         s.run.update(namespaced(f"eval/{s.bench}", unlearned["metrics"]))
         if s.cfg.get("save_model"):

@@ -7,6 +7,7 @@ Each phase is a function of the :class:`~unlearn.components.Setup` and plain dat
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -158,6 +159,11 @@ def oracle_record(s: Setup, splits: Mapping[str, Rows]) -> dict[str, Any] | None
 
 
 # -- unlearning --------------------------------------------------------------------------------
+def epoch_steps(epochs: float, n_rows: int, samples_per_step: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``n_rows`` forget rows (at least one step)."""
+    return max(1, math.ceil(epochs * n_rows / samples_per_step))
+
+
 def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers: Sequence[Any], callbacks: Sequence[Any] = (), resume_from: Path | None = None) -> UnlearnModule:
     """Run the unlearning phase on ``model`` in place; returns the module (``.diverged`` etc.).
 
@@ -179,6 +185,8 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         groups = obj.smoothing.provider.select(forget_rows, pool_rows, obj.smoothing.K - 1)
     bs, steps = int(cfg.train.batch_size), int(cfg.train.steps)
     world = s.loop.devices if isinstance(s.loop.devices, int) and s.loop.strategy.startswith("ddp") else 1
+    if cfg.train.get("epochs") is not None:  # papers give epochs (RWKU: 2); the loop counts steps
+        steps = epoch_steps(float(cfg.train.epochs), len(forget_rows), bs * s.step.accumulate * world)
     done = int(torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]) if resume_from else 0
     stream = PairedStream(
         encoded["forget"] if obj.forget is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,3 +80,39 @@ def test_pareto_mask_keeps_only_non_dominated_points():
     assert pareto_mask(x, y, False, True).tolist() == [False, False, False, False, True]
     # lower is better on both: (0.5, 3), (2, 1) and (3, 1)? (3,1) is dominated by (2,1)
     assert pareto_mask(x, y, False, False).tolist() == [False, False, False, True, True]
+
+
+BENCHMARKS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "benchmark").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("bench", BENCHMARKS)
+def test_every_benchmark_plots_metrics_its_evaluator_defines_in_the_right_direction(bench):
+    from hydra.utils import get_class
+
+    from conftest import compose
+
+    cfg = compose([f"benchmark={bench}"]).benchmark
+    rep = cfg.get("report")
+    assert rep, f"conf/benchmark/{bench}.yaml has no report block"
+    directions = get_class(cfg.eval._target_)().directions
+    assert directions[rep.forget] == (1 if rep.get("forget_higher_is_better", False) else -1), rep.forget
+    assert directions[rep.utility] == (1 if rep.get("utility_higher_is_better", True) else -1), rep.utility
+
+
+def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
+    root = tmp_path / "hp"
+    for k, (method, rouge, ppl) in enumerate((("ga", 0.1, 50.0), ("gd", 0.2, 20.0), ("npo", 0.3, 40.0))):
+        d = root / f"{k}_job"
+        write_json(d / "config.json", {"seed": 0, "method": {"name": method}, "combiner": {"_target_": "unlearn.combiners.Sum"},
+                                       "smoothing": {"rate": 0}, "model": {"name": "tiny"},
+                                       "benchmark": {"name": "harry_potter", "report": {"forget": "completion_rouge", "utility": "general_ppl", "utility_higher_is_better": False}}})
+        write_json(d / "results.json", {"status": "ok", "eval/harry_potter/completion_rouge": rouge, "eval/harry_potter/general_ppl": ppl})
+        write_json(d / "provenance.json", {"overrides": [f"method={method}"]})
+    from unlearn.report.__main__ import axes_for
+    from unlearn.report.collect import load_runs
+
+    axes = axes_for(load_runs(root), "harry_potter", [])
+    assert axes.utility_higher_is_better is False
+    # npo (0.3, 40) is dominated by gd (0.2, 20) when lower perplexity is better
+    assert pareto_mask(np.array([0.1, 0.2, 0.3]), np.array([50.0, 20.0, 40.0]), False, axes.utility_higher_is_better).tolist() == [True, True, False]
+    assert main([str(root)]) == 0

@@ -26,7 +26,8 @@ def axes_for(runs: list[Run], bench: str, metrics: list[str]) -> Axes | None:
         if rep:
             return Axes(forget=f"eval/{bench}/{rep['forget']}", utility=f"eval/{bench}/{rep['utility']}",
                         forget_higher_is_better=bool(rep.get("forget_higher_is_better", False)),
-                        forget_log=bool(rep.get("forget_log", False)))
+                        forget_log=bool(rep.get("forget_log", False)),
+                        utility_higher_is_better=bool(rep.get("utility_higher_is_better", True)))
     forget = [m for m in metrics if "forget" in m]
     utility = [m for m in metrics if "utility" in m or "mmlu" in m]
     return Axes(forget=forget[0], utility=utility[0]) if forget and utility else None

@@ -76,5 +76,18 @@ def batch_of(tokenizer, rows, fmt=None, max_length: int = 64) -> dict[str, Any]:
 
 
 @pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> None:
+    """The hub path of a loader with no cached copy to fall back on; skipped where the hub answers.
+    (`datasets` reads HF_DATASETS_CACHE at import, so the module attribute is patched.)"""
+    from unlearn.benchmarks.hub import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the hub is reachable here: this checks the offline path")
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+
+
+@pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 from _stubs import MemorizerLM
 from conftest import REPO, job_config
 from unlearn.benchmarks.harry_potter import HarryPotterData, book_prompts
-from unlearn.benchmarks.hub import DataUnavailable, hub_reachable
+from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.config import build
 from unlearn.data.format import PromptFormat
 
@@ -63,12 +63,7 @@ def test_prompts_accept_muses_gt_field_and_name_a_missing_continuation(tmp_path)
 
 
 @pytest.mark.timeout(60)
-def test_no_book_and_no_hub_fails_within_seconds_saying_how_to_give_it(tmp_path, monkeypatch):
-    if hub_reachable():
-        pytest.skip("the hub is reachable here: this checks the offline path")
-    import datasets.config
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
+def test_no_book_and_no_hub_fails_within_seconds_saying_how_to_give_it(offline_hub):
     start = time.perf_counter()
     with pytest.raises(DataUnavailable, match=r"harry_potter forget: cannot load muse-bench/MUSE-Books .*benchmark.data.paths.forget="):
         _data().build()

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from conftest import REPO, job_config
-from unlearn.benchmarks.hub import DataUnavailable, hub_reachable
+from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.tofu import TofuData
 from unlearn.components import make_setup
 from unlearn.config import ConfigError, build
@@ -78,12 +78,7 @@ def test_a_per_part_path_wins_over_the_folder_and_unknown_parts_are_refused(tmp_
 
 
 @pytest.mark.timeout(60)
-def test_unreachable_hub_fails_within_seconds_with_the_how_to(tmp_path, monkeypatch):
-    if hub_reachable():
-        pytest.skip("the hub is reachable here: this checks the offline path")
-    import datasets.config
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy to fall back on
+def test_unreachable_hub_fails_within_seconds_with_the_how_to(offline_hub):
     start = time.perf_counter()
     with pytest.raises(DataUnavailable) as e:
         TofuData().build()

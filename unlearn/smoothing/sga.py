@@ -111,6 +111,12 @@ class SGA:
             out["train/smoothing/rate_estimate"] = self.estimate
         return out
 
+    def state_dict(self) -> dict[str, float]:
+        return {"rate": self.rate}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.rate = float(state["rate"])
+
     def set_rate(self, r: float) -> float:
         """Clip an estimate of ``r*`` to ``auto_range`` and use it from now on; returns the rate."""
         lo, hi = self.auto_range

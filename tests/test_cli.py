@@ -64,10 +64,12 @@ def test_smoke_run_logs_every_step_locally(smoke_run):
 
 def test_second_run_reuses_the_cached_target_and_oracle(smoke_run, tmp_path, cache_dir):
     start = time.perf_counter()
-    proc = run_cli(["experiment=smoke", "hydra.run.dir=run", "train.steps=2"], cwd=tmp_path, cache=cache_dir)
+    # train.epochs replaces train.steps: 0.5 passes over the 24 forget rows at batch 4 -> 3 steps
+    proc = run_cli(["experiment=smoke", "hydra.run.dir=run", "train.epochs=0.5", "train.batch_size=4"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fine-tuning the" not in proc.stderr and "cached" in proc.stderr
-    assert _results(tmp_path / "run")["status"] == "ok"
+    res = _results(tmp_path / "run")
+    assert res["status"] == "ok" and res["train/steps_done"] == 3
     assert time.perf_counter() - start < 120
 
 

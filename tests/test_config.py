@@ -17,9 +17,17 @@ from unlearn.rundir import RunDir
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
 
 
+def _group_and_option(path: Path) -> tuple[str, str]:
+    """Experiment presets are organised in sub-folders (`experiment=sago_wmdp/bio_ga_sum`); any
+    other sub-folder is a nested group (`smoothing/provider=random`)."""
+    rel = path.relative_to(CONF).with_suffix("")
+    if rel.parts[0] == "experiment":
+        return "experiment", "/".join(rel.parts[1:])
+    return rel.parent.as_posix(), rel.name
+
+
 def _override(path: Path) -> str:
-    group = path.parent.relative_to(CONF).as_posix()
-    return f"{group}={path.stem}"
+    return "=".join(_group_and_option(path))
 
 
 def test_conf_has_the_groups_the_framework_documents():
@@ -30,8 +38,8 @@ def test_conf_has_the_groups_the_framework_documents():
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: p.relative_to(CONF).as_posix())
 def test_every_config_file_composes(path):
     cfg = compose([_override(path)])
-    group = path.parent.relative_to(CONF).as_posix()
-    assert cfg.hydra.runtime.choices[group] == path.stem
+    group, option = _group_and_option(path)
+    assert cfg.hydra.runtime.choices[group] == option
     OmegaConf.to_container(cfg, resolve=False)  # the whole tree is well-formed
 
 
@@ -78,6 +86,7 @@ BAD = [
     (["combiner.alpha=-1"], "combiner.alpha must be >= 0"),
     (["combiner=sago", "combiner.gamma=-0.5"], "combiner.gamma must be >= 0"),
     (["train.steps=0"], "train.steps must be an integer > 0"),
+    (["train.epochs=0"], "train.epochs must be a number > 0"),
     (["task=train"], "task must be one of"),
     (["smoothing.K=1"], "smoothing.K must be an integer >= 2"),
     (["model.dtype=fp8"], "model.dtype must be"),

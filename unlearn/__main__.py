@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.config import ConfigError
+from unlearn.resume import completed, config_hash
 from unlearn.rundir import RunDir, write_json
 
 
@@ -32,6 +33,13 @@ def safe_name(text: str, limit: int = 120) -> str:
     return (s[:limit] or "default")
 
 
+def sweep_group(sweep_dir: str) -> str:
+    """The W&B group of a sweep: its folder below ``multirun/`` (``2026-11-22_08-13-25``, ``rate_grid``)."""
+    parts = Path(sweep_dir).parts
+    tail = parts[parts.index("multirun") + 1 :] if "multirun" in parts else parts[-1:]
+    return safe_name("_".join(tail) or "sweep")
+
+
 if not OmegaConf.has_resolver("safe"):
     OmegaConf.register_new_resolver("safe", safe_name)
 
@@ -43,7 +51,7 @@ def job_meta(cfg: DictConfig) -> dict[str, Any]:
     name = overrides or f"{cfg.method.name}-{cfg.benchmark.name}"
     choices = hc.runtime.choices
     tags = [f"method:{cfg.method.name}", f"combiner:{choices.get('combiner')}", f"benchmark:{cfg.benchmark.name}", f"model:{cfg.model.name}"]
-    group = cfg.get("group") or (Path(hc.sweep.dir).name if multirun else None)
+    group = cfg.get("group") or (sweep_group(hc.sweep.dir) if multirun else None)
     return {"name": name, "group": group, "tags": tags, "multirun": multirun, "output_dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task)}
 
 
@@ -53,7 +61,11 @@ def app(cfg: DictConfig) -> Any:
     from unlearn.pipeline import run
 
     meta = job_meta(cfg)
-    run_dir = RunDir(meta["output_dir"])
+    run_dir = Path(meta["output_dir"])
+    if cfg.get("resume", True) and (done := _finished(run_dir, cfg)) is not None:
+        print(f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)", file=sys.stderr)
+        return _objective(cfg, done)
+    run_dir = RunDir(run_dir)
     try:
         write_json(run_dir.file("config.json"), OmegaConf.to_container(cfg, resolve=False))
         setup = make_setup(cfg, run_dir)
@@ -64,7 +76,7 @@ def app(cfg: DictConfig) -> Any:
         run_dir.status("failed", f"{e.kind}: {e}")
         print(f"{e.kind}: {e}", file=sys.stderr)
         if meta["multirun"]:
-            return None
+            return _objective(cfg, {})
         sys.exit(2)
     except Exception as e:  # a failed job is recorded; in a sweep the others go on
         (run_dir.file("traceback.txt")).write_text(traceback.format_exc())
@@ -72,8 +84,31 @@ def app(cfg: DictConfig) -> Any:
         if not meta["multirun"]:
             raise
         print(f"[unlearn] job failed ({type(e).__name__}: {e}); see {run_dir.file('traceback.txt')}", file=sys.stderr)
+        return _objective(cfg, {})
+    return _objective(cfg, results)
+
+
+def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    try:
+        h = config_hash(cfg)
+    except Exception:  # an incomplete config: validation reports it properly below
         return None
-    return results.get(str(cfg.get("objective_metric"))) if cfg.get("objective_metric") else None
+    done = completed(run_dir, h)
+    return dict(done) if done is not None else None
+
+
+def _objective(cfg: DictConfig, results: dict[str, Any]) -> Any:
+    """What a Hydra sweeper (Optuna) optimises: the ``objective_metric`` value(s) from the results;
+    NaN for a failed or diverged job, which Optuna records as a failed trial."""
+    keys = cfg.get("objective_metric")
+    if not keys:
+        return None
+
+    def one(key: str) -> float:
+        value = results.get(str(key))
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+    return one(keys) if isinstance(keys, str) else [one(k) for k in keys]
 
 
 def main() -> None:

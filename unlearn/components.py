@@ -38,6 +38,7 @@ class Setup:
     cache: Cache
     device: torch.device
     dtype: torch.dtype
+    callbacks: list[Any]
 
     @property
     def bench(self) -> str:
@@ -98,4 +99,5 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         cache=Cache(cfg.paths.cache_dir),
         device=device,
         dtype=dtype,
+        callbacks=[build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))],
     )

@@ -86,6 +86,8 @@ def validate(cfg: DictConfig) -> None:
     require(cfg, "task", lambda v: v in TASKS, f"one of {TASKS}")
     require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
     require(cfg, "train.steps", is_pos_int, "an integer > 0 (optimizer steps)")
+    if cfg.train.get("epochs") is not None:
+        require(cfg, "train.epochs", is_pos_number, "a number > 0 (passes over the forget set; replaces train.steps) or null")
     require(cfg, "train.batch_size", is_pos_int, "an integer > 0")
     require(cfg, "train.max_length", is_pos_int, "an integer > 0 (tokens)")
     require(cfg, "optim.lr", is_pos_number, "a number > 0")

@@ -6,10 +6,13 @@ Each phase is a function of the :class:`~unlearn.components.Setup` and plain dat
 
 from __future__ import annotations
 
+import inspect
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
+import torch
 from omegaconf import OmegaConf
 
 from unlearn.cache import RECIPE_VERSION, digest
@@ -109,9 +112,12 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``target`` (the target model's evaluation record) reaches evaluators whose ``evaluate``
+    takes it, for metrics relative to the starting point (WMDP's MMLU recovery)."""
     model.to(s.device)
-    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle)
+    extra = {"target": target} if target is not None and "target" in inspect.signature(s.evaluator.evaluate).parameters else {}
+    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
 
 
 def cached_evaluation(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], role: str, oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -138,6 +144,13 @@ def oracle_record(s: Setup, splits: Mapping[str, Rows]) -> dict[str, Any] | None
         if not path.exists():
             raise ConfigError(f"benchmark.oracle.eval_file: {path} does not exist")
         record = read_json(path)
+        # an evaluator that reads other formats (TOFU's or MUSE's own logs) says what it needs
+        convert = getattr(s.evaluator, "oracle_from_file", None)
+        if convert is not None:
+            try:
+                return convert(record)
+            except ValueError as e:
+                raise ConfigError(f"benchmark.oracle.eval_file: {path} {e}") from e
         if "arrays" not in record or "forget_truth_ratio" not in record["arrays"]:
             raise ConfigError(f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)")
         return record
@@ -146,8 +159,16 @@ def oracle_record(s: Setup, splits: Mapping[str, Rows]) -> dict[str, Any] | None
 
 
 # -- unlearning --------------------------------------------------------------------------------
-def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers: Sequence[Any]) -> UnlearnModule:
-    """Run the unlearning phase on ``model`` in place; returns the module (``.diverged`` etc.)."""
+def epoch_steps(epochs: float, n_rows: int, samples_per_step: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``n_rows`` forget rows (at least one step)."""
+    return max(1, math.ceil(epochs * n_rows / samples_per_step))
+
+
+def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers: Sequence[Any], callbacks: Sequence[Any] = (), resume_from: Path | None = None) -> UnlearnModule:
+    """Run the unlearning phase on ``model`` in place; returns the module (``.diverged`` etc.).
+
+    ``resume_from`` is a checkpoint of this same run: training continues from its step, and the
+    data stream from the item after it, so the result equals an uninterrupted run's."""
     assert s.objective is not None
     cfg, obj = s.cfg, s.objective
     roles = cfg.benchmark.roles
@@ -164,6 +185,9 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         groups = obj.smoothing.provider.select(forget_rows, pool_rows, obj.smoothing.K - 1)
     bs, steps = int(cfg.train.batch_size), int(cfg.train.steps)
     world = s.loop.world_size  # every rank takes every world-th item of the stream
+    if cfg.train.get("epochs") is not None:  # papers give epochs (RWKU: 2); the loop counts steps
+        steps = epoch_steps(float(cfg.train.epochs), len(forget_rows), bs * s.step.accumulate * world)
+    done = int(torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]) if resume_from else 0
     stream = PairedStream(
         encoded["forget"] if obj.forget is not None else None,
         encoded["retain"] or None,
@@ -171,11 +195,12 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         seed=int(cfg.seed),
         normal_pool=encoded.get("normal"),
         normal_groups=groups,
+        start=stream_length(done, s.step.accumulate, bs, world),
     )
     L.seed_everything(int(cfg.seed), verbose=False)
     model.to(s.device).train()
     obj.prepare(PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=encoded, batch_size=bs, seed=int(cfg.seed)))
     module = UnlearnModule(model, obj, s.combiner, s.optim, s.step)
-    say(f"unlearning: {len(forget_rows)} forget rows, {len(retain_rows)} retain rows, {steps} steps of batch {bs}")
-    fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers, default_root_dir=str(s.run.path))
+    say(f"unlearning: {len(forget_rows)} forget rows, {len(retain_rows)} retain rows, {steps} steps of batch {bs}" + (f" (resuming after step {done})" if done else ""))
+    fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers, callbacks=callbacks, default_root_dir=str(s.run.path), ckpt_path=str(resume_from) if resume_from else None)
     return module

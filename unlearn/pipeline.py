@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from unlearn import phases
+from unlearn import phases, resume
 from unlearn.components import Setup
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
@@ -58,7 +58,8 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     assert target is not None
     oracle = phases.oracle_record(s, splits)
     cols = {"oracle": _record(s, "oracle", oracle)} if oracle else {}
-    cols = {"target": _record(s, "target", phases.cached_evaluation(s, target, splits, "target", oracle)), **cols}
+    target_rec = phases.cached_evaluation(s, target, splits, "target", oracle)
+    cols = {"target": _record(s, "target", target_rec), **cols}
     model, tok = target.load(s)
     if s.cfg.model.get("lora"):
         from unlearn.models.lora import apply_lora
@@ -68,20 +69,22 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     status = "failed"
     try:
         t = time.perf_counter()
-        module = phases.unlearn(s, model, tok, splits, loggers)
+        module = phases.unlearn(s, model, tok, splits, loggers, _callbacks(s), resume_from=meta.get("resume_from"))
         s.run.update({"time/unlearn_s": round(time.perf_counter() - t, 2), "train/steps_done": module.steps_done})
         if module.diverged:
             status = "diverged"
             s.run.status("diverged", s.step.guard.reason)
             say(f"diverged: {s.step.guard.reason}; skipping evaluation of the unlearned model")
             return s.run.results
-        unlearned = phases.evaluate(s, model, tok, splits, oracle)
+        unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
         cols["unlearned"] = _record(s, "unlearned", unlearned)
         s.run.update(namespaced(f"eval/{s.bench}", unlearned["metrics"]))
         if s.cfg.get("save_model"):
             save_checkpoint(model, tok, s.run.file("model"))
         status = "ok"
         s.run.status("ok")
+        if not s.cfg.train.get("keep_checkpoint"):
+            resume.drop_checkpoints(s.run.path)
     finally:
         _finish_loggers(loggers, s.run.results, status)
     print_table(f"{s.bench} · {meta.get('name', '')}", cols, getattr(s.evaluator, "directions", {}))
@@ -133,6 +136,24 @@ def _finish_loggers(loggers: list[Any], results: Mapping[str, Any], status: str)
             lg.experiment.finish(exit_code=0 if status == "ok" else 1)
 
 
+def _callbacks(s: Setup) -> list[Any]:
+    """Periodic checkpoints (for resuming) and the user's ``train.callbacks``."""
+    out = list(s.callbacks)
+    every = int(s.cfg.train.get("checkpoint_every") or 0)
+    if every > 0:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        d = resume.stamp_checkpoints(s.run.path, s.run.results["config_hash"])
+        out.append(ModelCheckpoint(dirpath=str(d), every_n_train_steps=every, save_last=True, save_top_k=0))
+    return out
+
+
 def run(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the configured task; resume from this run directory's checkpoint when it has one."""
+    h = resume.config_hash(s.cfg)
+    ckpt = resume.resumable(s.run.path, h) if s.cfg.get("resume", True) else None
+    if ckpt is None:
+        resume.drop_checkpoints(s.run.path)
+    s.run.update(config_hash=h)
     s.run.status("running")
-    return TASKS[str(s.cfg.task)](s, meta)
+    return TASKS[str(s.cfg.task)](s, {**meta, "resume_from": ckpt})

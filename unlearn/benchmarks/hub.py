@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 from unlearn.config import ConfigError
@@ -38,6 +39,40 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextmanager
+def offline_mode(active: bool = True) -> Iterator[None]:
+    """Hugging Face libraries in offline mode for the block (they read ``HF_HUB_OFFLINE`` once, at
+    import, and otherwise retry an unreachable hub for about half a minute before giving up)."""
+    if not active:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def _read_json_rows(path: Path, split: str) -> list[Any]:
+    """A JSON document (a list, or a dict of splits) or JSON lines: hub dumps often name JSON lines
+    ``.json`` (TOFU's files do)."""
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise DataUnavailable(f"{path}: neither JSON nor JSON lines ({e})") from None
+    if isinstance(data, dict):
+        return list(data.get(split, data.get("data", [data])))
+    return list(data) if isinstance(data, list) else [data]
+
+
 def _read_local(path: Path, split: str) -> list[Row]:
     if path.is_dir():
         from datasets import DatasetDict, load_from_disk
@@ -49,31 +84,41 @@ def _read_local(path: Path, split: str) -> list[Row]:
             ds = ds[split]
         return [dict(r) for r in ds]
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if suffix == ".json":
-        data = json.loads(path.read_text())
-        return list(data if isinstance(data, list) else data.get(split, data.get("data", [])))
+    if suffix == ".txt":  # a plain-text corpus (a book): one row
+        return [{"text": path.read_text()}]
+    if suffix in (".jsonl", ".json"):
+        # MUSE's own data files are JSON lists of strings: each string is a text row
+        return [r if isinstance(r, dict) else {"text": r} for r in _read_json_rows(path, split)]
     if suffix in (".csv", ".parquet"):
         from datasets import load_dataset
 
         return [dict(r) for r in load_dataset(suffix[1:], data_files=str(path), split="train")]
-    raise DataUnavailable(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet or a datasets folder)")
+    raise DataUnavailable(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet, .txt or a datasets folder)")
 
 
-def _read_hub(hub_id: str, config: str | None, split: str, dataset: str, path_key: str) -> list[Row]:
+def _sample(n: int, max_rows: int | None, seed: int) -> list[int] | None:
+    """Sorted indices of a seeded random sample of ``max_rows`` out of ``n`` (None: keep all)."""
+    if max_rows is None or n <= max_rows:
+        return None
+    import numpy as np
+
+    return sorted(np.random.default_rng(seed).choice(n, max_rows, replace=False).tolist())
+
+
+def _read_hub(hub_id: str, config: str | None, split: str, dataset: str, path_key: str, max_rows: int | None = None, seed: int = 0) -> list[Row]:
     from datasets import load_dataset
 
     where = f"{hub_id}" + (f" ({config}, split {split})" if config else f" (split {split})")
     hint = f"give a local copy with {path_key}=/path/to/file.jsonl (or a `datasets` folder), or run online"
     online = hub_reachable()
-    if not online:
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # a copy in the local HF cache still works
     try:
-        return [dict(r) for r in load_dataset(hub_id, config, split=split)]
+        with offline_mode(not online):  # a copy in the local HF cache still works, and no retries
+            ds = load_dataset(hub_id, config, split=split)
     except Exception as e:  # datasets raises many types for "not there"; all mean the same here
         why = "the Hugging Face hub is not reachable and no cached copy exists" if not online else f"{type(e).__name__}: {e}"
         raise DataUnavailable(f"{dataset}: cannot load {where}: {why}; {hint}") from None
+    keep = _sample(len(ds), max_rows, seed)  # select before materialising: large corpora stay on disk
+    return [dict(r) for r in (ds.select(keep) if keep is not None else ds)]
 
 
 def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, source: str) -> None:
@@ -86,16 +131,19 @@ def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, sou
                 raise DataUnavailable(f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); expected {list(required)}")
 
 
-def load_rows(dataset: str, hub_id: str | None, *, config: str | None = None, split: str = "train", path: str | None = None, required: Sequence[str] = (), path_key: str = "path") -> list[Row]:
+def load_rows(dataset: str, hub_id: str | None, *, config: str | None = None, split: str = "train", path: str | None = None, required: Sequence[str] = (), path_key: str = "path", max_rows: int | None = None, seed: int = 0) -> list[Row]:
     """Rows of one split: from ``path`` when given, else from the hub. ``dataset`` names the
-    benchmark part in messages; ``path_key`` is the config key a user sets for a local copy."""
+    benchmark part in messages; ``path_key`` is the config key a user sets for a local copy.
+    ``max_rows`` keeps a seeded random sample (in the original order) of at most that many rows."""
     if path:
         p = Path(path).expanduser()
         if not p.exists():
             raise DataUnavailable(f"{dataset}: {path_key}={path} does not exist")
         rows, source = _read_local(p, split), str(p)
+        keep = _sample(len(rows), max_rows, seed)
+        rows = rows if keep is None else [rows[i] for i in keep]
     elif hub_id:
-        rows, source = _read_hub(hub_id, config, split, dataset, path_key), hub_id
+        rows, source = _read_hub(hub_id, config, split, dataset, path_key, max_rows, seed), hub_id
     else:
         raise DataUnavailable(f"{dataset}: neither a hub id nor {path_key} is set")
     check_fields(rows, required, dataset, source)

@@ -3,7 +3,8 @@
 Index ``k`` runs over the whole training run (``steps × accumulate × batch × world`` items):
 virtual epoch ``k // n`` visits the ``n`` forget samples in a seeded permutation, and the retain
 partner of item ``k`` is drawn from a generator seeded by ``(seed, k)``. Everything is a pure
-function of ``k``, so runs are reproducible, resumable and split cleanly across DDP ranks.
+function of ``k``, so runs are reproducible, resumable and split cleanly across DDP ranks; a resumed run starts the stream at the
+first item after its checkpoint (``start``) and sees exactly the items an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class PairedStream(Dataset):
         normal_pool: Sequence[Encoded] | None = None,
         normal_groups: Sequence[Sequence[int]] | None = None,
         retain_per_item: int = 1,
+        start: int = 0,
     ) -> None:
         if not forget and not retain:
             raise ValueError("the training stream needs forget or retain rows; both are empty")
@@ -47,15 +49,22 @@ class PairedStream(Dataset):
         self.normal_pool = normal_pool
         self.normal_groups = normal_groups
         self.retain_per_item = retain_per_item
+        if not 0 <= start <= self.length:
+            raise ValueError(f"stream start {start} outside [0, {self.length}]")
+        self.start = int(start)
 
     def __len__(self) -> int:
-        return self.length
+        return self.length - self.start
 
     @lru_cache(maxsize=4)
     def _perm(self, n: int, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.seed, epoch)).permutation(n)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.item(self.start + i)
+
+    def item(self, k: int) -> dict[str, Any]:
+        """Item ``k`` of the whole run (``__getitem__`` counts from ``start``, for resumed runs)."""
         if self.forget is None:
             assert self.retain is not None
             n = len(self.retain)

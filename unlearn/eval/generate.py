@@ -7,13 +7,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from unlearn.eval.scoring import context_length
+
 
 @torch.no_grad()
-def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 32, stop: Sequence[str] = (), add_special_tokens: bool = True) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches), cut at EOS or the first stop string."""
+def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 32, stop: Sequence[str] = (), add_special_tokens: bool = True, max_prompt_tokens: int | None = None) -> list[str]:
+    """Greedy continuations of ``prompts`` (left-padded batches), cut at EOS or the first stop string.
+
+    ``max_prompt_tokens`` keeps only the last that many tokens of a longer prompt (the text right
+    before the continuation matters most; long book or news prompts must fit the context)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    if max_prompt_tokens is not None:
+        encoded = [_keep_last(ids, max_prompt_tokens, tokenizer.bos_token_id) for ids in encoded]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     was_training = model.training
@@ -44,6 +51,15 @@ def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tok
     return out
 
 
+def _keep_last(ids: list[int], n: int, bos: int | None) -> list[int]:
+    """The last ``n`` tokens, keeping a leading BOS in front."""
+    if len(ids) <= n:
+        return ids
+    if bos is not None and ids and ids[0] == bos:
+        return [bos] + ids[len(ids) - (n - 1) :]
+    return ids[-n:]
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     cut = len(text)
     for s in stop:
@@ -51,3 +67,20 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if k != -1:
             cut = min(cut, k)
     return text[:cut].strip()
+
+
+def first_tokens(tokenizer: Any, text: str, n: int) -> str:
+    """``text`` cut to its first ``n`` tokens (MUSE compares a continuation of at most ``n`` new
+    tokens with the reference cut the same way)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
+
+
+def prompt_budget(model: nn.Module, max_new_tokens: int, limit: int | None = None) -> int | None:
+    """How many prompt tokens fit before ``max_new_tokens`` in the model's context (and ``limit``)."""
+    ctx = context_length(model)
+    room = ctx - max_new_tokens if ctx is not None else None
+    if room is not None and room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {ctx} tokens")
+    options = [x for x in (room, limit) if x is not None]
+    return min(options) if options else None

@@ -11,20 +11,75 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 
-@lru_cache(maxsize=1)
-def _rouge():
+@lru_cache(maxsize=2)
+def _rouge(use_stemmer: bool = True):
     import logging
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """ROUGE-L recall of each prediction against its reference (TOFU's answer metric)."""
-    scorer = _rouge()
-    return np.array([scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)])
+    return rouge_l(predictions, references, "recall", use_stemmer=True)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure", use_stemmer: bool = False) -> np.ndarray:
+    """ROUGE-L ``measure`` (``recall``, ``precision`` or ``fmeasure``) of each prediction against its
+    reference. The defaults are MUSE's (F-measure, no stemmer: its ``mean_rougeL``)."""
+    if measure not in ("recall", "precision", "fmeasure"):
+        raise ValueError(f"ROUGE-L measure must be recall, precision or fmeasure, got {measure!r}")
+    scorer = _rouge(use_stemmer)
+    return np.array([getattr(scorer.score(ref, pred)["rougeL"], measure) for pred, ref in zip(predictions, references)])
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu, 0–100) of the predictions against one reference each."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def sentence_bleu(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Smoothed sentence BLEU (sacrebleu, 0–100) of each prediction against its reference."""
+    import sacrebleu
+
+    return np.array([sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references)])
+
+
+def perplexity(nll_sum: np.ndarray, n_tokens: np.ndarray) -> float:
+    """Token-weighted perplexity ``exp(Σ NLL / Σ tokens)`` over all rows; ``inf`` when it overflows
+    or any NLL is non-finite (a collapsed model), never an exception."""
+    total, count = float(np.sum(nll_sum)), int(np.sum(n_tokens))
+    if count == 0:
+        raise ValueError("perplexity of zero tokens")
+    mean = total / count
+    return math.exp(mean) if math.isfinite(mean) and mean < 700 else float("inf")
+
+
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Fraction of the word ``n``-grams of ``text`` that repeat an earlier one (0 = no repetition,
+    → 1 for a loop such as "the the the ..."); 0 for texts shorter than ``n`` words."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def collapse_reasons(values: dict[str, float], ppl: float, max_ppl: float, repetition: float, max_repetition: float) -> dict[str, str]:
+    """Why a model counts as collapsed (empty: it does not). Three signs, each reported by name:
+    ``nonfinite`` (a metric in ``values`` is NaN/inf), ``ppl`` (perplexity above ``max_ppl``),
+    ``repetition`` (mean repeated n-gram fraction of its generations above ``max_repetition``)."""
+    out: dict[str, str] = {}
+    bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+    if bad:
+        out["nonfinite"] = f"non-finite {', '.join(bad)}"
+    if not math.isfinite(ppl) or ppl > max_ppl:
+        out["ppl"] = f"perplexity {ppl:.4g} > {max_ppl:.4g}"
+    if repetition > max_repetition:
+        out["repetition"] = f"degenerate repetition: {repetition:.2f} of generated n-grams repeat (> {max_repetition})"
+    return out
 
 
 def truth_ratio(p_paraphrased: np.ndarray, p_perturbed: np.ndarray) -> np.ndarray:

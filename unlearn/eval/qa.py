@@ -41,7 +41,9 @@ class QAEvaluator:
     """Evaluates one model on the named splits of a benchmark (see module docstring).
 
     ``utility`` names extra sets that enter model utility (TOFU: real authors, world facts); on them
-    the probability is normalised over the answer options, as TOFU does.
+    the probability is normalised over the answer options, as TOFU does. ``base_answer`` names, per
+    set, the field the perturbed answers are compared with in the truth ratio (default
+    ``paraphrased_answer``; TOFU uses ``answer`` on real authors and world facts).
     """
 
     name: str = "toy"
@@ -55,6 +57,7 @@ class QAEvaluator:
     max_length: int = 256
     stop: Sequence[str] = ("\n",)
     seed: int = 0
+    base_answer: Mapping[str, str] = field(default_factory=dict)
     directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
 
     def _subset(self, rows: Sequence[Row]) -> list[Row]:
@@ -64,12 +67,16 @@ class QAEvaluator:
         return [rows[i] for i in sorted(idx)]
 
     def _qa_set(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], split: str, normalize_prob: bool) -> dict[str, Any]:
-        _require(rows, ("question", "answer", "paraphrased_answer", "perturbed_answer"), split)
+        base = self.base_answer.get(split, "paraphrased_answer")
+        _require(rows, ("question", "answer", base, "perturbed_answer"), split)
         kw = dict(max_length=self.max_length, batch_size=self.batch_size)
         s, n = score_answers(model, tok, fmt, [(r["question"], r["answer"]) for r in rows], **kw)
         p_true = normalized_prob(s, n)
-        s, n = score_answers(model, tok, fmt, [(r["question"], r["paraphrased_answer"]) for r in rows], **kw)
-        p_para = normalized_prob(s, n)
+        if base == "answer":
+            p_para = p_true
+        else:
+            s, n = score_answers(model, tok, fmt, [(r["question"], r[base]) for r in rows], **kw)
+            p_para = normalized_prob(s, n)
         m = min(len(r["perturbed_answer"]) for r in rows)
         pert = [(r["question"], a) for r in rows for a in r["perturbed_answer"][:m]]
         s, n = score_answers(model, tok, fmt, pert, **kw)
@@ -129,3 +136,19 @@ class QAEvaluator:
                 base = oracle["metrics"]["mia_auc"]
                 metrics["privleak"] = (metrics["mia_auc"] - base) / base * 100.0
         return {"metrics": metrics, "arrays": arrays}
+
+    def oracle_from_file(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """An oracle evaluation read from ``benchmark.oracle.eval_file``: this evaluator's record
+        (``arrays.forget_truth_ratio``), or TOFU's own ``eval_log_forget.json`` of a retain model
+        (per-question ``avg_paraphrased_loss`` and ``average_perturb_loss``), converted to it."""
+        if not isinstance(record, Mapping):
+            raise ValueError("is not a JSON object")
+        if "arrays" in record and "forget_truth_ratio" in record["arrays"]:
+            return dict(record)
+        if "avg_paraphrased_loss" in record and "average_perturb_loss" in record:
+            para, pert = record["avg_paraphrased_loss"], record["average_perturb_loss"]
+            keys = sorted(para, key=lambda k: int(k) if str(k).isdigit() else str(k))
+            p_para = np.exp(-np.array([float(para[k]) for k in keys]))
+            p_pert = np.array([np.exp(-np.asarray(pert[k], dtype=float)).mean() for k in keys])
+            return {"metrics": {}, "arrays": {"forget_truth_ratio": (p_pert / np.maximum(p_para, 1e-300)).tolist()}}
+        raise ValueError("has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss")

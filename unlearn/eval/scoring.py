@@ -89,6 +89,21 @@ def score_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_leng
     return score_rows(model, encoded, tokenizer.pad_token_id, batch_size, minkpp=minkpp)
 
 
+def text_perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int = 512, batch_size: int = 32) -> float:
+    """Token-weighted perplexity of the model on plain texts (WikiText-style utility); ``inf``
+    rather than an error for a collapsed model."""
+    from unlearn.eval.metrics import perplexity
+
+    s = score_texts(model, tokenizer, texts, max_length, batch_size)
+    return perplexity(s.nll_sum, s.n_tokens)
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings``), if it declares one."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def normalized_prob(nll_sum: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
     """``P(a|q)^(1/|a|)`` = exp(−mean token NLL)."""
     return np.exp(-nll_sum / np.maximum(n_tokens, 1))

@@ -93,6 +93,12 @@ class SGA:
             loss = loss + w_n * grouped.sum(-1)
         return loss.mean()
 
+    def state_dict(self) -> dict[str, float]:
+        return {"rate": self.rate}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.rate = float(state["rate"])
+
     def set_rate(self, r: float) -> float:
         """Clip an estimate of ``r*`` to ``auto_range`` and use it from now on; returns the rate."""
         lo, hi = self.auto_range

@@ -101,6 +101,21 @@ class UnlearnModule(L.LightningModule):
             total = self.trainer.estimated_stepping_batches // self.step_cfg.accumulate
         return build_optimizer([p for _, p in self.trainable()], self.optim, total)
 
+    # -- state beyond the weights and the optimizer, for exact resumption -----------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unlearn"] = {
+            "ema": self._ema.value if self._ema is not None else None,
+            "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components()) if hasattr(c, "state_dict")},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("unlearn", {})
+        if self._ema is not None and state.get("ema") is not None:
+            self._ema.value = list(state["ema"])
+        for i, c in enumerate(self.objective.components()):
+            if hasattr(c, "load_state_dict") and str(i) in state.get("components", {}):
+                c.load_state_dict(state["components"][str(i)])
+
     # -- the step ------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         cfg = self.step_cfg

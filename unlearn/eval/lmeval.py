@@ -1,0 +1,103 @@
+"""Running :class:`~unlearn.eval.choice.MCTask` sets through lm-evaluation-harness, offline.
+
+Optional (``pip install 'unlearn[lmeval]'``). The in-memory model and tokenizer are wrapped in
+lm-eval's ``HFLM``; each task (one per subject, as lm-eval's ``mmlu_<subject>`` tasks) is a custom
+task on JSONL files written to a temporary folder, with the same template as lm-eval's MMLU/WMDP
+tasks (``doc_to_text`` with ``A. …`` lines and ``Answer:``, choices ``A``–``D``, ``first_n``
+few-shot examples from a dev split). Nothing is fetched from the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from unlearn.eval.choice import MCTask, context_limit, first_n_by_subject
+
+
+def _require_lm_eval() -> Any:
+    try:
+        import lm_eval
+    except ImportError as e:
+        raise ImportError("benchmark.eval.backend=lmeval needs lm-evaluation-harness: pip install 'unlearn[lmeval]' (or lm-eval)") from e
+    return lm_eval
+
+
+def doc_to_text(labels: Sequence[str]) -> str:
+    """lm-eval's MMLU/WMDP ``doc_to_text`` Jinja template, for any number of labels."""
+    lines = ["{{question.strip()}}", *(f"{lab}. {{{{choices[{i}]}}}}" for i, lab in enumerate(labels)), "Answer:"]
+    return "\n".join(lines)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _task_configs(task: MCTask, folder: Path) -> list[tuple[str, dict[str, Any], list[int]]]:
+    """One lm-eval task config per subject of ``task``: ``(name, config, row indices)``."""
+    if task.n_shot and (task.shots is not None or any(r.get("examples") for r in task.rows)):
+        raise ValueError(f"{task.name}: the lm-eval backend takes few-shot examples from a dev split only, not per question")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(task.rows):
+        groups.setdefault(task.subject(r), []).append(i)
+    shots = first_n_by_subject(task.dev, task.n_shot)
+    out = []
+    for k, (subject, idx) in enumerate(sorted(groups.items())):
+        name = f"unlearn_{task.name}_{k}"
+        docs = [{"question": task.rows[i]["question"], "choices": list(task.rows[i]["choices"]), "answer": int(task.rows[i]["answer"]), "row": i} for i in idx]
+        files = {"test": _write_jsonl(folder / f"{name}.test.jsonl", docs)}
+        examples = shots(task.rows[idx[0]]) if task.n_shot else []
+        if task.n_shot and len(examples) < task.n_shot:
+            raise ValueError(f"{task.name}: subject {subject!r} has {len(examples)} few-shot examples, {task.n_shot} needed")
+        cfg: dict[str, Any] = {
+            "task": name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"cache_dir": str(folder / "cache")},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": doc_to_text(task.labels),
+            "doc_to_choice": list(task.labels),
+            "doc_to_target": "answer",
+            "description": task.description.format(subject=subject),
+            "num_fewshot": task.n_shot,
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
+        if task.n_shot:
+            dev = [{"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"]), "row": -1} for e in examples]
+            files["dev"] = _write_jsonl(folder / f"{name}.dev.jsonl", dev)
+            cfg.update(fewshot_split="dev", fewshot_config={"sampler": "first_n"})
+        cfg["dataset_kwargs"]["data_files"] = files
+        out.append((name, cfg, idx))
+    return out
+
+
+def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16) -> dict[str, dict[str, Any]]:
+    """Per task: ``acc``, per-question ``pred``/``correct``, ``logprobs [N, K]`` and the ``contexts``
+    lm-eval built (to compare with :meth:`MCTask.contexts`)."""
+    lm_eval = _require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=context_limit(model))
+    with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
+        plan = {t.name: _task_configs(t, Path(tmp)) for t in tasks}
+        configs = [cfg for entries in plan.values() for _, cfg, _ in entries]
+        res = lm_eval.simple_evaluate(model=lm, tasks=configs, log_samples=True, bootstrap_iters=0, verbosity="WARNING")
+    out: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        n, k = len(t.rows), len(t.labels)
+        logprobs, contexts = np.full((n, k), -np.inf), [""] * n
+        for name, _, _ in plan[t.name]:
+            for sample in res["samples"][name]:
+                i = int(sample["doc"]["row"])
+                logprobs[i] = [float(r[0]) for r in sample["filtered_resps"]]
+                contexts[i] = sample["arguments"][0][0]
+        pred = logprobs.argmax(-1)
+        correct = (pred == t.answers()).astype(float)
+        out[t.name] = {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": contexts}
+    return out

@@ -1,0 +1,80 @@
+"""Skipping finished jobs and resuming interrupted ones.
+
+A job is identified by the hash of its resolved config, minus keys that cannot change its results
+(logging, progress bars, paths, checkpoint cadence). Re-running a job in the same directory (the
+same sweep: `sweep=NAME`, or the same `hydra.run.dir`) then
+
+- skips it when ``results.json`` there is complete (status ``ok`` or ``diverged``) for that hash;
+- resumes it from ``checkpoints/last.ckpt`` when the checkpoint was written for that hash;
+- starts it afresh otherwise (a checkpoint of another config is removed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearn.cache import digest
+from unlearn.rundir import read_json
+
+#: keys that do not influence a job's results
+IGNORED = ("group", "logger", "paths", "resume", "sweep", "objective_metric", "trainer.enable_progress_bar",
+           "trainer.log_every_n_steps", "train.checkpoint_every", "train.keep_checkpoint", "train.callbacks")
+COMPLETE = ("ok", "diverged")
+CKPT_DIR = "checkpoints"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    for key in IGNORED:
+        node: Any = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return digest(data)
+
+
+def completed(run_dir: Path, h: str) -> Mapping[str, Any] | None:
+    """The results of a finished run of this config in ``run_dir``, if there is one."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        res = read_json(path)
+    except ValueError:
+        return None  # a torn or foreign file: run again
+    return res if res.get("config_hash") == h and res.get("status") in COMPLETE else None
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / CKPT_DIR
+
+
+def resumable(run_dir: Path, h: str) -> Path | None:
+    """``last.ckpt`` of an interrupted run of this config; stale checkpoints are removed."""
+    d = checkpoint_dir(run_dir)
+    ckpt, stamp = d / "last.ckpt", d / "config_hash"
+    if not ckpt.exists():
+        return None
+    if stamp.exists() and stamp.read_text().strip() == h:
+        return ckpt
+    shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+def stamp_checkpoints(run_dir: Path, h: str) -> Path:
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config_hash").write_text(h + "\n")
+    return d
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)

@@ -77,7 +77,7 @@ def finetune(s: Setup, model: Any, tok: Any, rows: Rows, log_dir: Path | None = 
     loggers = [JsonlLogger(log_dir / "metrics.jsonl", phase="finetune")] if log_dir else []
     with_seed = int(r.get("seed", 0))
     L.seed_everything(with_seed, verbose=False)
-    fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers)
+    fit(module, stream, tok.pad_token_id, bs, steps, s.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
 
 
 def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef | None:
@@ -187,7 +187,7 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         encoded["normal"] = encode_rows(tok, s.fmt, normal.rows, max_len)
         s.run.update({f"smoothing/{k}": v for k, v in normal.info.items()})
     bs, steps = int(cfg.train.batch_size), int(cfg.train.steps)
-    world = s.loop.devices if isinstance(s.loop.devices, int) and s.loop.strategy.startswith("ddp") else 1
+    world = s.loop.world_size  # every rank takes every world-th item of the stream
     if cfg.train.get("epochs") is not None:  # papers give epochs (RWKU: 2); the loop counts steps
         steps = epoch_steps(float(cfg.train.epochs), len(forget_rows), bs * s.step.accumulate * world)
     done = int(torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]) if resume_from else 0

@@ -70,7 +70,7 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     try:
         t = time.perf_counter()
         module = phases.unlearn(s, model, tok, splits, loggers, _callbacks(s), resume_from=meta.get("resume_from"))
-        s.run.update({"time/unlearn_s": round(time.perf_counter() - t, 2), "train/steps_done": int(module.global_step)})
+        s.run.update({"time/unlearn_s": round(time.perf_counter() - t, 2), "train/steps_done": module.steps_done})
         if module.diverged:
             status = "diverged"
             s.run.status("diverged", s.step.guard.reason)

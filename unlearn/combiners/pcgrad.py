@@ -49,10 +49,16 @@ class PCGrad(Combiner):
         d = dots(g_f, ref)
         n2 = sq_norms(ref)
         coef = torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
-        # g̃_f = g_f - coef*ref, so the update is alpha*g_r + gamma*g_f - gamma*coef*ref.
-        update = weighted_sum(g_r, self.alpha, g_f, self.gamma)
-        if bool((coef != 0).any()):
-            torch._foreach_add_(update, torch._foreach_mul(ref, (-self.gamma * coef).tolist()))
+        # g̃_f = g_f - coef*ref, so the update is alpha*g_r + gamma*g_f - gamma*coef*ref: with
+        # ref = g_r that is a per-tensor weight on g_r, and no tensor beyond the update is allocated.
+        c = coef.tolist()
+        if all(s is r for s, r in zip(ref, g_r)):
+            update = weighted_sum(g_r, [self.alpha - self.gamma * cj for cj in c], g_f, self.gamma)
+        else:
+            update = weighted_sum(g_r, self.alpha, g_f, self.gamma)
+            for u, s, cj in zip(update, ref, c):
+                if cj:
+                    u.add_(s, alpha=-self.gamma * cj)
         removed = self.gamma * torch.sqrt((coef**2 * n2).sum())
         return Combination(update, {"conflict_frac_tensor": (d < 0).float().mean(), "proj_norm": removed})
 

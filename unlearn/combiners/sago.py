@@ -51,21 +51,32 @@ class SAGO(Combiner):
             raise ValueError(f"combiner.kappa must be > 0, got {self.kappa!r}")
 
     def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
+        # One tensor at a time: the temporaries (the product, the gate) are the size of the largest
+        # parameter, never of the whole model, and freed before the next tensor.
         update: list[Tensor] = []
-        n_gated = torch.zeros((), dtype=torch.float64)
+        n_gated = torch.zeros((), dtype=torch.float64, device=g_r[0].device if g_r else None)
         n_total = 0
         for r, f, s in zip(g_r, g_f, ref):
             if self.gate == "hard":
                 conflict = (f * s) < 0
-                keep = f * self.gamma + r * self.alpha if self.prefer_retain else f * self.gamma
-                u = torch.where(conflict, r * self.alpha, keep)
-                n_gated += conflict.sum()
+                u = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
+                n_gated += torch.count_nonzero(conflict)
             else:
                 w = _soft_gate(f, s, self.kappa).to(f.dtype)
-                keep = f * self.gamma + r * self.alpha if self.prefer_retain else f * self.gamma
-                u = w * keep + (1 - w) * (r * self.alpha)
+                u = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
                 n_gated += (1 - w).double().sum()
             n_total += f.numel()
             update.append(u)
         frac = (n_gated / max(n_total, 1)).float()
         return Combination(update, {"gated_frac": frac})
+
+    def _keep(self, r: Tensor, f: Tensor) -> Tensor:
+        """The update where there is no conflict: ``gamma*g_f`` (+ ``alpha*g_r`` with prefer_retain)."""
+        if self.prefer_retain:
+            return torch.add(_scaled(f, self.gamma), r, alpha=self.alpha)
+        return _scaled(f, self.gamma)
+
+
+def _scaled(t: Tensor, w: float) -> Tensor:
+    """``w * t``, without a copy when ``w`` is 1 (the result is only read, never written)."""
+    return t if w == 1.0 else t * w

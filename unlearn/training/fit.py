@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import lightning as L
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from unlearn.data.paired import PairedCollate, PairedStream
+from unlearn.training.ddp import InOrderSampler
 from unlearn.training.module import UnlearnModule
 
 
 @dataclass
 class LoopConfig:
-    """Lightning Trainer settings that a user may change (the rest is fixed by manual optimisation)."""
+    """Lightning Trainer settings that a user may change (the rest is fixed by manual optimisation).
+
+    ``strategy`` is a Lightning strategy name, or a mapping with a ``_target_`` (built afresh for
+    each Trainer, as a strategy object belongs to one). More than one process needs a data-parallel
+    ``_target_`` strategy such as ``unlearn.training.ddp.TaskDDPStrategy`` (``trainer=ddp``): the
+    step all-reduces each task's gradient itself, and the training stream is sized by
+    :attr:`world_size`.
+    """
 
     accelerator: str = "auto"
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: Any = "auto"
     precision: str = "32-true"
     num_workers: int = 0
     log_every_n_steps: int = 1
@@ -30,6 +39,30 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.precision in ("16-mixed", "16", 16):
             raise ValueError("trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or 32-true")
+        if isinstance(self.strategy, Mapping) and "_target_" not in self.strategy:
+            raise ValueError(f"trainer.strategy must be a Lightning strategy name or have a _target_, got {dict(self.strategy)!r}")
+        processes = self._devices() * int(self.extra.get("num_nodes", 1))
+        if processes > 1 and not isinstance(self.strategy, Mapping):
+            raise ValueError(
+                f"trainer.devices={self.devices!r} needs a data-parallel strategy that all-reduces the per-task gradients "
+                f"before the combiner: use trainer=ddp (strategy._target_: unlearn.training.ddp.TaskDDPStrategy), got strategy {self.strategy!r}"
+            )
+
+    def _devices(self) -> int:
+        if isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1:
+            return self.devices
+        if isinstance(self.devices, (list, tuple)) and self.devices:
+            return len(self.devices)
+        raise ValueError(f"trainer.devices must be a positive integer or a list of device indices, got {self.devices!r}")
+
+    @property
+    def world_size(self) -> int:
+        """Processes that split the training stream (each takes every ``world_size``-th item)."""
+        return self._devices() * int(self.extra.get("num_nodes", 1)) if isinstance(self.strategy, Mapping) else 1
+
+    def single_process(self) -> "LoopConfig":
+        """The same settings in one process (for recipes whose result must not depend on the trainer)."""
+        return replace(self, devices=1, strategy="auto", extra={k: v for k, v in self.extra.items() if k != "num_nodes"})
 
 
 def quiet_lightning() -> None:
@@ -51,11 +84,13 @@ def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) 
 def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: int, steps: int, loop: LoopConfig, loggers: Sequence[Any] = (), callbacks: Sequence[Any] = (), default_root_dir: str | None = None, ckpt_path: str | None = None) -> L.Trainer:
     """Train ``module`` for ``steps`` optimizer steps on ``stream``; returns the Trainer."""
     quiet_lightning()
-    loader = DataLoader(stream, batch_size=batch_size, shuffle=False, drop_last=True, collate_fn=PairedCollate(pad_id), num_workers=loop.num_workers)
+    sampler = InOrderSampler(stream, loop.world_size) if loop.world_size > 1 else None
+    loader = DataLoader(stream, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=True, collate_fn=PairedCollate(pad_id), num_workers=loop.num_workers)
+    strategy = instantiate(loop.strategy) if isinstance(loop.strategy, Mapping) else loop.strategy
     trainer = L.Trainer(
         accelerator=loop.accelerator,
         devices=loop.devices,
-        strategy=loop.strategy,
+        strategy=strategy,
         precision=loop.precision,
         max_steps=steps,
         max_epochs=1,  # the stream holds exactly `steps` optimizer steps of items

@@ -7,11 +7,27 @@ all-reduce (mean) the buffers across ranks, and only then combine once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+def world_size() -> int:
+    """Data-parallel ranks in the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Average scalar tensors across ranks in one collective (the identity in one process)."""
+    world = world_size()
+    if world == 1 or not values:
+        return dict(values)
+    keys = sorted(values)  # same order on every rank
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (stacked / world).unbind()))
 
 
 class TaskGradients:
@@ -39,9 +55,9 @@ class TaskGradients:
 
     def all_reduce(self) -> None:
         """Average every buffer across data-parallel ranks (a no-op in one process)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        world = world_size()
+        if world == 1:
             return
-        world = dist.get_world_size()
         for task in sorted(self.buffers):  # same order on every rank
             for g in self.buffers[task]:
                 dist.all_reduce(g, op=dist.ReduceOp.SUM)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.losses.objective import Objective
-from unlearn.training.gradients import GradientEMA, TaskGradients
+from unlearn.training.gradients import GradientEMA, TaskGradients, mean_over_ranks
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 
@@ -81,6 +81,7 @@ class UnlearnModule(L.LightningModule):
         self._grads: TaskGradients | None = None
         self._ema = GradientEMA(self.step_cfg.retain_ema) if self.step_cfg.retain_ema else None
         self.diverged = False
+        self.steps_done = 0
         self._losses: dict[str, Tensor] = {}
 
     # -- setup ---------------------------------------------------------------------------------
@@ -128,18 +129,20 @@ class UnlearnModule(L.LightningModule):
             return  # more micro-batches to accumulate before this optimizer step
 
         self.grads.all_reduce()
+        self._losses = mean_over_ranks(self._losses)  # so every rank logs and guards the same values
         update, stats = self._combine()
         if self._diverging(stats):
             return
         self.grads.write(update)
+        self.grads.reset()  # free g_r and g_f before the optimizer allocates its temporaries
         opt = self.optimizers()
         if cfg.clip_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=cfg.clip_norm, gradient_clip_algorithm="norm")
         opt.step()
         self.lr_schedulers().step()
         opt.zero_grad(set_to_none=True)
+        self.steps_done += 1
         self._log_step(stats)
-        self.grads.reset()
         self._losses = {}
 
     def _combine(self) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -178,3 +181,12 @@ class UnlearnModule(L.LightningModule):
         self.trainer.should_stop = True
         self.print(f"[unlearn] diverged: {self.step_cfg.guard.reason}; training stopped")
         return True
+
+    # -- the outcome travels with the weights: spawned DDP workers hand back only a state dict ----
+    def get_extra_state(self) -> dict[str, Any]:
+        guard = self.step_cfg.guard
+        return {"steps_done": self.steps_done, "diverged": self.diverged, "reason": guard.reason, "diverged_at": guard.step}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.steps_done, self.diverged = int(state["steps_done"]), bool(state["diverged"])
+        self.step_cfg.guard.reason, self.step_cfg.guard.step = state["reason"], state["diverged_at"]

@@ -1,0 +1,1 @@
+"""Performance benchmarks: ``python -m unlearn.bench.combiners`` (the README's Performance section)."""

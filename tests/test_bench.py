@@ -45,7 +45,7 @@ def test_peak_memory_sees_a_temporary_on_cpu():
 
 @pytest.mark.slow
 def test_benchmark_command_prints_both_tables(capsys):
-    main(["--models", "tiny", "--combiners", "sago", "--batch", "2", "--seq", "16", "--warmup", "0", "--repeats", "1", "--rounds", "1"])
+    main(["--models", "tiny", "--combiners", "sago", "--batch", "2", "--seq", "16", "--warmup", "0", "--repeats", "1"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 4, out  # sum (always measured, the baseline) and sago, in both tables

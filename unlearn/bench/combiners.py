@@ -1,13 +1,14 @@
 """``python -m unlearn.bench.combiners``: what a combiner costs on top of the plain sum.
 
 For each model (``conf/model/<name>.yaml``) and each combiner (``conf/combiner/<name>.yaml``) it
-trains on the same synthetic token batches (forget and retain batches of ``batch × seq`` tokens,
+trains on synthetic token batches of one shape (forget and retain batches of ``batch × seq`` tokens,
 every token labelled) with the real :class:`~unlearn.training.module.UnlearnModule` under a
 Lightning Trainer, and reports:
 
 - **step**: wall time of one full optimizer step (both backward passes, combine, diagnostics,
-  ``.grad``, clip, AdamW, logging), median over ``--repeats`` steps after ``--warmup`` steps, and
-  its ratio to the ``sum`` step (target ≤ 1.10);
+  ``.grad``, clip, AdamW, logging), median over ``--repeats`` steps per combiner, and its ratio to
+  the ``sum`` step (target ≤ 1.10). The combiners take turns step by step in one training run, so
+  that a shared machine's changing load hits them alike;
 - **peak**: peak tensor memory during one more step, above the level at the step's start (see
   :mod:`unlearn.bench.memory`), and how much it exceeds the ``sum`` step's peak, in gradient
   buffers (one buffer = every trainable parameter's size; target ≤ 1);
@@ -76,13 +77,27 @@ def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0
     return PairedStream(rows(4 * batch, "f"), rows(4 * batch, "r"), steps * batch, seed=seed)
 
 
-class StepClock(L.Callback):
-    """Times every training step; measures the peak memory of step ``memory_step`` (not timed)."""
+def schedule(combiners: Sequence[str], warmup: int, repeats: int) -> list[tuple[str, str]]:
+    """``(combiner, what)`` per training step, ``what`` in warmup | time | memory.
 
-    def __init__(self, device: torch.device, memory_step: int) -> None:
-        self.device, self.memory_step = device, memory_step
-        self.times: list[float] = []
-        self.peak = 0
+    The combiners take turns step by step (forward order, then reverse, so that a drift in machine
+    load over a round hits them alike): on a shared machine the load changes over minutes, and
+    adjacent steps see the same load where separate runs do not.
+    """
+    plan = [(combiners[i % len(combiners)], "warmup") for i in range(warmup * len(combiners))]
+    for k in range(repeats):
+        order = combiners if k % 2 == 0 else list(reversed(combiners))
+        plan += [(c, "time") for c in order]
+    return plan + [(c, "memory") for c in combiners]
+
+
+class TurnTaking(L.Callback):
+    """Sets the module's combiner before every step by the plan; times steps, measures memory steps."""
+
+    def __init__(self, built: dict[str, Combiner], plan: list[tuple[str, str]], device: torch.device) -> None:
+        self.built, self.plan, self.device = built, plan, device
+        self.times: dict[str, list[float]] = {c: [] for c in built}
+        self.peaks: dict[str, int] = {}
         self._mem: PeakMemory | None = None
         self._t0 = 0.0
 
@@ -91,33 +106,30 @@ class StepClock(L.Callback):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
-        if idx == self.memory_step:
+        name, what = self.plan[idx]
+        module.combiner = self.built[name]  # a combiner is pure: swapping it between steps is safe
+        if what == "memory":
             self._mem = PeakMemory(self.device).__enter__()
         self._sync()
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, idx: int) -> None:
         self._sync()
-        if self._mem is not None:
+        name, what = self.plan[idx]
+        if what == "time":
+            self.times[name].append(time.perf_counter() - self._t0)
+        elif self._mem is not None:
             self._mem.__exit__(None, None, None)
-            self.peak, self._mem = self._mem.peak, None
-        else:
-            self.times.append(time.perf_counter() - self._t0)
+            self.peaks[name], self._mem = self._mem.peak, None
 
 
-@dataclass
-class StepResult:
-    times: list[float]
-    peak: int
-
-
-def time_steps(model: torch.nn.Module, combiner: Combiner, stream: PairedStream, batch: int, warmup: int, repeats: int, device: torch.device) -> StepResult:
-    steps = warmup + repeats + 1
-    clock = StepClock(device, memory_step=steps - 1)
-    module = UnlearnModule(model, Objective(forget=GA(), retain=NLL()), combiner, OptimConfig(lr=1e-5, schedule="constant"), StepConfig())
+def time_steps(model: torch.nn.Module, built: dict[str, Combiner], stream: PairedStream, batch: int, plan: list[tuple[str, str]], device: torch.device) -> TurnTaking:
+    """One training run of ``len(plan)`` steps whose combiner changes every step (see :func:`schedule`)."""
+    clock = TurnTaking(built, plan, device)
+    module = UnlearnModule(model, Objective(forget=GA(), retain=NLL()), built["sum"], OptimConfig(lr=1e-5, schedule="constant"), StepConfig())
     loop = LoopConfig(accelerator=device.type, enable_progress_bar=False)
-    fit(module, stream, pad_id=0, batch_size=batch, steps=steps, loop=loop, callbacks=[clock])
-    return StepResult(clock.times[warmup:], clock.peak)
+    fit(module, stream, pad_id=0, batch_size=batch, steps=len(plan), loop=loop, callbacks=[clock])
+    return clock
 
 
 def task_gradients(model: torch.nn.Module, stream: PairedStream, batch: int) -> tuple[list[Tensor], list[Tensor], list[str]]:
@@ -132,18 +144,20 @@ def task_gradients(model: torch.nn.Module, stream: PairedStream, batch: int) -> 
     return g_r, g_f, [n for n, _ in named]
 
 
-def median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    times = []
+def median_times(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time of each function; they take turns call by call (the first turn warms up)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:  # the first call is a warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 @dataclass
@@ -171,33 +185,26 @@ def combine_costs(name: str, combiner: Combiner, grads: tuple[list[Tensor], list
         kept = ours()
     transient = mem.peak - sum(u.numel() * u.element_size() for u in kept[0])
     del kept
-    return CombineResult(
-        combine=median_time(lambda: combiner.combine(g_r, g_f, names=names), repeats, device),
-        diagnostics=median_time(lambda: gradient_diagnostics(g_r, g_f, update), repeats, device),
-        flat=median_time(flattened, repeats, device) if name in FLAT else None,
-        transient=transient,
-    )
+    fns = {"combine": lambda: combiner.combine(g_r, g_f, names=names), "diagnostics": lambda: gradient_diagnostics(g_r, g_f, update)}
+    if name in FLAT:
+        fns["flat"] = flattened
+    t = median_times(fns, repeats, device)
+    return CombineResult(combine=t["combine"], diagnostics=t["diagnostics"], flat=t.get("flat"), transient=transient)
 
 
-def run(models: Sequence[str], combiners: Sequence[str], batch: int, seq: int, warmup: int, repeats: int, rounds: int, device: torch.device) -> None:
+def run(models: Sequence[str], combiners: Sequence[str], batch: int, seq: int, warmup: int, repeats: int, device: torch.device) -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {batch}×{seq} tokens per task; "
-          f"step: median of {rounds}×{repeats} steps, each run after {warmup} warm-up steps, combiners interleaved\n")
+          f"step: median of {repeats} steps per combiner, combiners taking turns step by step after {warmup} warm-up turns\n")
     step_rows, combine_rows = [], []
+    plan = schedule(combiners, warmup, repeats)
     for m in models:
         model, vocab = build_model(m, device)
-        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         buffer = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        stream = synthetic_stream(vocab, batch, seq, warmup + repeats + 1)
+        stream = synthetic_stream(vocab, batch, seq, len(plan))
         built = {c: build_combiner(c) for c in combiners}
-        times: dict[str, list[float]] = {c: [] for c in combiners}
-        peaks: dict[str, int] = {}
-        for _ in range(rounds):  # interleaved, so that a change in machine load hits every combiner
-            for c in combiners:
-                model.load_state_dict(start)
-                step = time_steps(model, built[c], stream, batch, warmup, repeats, device)
-                times[c] += step.times
-                peaks.setdefault(c, step.peak)
+        clock = time_steps(model, built, stream, batch, plan, device)
+        times, peaks = clock.times, clock.peaks
         grads = task_gradients(model, stream, batch)
         base_t, base_p = statistics.median(times["sum"]), peaks["sum"]
         for c in combiners:
@@ -226,9 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--combiners", nargs="+", default=list(COMBINERS), choices=COMBINERS)
     p.add_argument("--batch", type=int, default=8, help="sequences per task per step (default 8)")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default 5)")
-    p.add_argument("--rounds", type=int, default=2, help="runs per combiner, interleaved (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per combiner first (default 1)")
+    p.add_argument("--repeats", type=int, default=8, help="timed steps per combiner; the median is reported (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
     a = p.parse_args(argv)
@@ -242,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_lightning()
     if a.threads:
         torch.set_num_threads(a.threads)
-    run(a.models, a.combiners, a.batch, a.seq, a.warmup, a.repeats, a.rounds, device)
+    run(a.models, a.combiners, a.batch, a.seq, a.warmup, a.repeats, device)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,23 @@ def test_a_missing_required_value_names_the_key(tmp_path, no_model_build):
 def test_unknown_options_and_keys_are_refused_by_composition(overrides, fragment):
     with pytest.raises(HydraException, match=fragment):
         compose(overrides)
+
+
+SWEEP_PRESETS = [p for p in GROUP_FILES if _group_and_option(p)[0] == "experiment" and "sweeper:" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", SWEEP_PRESETS, ids=lambda p: _group_and_option(p)[1])
+def test_every_value_a_preset_sweeps_over_sets_up(path, tmp_path, no_model_build):
+    """Each value in a preset's `hydra.sweeper.params` gives a job whose setup validates and builds
+    (losses, combiner, providers), so a sweep does not fail job by job on a typo."""
+    name = _group_and_option(path)[1]
+    params = compose([f"experiment={name}"]).hydra.sweeper.params
+    assert params, name
+    for key, values in params.items():
+        for value in str(values).split(","):
+            cfg = job_config([f"experiment={name}", f"{key}={value}", f"paths.cache_dir={tmp_path}"])
+            s = make_setup(cfg, RunDir(tmp_path / "run"))
+            if key == "method":
+                assert cfg.method.name == value
+            if key == "smoothing.rate":
+                assert s.objective.smoothing.rate == float(value)

@@ -70,6 +70,31 @@ def test_method_preset_picks_components_and_the_command_line_still_wins():
     assert cfg.hydra.runtime.choices.combiner == "pcgrad"
 
 
+@pytest.mark.parametrize("overrides,key,expected", [
+    (["method=sago"], "forget.beta", 0.5),                           # the preset's tuned SimNPO beta
+    (["method=sago", "forget.beta=0.1"], "forget.beta", 0.1),        # the command line wins
+    (["method=sago", "forget=npo"], "forget.beta", 0.1),             # NPO keeps its own beta
+    (["method=simnpo", "experiment=sago_wmdp/bio_simnpo_sago"], "forget.beta", 0.02),  # a paper preset wins
+    (["method=rmu"], "forget.layer", 2),
+    (["method=rmu", "forget.layer=1"], "forget.layer", 1),
+    (["method=sga"], "smoothing.rate", -1.0),
+    (["method=sga", "smoothing.rate=0.5"], "smoothing.rate", 0.5),
+    (["method=gd"], "smoothing.rate", 0.0),
+])
+def test_a_method_tunes_only_the_options_it_chose(overrides, key, expected):
+    assert OmegaConf.select(compose(overrides), key) == expected
+
+
+@pytest.mark.parametrize("overrides,absent", [
+    (["method=sago", "forget=ga"], "forget.beta"),          # GA takes no beta: nothing may leak into it
+    (["method=sga", "smoothing=none"], "smoothing.rate"),
+])
+def test_a_method_tuning_does_not_leak_into_another_option(tmp_path, no_model_build, overrides, absent):
+    cfg = job_config([f"paths.cache_dir={tmp_path}", *overrides])
+    assert OmegaConf.select(cfg, absent) is None
+    make_setup(cfg, RunDir(tmp_path / "run"))  # the components build with the other option
+
+
 def test_sweep_dirs_are_per_job_and_folder_safe():
     cfg = compose(["combiner=sago", "benchmark.target.path=/a b/c"])
     assert cfg.hydra.sweep.dir.startswith("multirun/")

@@ -67,7 +67,7 @@ def app(cfg: DictConfig) -> Any:
         return _objective(cfg, done)
     run_dir = RunDir(run_dir)
     try:
-        write_json(run_dir.file("config.json"), OmegaConf.to_container(cfg, resolve=False))
+        write_json(run_dir.file("config.json"), _container(cfg))
         setup = make_setup(cfg, run_dir)
         write_json(run_dir.file("config.json"), OmegaConf.to_container(cfg, resolve=True))
         run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"]})
@@ -86,6 +86,15 @@ def app(cfg: DictConfig) -> Any:
         print(f"[unlearn] job failed ({type(e).__name__}: {e}); see {run_dir.file('traceback.txt')}", file=sys.stderr)
         return _objective(cfg, {})
     return _objective(cfg, results)
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    """The config as written before validation: resolved where it resolves (reports group jobs by
+    their values, e.g. ``smoothing.rate``, not by an interpolation), else as composed."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an incomplete or broken config: validation names the key below
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:

@@ -26,5 +26,17 @@ def test_installed_extras_exist():
 
 def test_volumes_and_entrypoint():
     assert 'ENTRYPOINT ["python", "-m", "unlearn"]' in DOCKERFILE
-    assert "/cache" in DOCKERFILE and "HF_HOME=/cache" in DOCKERFILE and "WANDB_DIR=/cache" in DOCKERFILE
+    assert "/cache" in DOCKERFILE and "HF_HOME=/cache" in DOCKERFILE and "WANDB_CACHE_DIR=/cache" in DOCKERFILE
     assert "UNLEARN_CACHE=/cache" in DOCKERFILE
+    # the run directories hold the W&B run files (WandbLogger's save_dir), so WANDB_DIR would mislead
+    assert "WANDB_DIR=" not in DOCKERFILE
+
+
+def test_the_image_records_the_commit_it_was_built_from(tmp_path, monkeypatch):
+    from unlearn.rundir import git_state
+
+    assert "ENV UNLEARN_GIT_COMMIT=${GIT_COMMIT}" in DOCKERFILE
+    monkeypatch.setenv("UNLEARN_GIT_COMMIT", "abc123")
+    assert git_state(tmp_path) == {"commit": "abc123", "dirty": None}  # no checkout: the build's commit
+    monkeypatch.delenv("UNLEARN_GIT_COMMIT")
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}

@@ -71,7 +71,8 @@ def read_json(path: Path) -> Any:
 
 
 def git_state(where: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the git checkout that holds ``where`` (null outside a checkout)."""
+    """Commit and dirty flag of the git checkout that holds ``where``; outside a checkout, the
+    commit an image was built from (``UNLEARN_GIT_COMMIT``, set by docker/Dockerfile) or null."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
@@ -80,7 +81,7 @@ def git_state(where: Path) -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": os.environ.get("UNLEARN_GIT_COMMIT") or None, "dirty": None}
 
 
 def versions() -> dict[str, str | None]:

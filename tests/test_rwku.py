@@ -8,7 +8,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from _stubs import MemorizerLM
 from conftest import REPO, run_cli
 from unlearn.benchmarks import rwku as R
 from unlearn.benchmarks.hub import DataUnavailable
@@ -84,6 +86,30 @@ def test_known_answers(tiny, splits, monkeypatch):
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
         assert m[f"mia_{attack}_auc"] == pytest.approx(0.5)
     assert m["mia_forget_loss"] == pytest.approx(m["mia_retain_loss"])
+
+
+class _CalibratedMemorizer(MemorizerLM):
+    """MemorizerLM with fixed random bigram logits underneath and a finite boost (+6) on memorised
+    next tokens: Min-K%++ divides by the spread of the model's own log-probs, which is zero under
+    MemorizerLM's uniform logits, so its score there would be rounding noise."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw) -> object:
+        out = super().forward(input_ids, attention_mask, **kw)
+        base = torch.randn(self.vocab, self.vocab, generator=torch.Generator().manual_seed(0))
+        out.logits = out.logits / 5 + base[input_ids]
+        return out
+
+
+@pytest.mark.parametrize("memorised, auc", [("mia_forget", 1.0), ("mia_retain", 0.0)])
+def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, auc):
+    """Forget texts are the positives: every attack gives AUC 1 when only they are memorised (RWKU
+    before unlearning, exaggerated) and 0 when only the retain texts are (forget texts look unseen)."""
+    _, tok = tiny
+    model = _CalibratedMemorizer(tok, memorised=[r["text"] for r in splits[memorised]])
+    m = R.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)["metrics"]
+    assert {a: m[f"mia_{a}_auc"] for a in ("loss", "zlib", "min_k", "min_k_pp")} == dict.fromkeys(("loss", "zlib", "min_k", "min_k_pp"), auc)
+    unseen = "mia_retain" if memorised == "mia_forget" else "mia_forget"
+    assert m[f"{memorised}_loss"] + 3 < m[f"{unseen}_loss"]  # about 1.9 against log(vocab) + 0.5
 
 
 def test_evaluator_on_the_tiny_model(tiny, splits):

@@ -6,7 +6,6 @@ Every attack maps a row's token statistics to a score where *higher means more l
 
 from __future__ import annotations
 
-import math
 import zlib
 from typing import Sequence
 
@@ -24,15 +23,20 @@ def loss_score(token_nll: np.ndarray) -> float:
 
 
 def zlib_score(token_nll: np.ndarray, text: str) -> float:
-    """−(total NLL) / zlib-compressed length of the text (Carlini et al., 2021)."""
-    return -float(token_nll.sum()) / max(1, len(zlib.compress(text.encode("utf-8"))))
+    """−(mean token NLL) / zlib entropy of the text, the entropy being ``len(zlib.compress(text))``
+    in bytes (Carlini et al., 2021; as in Shi et al.'s Min-K% Prob code,
+    ``np.log(ppl) / zlib_entropy``, negated here so that higher means member)."""
+    if token_nll.size == 0:
+        return 0.0
+    return -float(token_nll.mean()) / max(1, len(zlib.compress(text.encode("utf-8"))))
 
 
 def lowest_k_mean(values: np.ndarray, k: float) -> float:
-    """Mean of the lowest ``k`` fraction of ``values`` (at least one value)."""
+    """Mean of the lowest ``int(k * len(values))`` values, as the Min-K% Prob and Min-K%++
+    reference code count them (floor), but at least one so a short text still has a score."""
     if values.size == 0:
         return 0.0
-    n = max(1, int(math.ceil(k * values.size)))
+    n = max(1, int(k * values.size))
     return float(np.sort(values)[:n].mean())
 
 

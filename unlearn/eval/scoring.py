@@ -63,6 +63,7 @@ def score_rows(model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int,
 
 
 def _minkpp_tokens(logits: torch.Tensor, tgt: torch.Tensor, tok_nll: torch.Tensor) -> torch.Tensor:
+    """Min-K%++ token scores (Zhang et al., 2024; their code's ``(log p − μ) / sqrt(σ²)``)."""
     logp = logits.log_softmax(-1)
     p = logp.exp()
     mu = (p * logp).sum(-1)

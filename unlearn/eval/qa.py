@@ -26,6 +26,9 @@ Row = Mapping[str, Any]
 DIRECTIONS = {
     "forget_prob": -1, "forget_rouge": -1, "forget_truth_ratio": +1, "forget_mc_acc": -1,
     "forget_quality": +1, "forget_quality_log10": +1, "model_utility": +1, "mia_auc": 0, "privleak": 0,
+    # what model utility is made of: higher is better on the sets that must be kept
+    **{f"{s}_{m}": +1 for s in ("retain", "real_authors", "world_facts") for m in ("prob", "rouge", "truth_ratio")},
+    "retain_mc_acc": +1,
 }
 
 

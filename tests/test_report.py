@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unlearn.report.__main__ import main
+from unlearn.report.__main__ import main, report, wandb_group
+from unlearn.report.collect import Run, load_runs, rate_key
 from unlearn.report.pareto import pareto_mask
-from unlearn.rundir import write_json
+from unlearn.rundir import read_json, write_json
+
+UNRESOLVED_RATE = "${oc.select:method.tuned.smoothing.sga.rate,0.0}"
 
 
-def _run(root, name, method, combiner, rate, seed, fq, mu, status="ok", reason=None):
+def _run(root, name, method, combiner, rate, seed, fq, mu, status="ok", reason=None, group=None):
     d = root / name
     cfg = {"seed": seed, "method": {"name": method}, "combiner": {"_target_": f"unlearn.combiners.{combiner}"},
            "smoothing": {"rate": rate}, "model": {"name": "tiny"},
@@ -25,7 +28,7 @@ def _run(root, name, method, combiner, rate, seed, fq, mu, status="ok", reason=N
         res.update({"eval/toy/forget_quality": fq, "eval/toy/model_utility": mu, "eval/toy/forget_rouge": 0.5})
     write_json(d / "config.json", cfg)
     write_json(d / "results.json", res)
-    write_json(d / "provenance.json", {"overrides": [f"method={method}", f"smoothing.rate={rate}", f"seed={seed}"]})
+    write_json(d / "provenance.json", {"overrides": [f"method={method}", f"smoothing.rate={rate}", f"seed={seed}"], "group": group})
 
 
 @pytest.fixture
@@ -62,8 +65,100 @@ def test_report_aggregates_seeds_and_lists_unfinished_runs(sweep, capsys):
     assert "optim.lr must be > 0" in md and "diverged" in md
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 14
-    png = out / "pareto_toy.png"
-    assert png.exists() and png.stat().st_size > 20_000
+    from matplotlib.image import imread
+
+    img = imread(out / "pareto_toy.png")
+    assert img.shape[0] >= 600 and img.shape[1] >= 800
+    # not a blank canvas: dark ink (text, markers) on a light background
+    assert (img[..., :3].mean(axis=-1) < 0.3).mean() > 0.002 and img[..., :3].std() > 0.05
+
+
+def _front(made, bench):
+    return [tuple(row) for row in made["fronts"][bench][["method", "combiner", "rate"]].astype(str).itertuples(index=False)]
+
+
+def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp_path):
+    for seed in (0, 1):
+        _run(sweep, f"auto_{seed}_job", "sga", "Sum", "auto", seed, 0.9, 0.3)
+    made = report(sweep, tmp_path / "out")
+    table = pd.read_csv(made["tables"][0], dtype={"rate": str})
+    assert table[["method", "rate"]].values.tolist() == [["sago", "-0.5"], ["sago", "0.5"], ["sga", "-0.5"], ["sga", "0.5"], ["sga", "auto"]]
+    auto = table[table["rate"] == "auto"].iloc[0]
+    assert auto["n"] == 2 and auto["eval/toy/forget_quality_mean"] == pytest.approx(0.9)
+    assert "| sga | Sum | auto | 2 |" in made["markdown"].read_text()
+    # sago r=0.5 (0.5, 0.505) dominates every other cell but sga r=auto (0.9, 0.3): best forget quality
+    assert _front(made, "toy") == [("sago", "SAGO", "0.5"), ("sga", "Sum", "auto")]
+    assert made["fronts"]["toy"]["eval/toy/forget_quality_mean"].tolist() == pytest.approx([0.5, 0.9])
+
+
+def test_rates_sort_as_numbers_with_auto_last():
+    assert sorted(["auto", "0.5", "-1", "?", "-0.5", "10", "0"], key=rate_key) == ["-1", "-0.5", "0", "0.5", "10", "auto", "?"]
+
+
+def test_an_unresolved_rate_interpolation_joins_its_real_cell(sweep):
+    # failed validation before config.json was resolved: no provenance.json, only Hydra's overrides
+    _run(sweep, "early_fail_job", "sga", "Sum", 0.5, 4, 0, 0, status="failed", reason="config error")
+    d = sweep / "early_fail_job"
+    cfg = read_json(d / "config.json")
+    cfg["smoothing"]["rate"] = UNRESOLVED_RATE
+    write_json(d / "config.json", cfg)
+    (d / "provenance.json").unlink()
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "overrides.yaml").write_text("- method=sga\n- smoothing.rate=0.5\n- seed=4\n")
+    # an old run dir: the rate came from the method preset, which config.json still holds
+    _run(sweep, "old_job", "sago", "SAGO", -0.5, 4, 0, 0, status="failed", reason="killed")
+    d = sweep / "old_job"
+    cfg = read_json(d / "config.json")
+    cfg["smoothing"]["rate"] = UNRESOLVED_RATE
+    cfg["method"]["tuned"] = {"smoothing": {"sga": {"rate": -0.5}}}
+    write_json(d / "config.json", cfg)
+    write_json(d / "provenance.json", {"overrides": ["method=sago", "seed=4"], "group": None})
+
+    assert main([str(sweep)]) == 0
+    table = pd.read_csv(sweep / "report" / "table_toy.csv", dtype={"rate": str})
+    assert sorted(table["rate"]) == ["-0.5", "-0.5", "0.5", "0.5"]
+    by = table.set_index(["method", "rate"])
+    assert by.loc[("sga", "0.5"), "n_failed"] == 2 and by.loc[("sago", "-0.5"), "n_failed"] == 1
+
+
+def test_a_rate_that_cannot_be_resolved_is_unknown_not_a_cell_named_after_the_interpolation(tmp_path):
+    cfg = {"smoothing": {"rate": "${oc.env:UNLEARN_TEST_UNSET_VARIABLE}"}, "method": {"name": "${oc.select:nothing.here}"}}
+    run = Run(tmp_path, cfg, {}, [])
+    assert run.rate() == "?" and run.factors()["method"] == "?"
+    assert Run(tmp_path, {"smoothing": {"rate": UNRESOLVED_RATE}}, {}, []).rate() == "0.0"
+    assert Run(tmp_path, {"smoothing": {"rate": UNRESOLVED_RATE}}, {}, ["smoothing.rate=0.50"]).rate() == "0.5"
+
+
+@pytest.mark.parametrize("group, expected", [("exp_rate", "exp_rate"), ("paper-table2", "paper-table2"), (None, "exp_rate")])
+def test_the_report_logs_to_the_group_its_runs_logged_to(tmp_path, monkeypatch, group, expected):
+    # a nested sweep name (sweep=exp/rate) or group=...: the folder's own name ("rate") is neither
+    root = tmp_path / "multirun" / "exp" / "rate"
+    for seed in (0, 1):
+        _run(root, f"{seed}_job", "sga", "Sum", 0.5, seed, 0.2, 0.4, group=group)
+    assert wandb_group(load_runs(root), root) == expected
+    import wandb
+
+    calls = []
+
+    class FakeRun:
+        def log(self, data):
+            calls.append(("log", sorted(data)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(("init", kw)) or FakeRun())
+    assert main([str(root), "--wandb"]) == 0
+    assert calls[0][1]["group"] == expected and calls[0][1]["job_type"] == "report"
+    assert ("log", ["pareto_toy"]) in calls and calls[-1] == ("finish",)
+
+
+def test_runs_of_several_groups_fall_back_to_the_sweep_folder(tmp_path, capsys):
+    root = tmp_path / "multirun" / "exp"
+    _run(root / "a", "0_job", "sga", "Sum", 0.5, 0, 0.2, 0.4, group="exp_a")
+    _run(root / "b", "0_job", "sga", "Sum", 0.5, 0, 0.2, 0.4, group="exp_b")
+    assert wandb_group(load_runs(root), root) == "exp"
+    assert "2 W&B groups" in capsys.readouterr().err
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path):
@@ -109,10 +204,11 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
         write_json(d / "results.json", {"status": "ok", "eval/harry_potter/completion_rouge": rouge, "eval/harry_potter/general_ppl": ppl})
         write_json(d / "provenance.json", {"overrides": [f"method={method}"]})
     from unlearn.report.__main__ import axes_for
-    from unlearn.report.collect import load_runs
 
     axes = axes_for(load_runs(root), "harry_potter", [])
     assert axes.utility_higher_is_better is False
-    # npo (0.3, 40) is dominated by gd (0.2, 20) when lower perplexity is better
-    assert pareto_mask(np.array([0.1, 0.2, 0.3]), np.array([50.0, 20.0, 40.0]), False, axes.utility_higher_is_better).tolist() == [True, True, False]
-    assert main([str(root)]) == 0
+    made = report(root, root / "report")
+    # npo (0.3, 40) is dominated by gd (0.2, 20) when lower perplexity is better; were perplexity
+    # taken as higher-is-better, ga (0.1, 50) alone would be the front
+    assert _front(made, "harry_potter") == [("ga", "Sum", "0"), ("gd", "Sum", "0")]
+    assert made["fronts"]["harry_potter"]["eval/harry_potter/general_ppl_mean"].tolist() == [50.0, 20.0]

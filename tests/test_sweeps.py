@@ -1,5 +1,6 @@
-"""Sweeps: a failed or diverged job is recorded and the sweep goes on; the local parallel launcher
-and the Optuna sweeper run real jobs; the report reads the result."""
+"""Sweeps: each job's W&B group, name and tags; a failed or diverged job is recorded and the sweep
+goes on; the local parallel launcher and the Optuna sweeper run real jobs; the report reads the
+result."""
 
 from __future__ import annotations
 
@@ -7,15 +8,47 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import compose, run_cli
 
-pytestmark = pytest.mark.slow
+
+def _meta(overrides, monkeypatch, tmp_path, multirun=True):
+    """``job_meta`` of a job composed from ``overrides``, as Hydra hands it to the app."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from unlearn.__main__ import job_meta
+
+    cfg = compose(overrides)
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN" if multirun else "RUN"
+        cfg.hydra.runtime.output_dir = str(tmp_path / "job")
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    HydraConfig.instance().set_config(cfg)
+    return job_meta(cfg)
+
+
+@pytest.mark.parametrize("sweep, group", [("rate_grid", "rate_grid"), ("exp/rate", "exp_rate")])
+def test_a_sweep_job_is_grouped_by_its_sweep_named_by_its_overrides_and_tagged(monkeypatch, tmp_path, sweep, group):
+    meta = _meta(["method=npo", "combiner=pcgrad", "benchmark=toy", "smoothing.rate=0.5", "seed=1", f"sweep={sweep}"], monkeypatch, tmp_path)
+    assert meta["multirun"] and meta["group"] == group
+    # the sweep name is the group, not part of the run name; the keys come sorted
+    assert meta["name"] == "benchmark=toy,combiner=pcgrad,method=npo,seed=1,smoothing.rate=0.5"
+    assert {"method:npo", "combiner:pcgrad", "benchmark:toy", "model:tiny"} <= set(meta["tags"])
+    assert meta["overrides"][-1] == f"sweep={sweep}"
+
+
+def test_group_overrides_the_sweep_folder_and_a_single_run_has_no_group_by_default(monkeypatch, tmp_path):
+    assert _meta(["method=sga", "sweep=rate_grid", "group=paper-table2"], monkeypatch, tmp_path)["group"] == "paper-table2"
+    single = _meta(["method=sga", "combiner=sago"], monkeypatch, tmp_path, multirun=False)
+    assert single["group"] is None and not single["multirun"]
+    assert single["name"] == "combiner=sago,method=sga" and "combiner:sago" in single["tags"]
 
 
 def _jobs(root):
     return {p.name: json.loads((p / "results.json").read_text()) for p in sorted(root.iterdir()) if (p / "results.json").exists()}
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, cache_dir):
     args = ["-m", "experiment=smoke", "train.steps=2", "optim.lr=-1,1e-3", "train.max_abs_loss=1e-3,1e4", "sweep=robust"]
     proc = run_cli(args, cwd=tmp_path, cache=cache_dir)
@@ -33,6 +66,7 @@ def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, c
     assert "Runs that did not finish" in md and "diverged" in md and "failed" in md
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, cache_dir):
     proc = run_cli(["-m", "launcher=joblib", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=par"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,6 +76,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, cache_dir):
     assert all(j["status"] == "ok" for j in jobs.values())
 
 
+@pytest.mark.slow
 def test_optuna_searches_rate_and_lr_on_two_objectives(tmp_path, cache_dir):
     proc = run_cli(["-m", "sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=smoke", "train.steps=2", "sweep=search"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -64,14 +64,33 @@ def markdown(c: pd.DataFrame, metrics: list[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wandb_group(runs: list[Run], root: Path) -> str:
+    """The W&B group the sweep's jobs logged to, so the report run lands beside them: the one group
+    their provenance.json records (``group=``, else the sweep folder below ``multirun/``, as
+    ``unlearn.__main__.sweep_group`` names it); where the runs name none, or several, the group a
+    sweep in ``root`` gets."""
+    from unlearn.__main__ import sweep_group
+
+    groups = sorted({g for g in (r.group for r in runs) if g})
+    if len(groups) == 1:
+        return groups[0]
+    if groups:
+        print(f"report: the runs under {root} belong to {len(groups)} W&B groups {groups}; logging to {sweep_group(str(root.resolve()))!r}", file=sys.stderr)
+    return sweep_group(str(root.resolve()))
+
+
 def report(root: Path, out: Path) -> dict[str, Any]:
+    """Write ``runs.csv``, a table per benchmark, its Pareto plot and ``report.md`` to ``out``.
+
+    Returns what it made: ``tables`` and ``plots`` (paths), ``fronts`` (benchmark -> the cells on
+    the plotted Pareto front), ``markdown`` (path) and ``group`` (the runs' W&B group)."""
     runs = load_runs(root)
     if not runs:
         raise SystemExit(f"report: no run directories (with results.json) under {root}")
     df = frame(runs)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
-    parts, made = [f"# Sweep report: {root}\n", f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + "\n"], {"plots": [], "tables": []}
+    parts, made = [f"# Sweep report: {root}\n", f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + "\n"], {"plots": [], "tables": [], "fronts": {}}
     for bench in sorted(df["benchmark"].unique()):
         sub = df[df["benchmark"] == bench].dropna(axis=1, how="all")
         bench_runs = [r for r in runs if r.benchmark == bench]
@@ -82,21 +101,24 @@ def report(root: Path, out: Path) -> dict[str, Any]:
         parts.append(markdown(c, table_metrics(bench_runs, bench, metrics), f"{bench}"))
         ax = axes_for(bench_runs, bench, metrics)
         if ax is not None and f"{ax.forget}_mean" in c and f"{ax.utility}_mean" in c:
-            png = plot(c, ax, f"{bench}: forgetting vs utility ({root.name})", out / f"pareto_{bench}.png")
-            made["plots"].append(png)
-            parts.append(f"![pareto {bench}]({png.name})\n")
+            drawn = plot(c, ax, f"{bench}: forgetting vs utility ({root.name})", out / f"pareto_{bench}.png")
+            made["plots"].append(drawn.path)
+            made["fronts"][bench] = drawn.front
+            parts.append(f"![pareto {bench}]({drawn.path.name})\n")
     bad = df[df["status"] != "ok"]
     if len(bad):
         parts.append("## Runs that did not finish\n\n| run | status | reason |\n|---|---|---|\n" + "".join(f"| {r.run} | {r.status} | {r.reason} |\n" for r in bad.itertuples()))
     (out / "report.md").write_text("\n".join(parts))
     made["markdown"] = out / "report.md"
+    made["group"] = wandb_group(runs, root)
     return made
 
 
-def log_to_wandb(made: dict[str, Any], root: Path, project: str, mode: str) -> None:
+def log_to_wandb(made: dict[str, Any], project: str, mode: str) -> None:
     import wandb
 
-    run = wandb.init(project=project, group=root.name, job_type="report", name=f"report-{root.name}", mode=mode)
+    group = made["group"]
+    run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}", mode=mode)
     for t in made["tables"]:
         run.log({t.stem: wandb.Table(dataframe=pd.read_csv(t))})
     for p in made["plots"]:
@@ -117,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     made = report(args.sweep_dir, args.out or args.sweep_dir / "report")
     if args.wandb:
-        log_to_wandb(made, args.sweep_dir, args.wandb_project, args.wandb_mode)
+        log_to_wandb(made, args.wandb_project, args.wandb_mode)
     print(f"wrote {made['markdown']}, {len(made['tables'])} table(s), {len(made['plots'])} plot(s)")
     return 0
 

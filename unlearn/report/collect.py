@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from unlearn.rundir import read_json
 SKIP_DIRS = {"checkpoints", "wandb", ".submitit", "model", ".hydra"}
 #: overrides that never define a cell of the grid (seeds are what a cell averages over)
 NOT_A_FACTOR = ("seed", "sweep", "group", "launcher", "sweeper", "resume", "paths.cache_dir")
+#: the label of a factor whose value the run directory does not tell
+UNKNOWN = "?"
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -25,29 +27,115 @@ def run_dirs(root: Path) -> list[Path]:
     return out
 
 
+def is_interpolation(value: Any) -> bool:
+    """An OmegaConf interpolation left unresolved (``'${oc.select:...}'``), as old run dirs and jobs
+    that failed before their config resolved have in ``config.json``."""
+    return isinstance(value, str) and value.lstrip().startswith("${")
+
+
+def rate_label(value: Any) -> str:
+    """``smoothing.rate`` as a grid label: a number as Python prints it (``0.5``, ``-0.5``, ``0``),
+    so a command-line ``0.50`` and a config ``0.5`` are one cell; anything else (``auto``) as is."""
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return str(cast(value))
+            except ValueError:
+                pass
+    return str(value)
+
+
+def rate_key(label: Any) -> tuple[int, float, str]:
+    """Sort key for rate labels: numbers in numeric order, then ``auto``, then anything else."""
+    try:
+        return (0, float(label), "")
+    except (TypeError, ValueError):
+        return (1 if label == "auto" else 2, 0.0, str(label))
+
+
+def _resolve(config: dict[str, Any], key: str) -> Any:
+    """``key`` of a stored config with its interpolations resolved against that config; None when
+    it does not resolve (a missing key, an environment-dependent resolver)."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(OmegaConf.create(config), key, throw_on_resolution_failure=False)
+    except Exception:  # a config OmegaConf cannot read back: the value is unknown, not an error
+        return None
+    return None if value is None or is_interpolation(value) else value
+
+
+def _overrides(d: Path, prov: dict[str, Any]) -> list[str]:
+    """The job's overrides: from provenance.json, else Hydra's ``.hydra/overrides.yaml`` (a job that
+    failed validation has no provenance yet, and without its overrides it would be a cell of its own)."""
+    if "overrides" in prov:
+        return [str(o) for o in prov["overrides"]]
+    hydra_file = d / ".hydra" / "overrides.yaml"
+    if hydra_file.exists():
+        import yaml
+
+        data = yaml.safe_load(hydra_file.read_text())
+        return [str(o) for o in data] if isinstance(data, list) else []
+    return []
+
+
 @dataclass
 class Run:
     path: Path
     config: dict[str, Any]
     results: dict[str, Any]
     overrides: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def benchmark(self) -> str:
-        return str(self.config.get("benchmark", {}).get("name", "?"))
+        return self._name("benchmark")
+
+    @property
+    def group(self) -> str | None:
+        """The W&B group the job logged to (provenance.json), else the ``group`` it was given."""
+        for value in (self.provenance.get("group"), self.config.get("group")):
+            if value and not is_interpolation(value):
+                return str(value)
+        return None
+
+    def _name(self, node: str) -> str:
+        sub = self.config.get(node)
+        value = sub.get("name") if isinstance(sub, dict) else None
+        if is_interpolation(value):
+            value = _resolve(self.config, f"{node}.name")
+        return UNKNOWN if value is None else str(value)
+
+    def _override(self, key: str) -> str | None:
+        for o in reversed(self.overrides):
+            k, _, value = o.partition("=")
+            if k.lstrip("+~") == key and not is_interpolation(value):
+                return value
+        return None
+
+    def rate(self) -> str:
+        """The configured smoothing rate as a label (see :func:`rate_label`): from config.json, or,
+        where it holds an unresolved interpolation, from the overrides or by resolving it there."""
+        smoothing = self.config.get("smoothing")
+        if not isinstance(smoothing, dict):
+            return rate_label(0.0)
+        value = smoothing.get("rate", 0.0)
+        if is_interpolation(value):
+            value = self._override("smoothing.rate")
+            if value is None:
+                value = _resolve(self.config, "smoothing.rate")
+        return UNKNOWN if value is None else rate_label(value)
 
     def factors(self) -> dict[str, str]:
         """The run's coordinates in the grid: method, combiner, rate, model, benchmark, and every
         other override except the seed."""
-        cfg = self.config
-        target = str(cfg.get("combiner", {}).get("_target_", "?")).rsplit(".", 1)[-1]
-        rate = cfg.get("smoothing", {}).get("rate", 0.0) if isinstance(cfg.get("smoothing"), dict) else 0.0
+        target = self.config.get("combiner", {}).get("_target_", UNKNOWN)
         out = {
             "benchmark": self.benchmark,
-            "model": str(cfg.get("model", {}).get("name", "?")),
-            "method": str(cfg.get("method", {}).get("name", "?")),
-            "combiner": target,
-            "rate": str(rate),
+            "model": self._name("model"),
+            "method": self._name("method"),
+            "combiner": UNKNOWN if is_interpolation(target) else str(target).rsplit(".", 1)[-1],
+            "rate": self.rate(),
         }
         covered = {"benchmark", "model", "method", "combiner", "smoothing.rate"}
         for o in self.overrides:
@@ -64,7 +152,7 @@ def load_runs(root: Path) -> list[Run]:
         results = read_json(d / "results.json")
         config = read_json(d / "config.json") if (d / "config.json").exists() else {}
         prov = read_json(d / "provenance.json") if (d / "provenance.json").exists() else {}
-        runs.append(Run(d, config, results, list(prov.get("overrides", []))))
+        runs.append(Run(d, config, results, _overrides(d, prov), prov))
     return runs
 
 
@@ -83,7 +171,8 @@ def frame(runs: list[Run]) -> pd.DataFrame:
 def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Mean and standard deviation (over seeds) of ``metrics`` per grid cell, ok runs only.
 
-    Columns: the factors, ``n`` (ok runs), ``n_failed``/``n_diverged``, ``<m>_mean``, ``<m>_std``.
+    Columns: the factors, ``n`` (ok runs), ``n_failed``/``n_diverged``, ``<m>_mean``, ``<m>_std``;
+    rows sorted by the factors, rates by :func:`rate_key`.
     """
     factors = [c for c in df.columns if c not in metrics and c not in ("seed", "status", "reason", "run") and not c.startswith(("eval/", "target/", "oracle/", "unlearned/", "train/", "time/", "config_"))]
     df = df.copy()
@@ -99,4 +188,6 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             row[f"{m}_mean"] = float(vals.mean()) if vals.size else np.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else np.nan)
         out.append(row)
+    # rate labels are strings ('auto' among numbers): order them as numbers, 'auto' last
+    out.sort(key=lambda row: tuple(rate_key(row[f]) if f == "rate" else (0, 0.0, str(row[f])) for f in factors))
     return pd.DataFrame(out)

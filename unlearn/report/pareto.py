@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unlearn.report.collect import rate_key
+
 
 @dataclass(frozen=True)
 class Axes:
@@ -41,15 +43,25 @@ def _short(metric: str) -> str:
     return metric.split("/")[-1]
 
 
+@dataclass(frozen=True)
+class Plotted:
+    """What :func:`plot` drew: the PNG, and the cells on the Pareto front (factor columns plus the
+    two plotted means), in the order the front line runs (by the forget metric)."""
+
+    path: Path
+    front: pd.DataFrame
+
+
 def _factor_columns(cells: pd.DataFrame) -> list[str]:
     return [k for k in cells.columns if not k.endswith(("_mean", "_std")) and k not in ("n", "n_failed", "n_diverged")]
 
 
-def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Path:
-    """Write the plot of one benchmark's cells to ``out`` (PNG) and return the path.
+def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Plotted:
+    """Write the plot of one benchmark's cells to ``out`` (PNG); return it with the front it drew.
 
     One series per method + combiner (and per value of any other factor the sweep varies, named in
-    the legend); within a series the points run over the smoothing rate r and are labelled by it.
+    the legend); within a series the points run over the smoothing rate r in numeric order and are
+    labelled by it; ``r=auto`` points are drawn unconnected (they are no point on the r axis).
     Error bars are the standard deviation over seeds; the grey line is the Pareto front.
     """
     import matplotlib
@@ -68,18 +80,20 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Path:
     for i, (key, g) in enumerate(data.groupby(["method", "combiner", *vary], sort=True)):
         key = key if isinstance(key, tuple) else (key,)
         name = f"{key[0]} + {key[1]}" + ("" if not vary else " (" + ", ".join(f"{k}={v}" for k, v in zip(vary, key[2:])) + ")")
-        g = g.assign(_r=g["rate"].astype(float)).sort_values("_r")
-        x, y = g[fx].to_numpy(), g[fy].to_numpy()
+        g = g.iloc[sorted(range(len(g)), key=lambda j: rate_key(g["rate"].iloc[j]))]
+        x, y, rates = g[fx].to_numpy(), g[fy].to_numpy(), [str(r) for r in g["rate"]]
         xerr, yerr = g[f"{axes.forget}_std"].to_numpy(), g[f"{axes.utility}_std"].to_numpy()
-        ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=markers[i % len(markers)] + "-",
-                    ms=7, lw=1, alpha=0.9, capsize=2, label=name)
+        bars = ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=markers[i % len(markers)],
+                           ms=7, alpha=0.9, capsize=2, label=name)
+        numeric = np.array([rate_key(r)[0] == 0 for r in rates])
+        ax.plot(x[numeric], y[numeric], "-", lw=1, alpha=0.9, color=bars[0].get_color())
         if label_rates:
-            texts += [ax.text(xi, yi, f"r={r:g}", fontsize=8) for xi, yi, r in zip(x, y, g["_r"])]
-    if len(data):
-        x, y = data[fx].to_numpy(), data[fy].to_numpy()
-        front = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
-        order = np.argsort(x[front])
-        ax.plot(x[front][order], y[front][order], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
+            texts += [ax.text(xi, yi, f"r={r}", fontsize=8) for xi, yi, r in zip(x, y, rates)]
+    x, y = data[fx].to_numpy(), data[fy].to_numpy()
+    mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
+    front = data[mask].iloc[np.argsort(x[mask], kind="stable")]
+    if len(front):
+        ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
     if axes.forget_log and len(data) and (data[fx] > 0).all():
         from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -93,9 +107,11 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     if texts:
-        adjust_text(texts, ax=ax, arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+        # repel the labels from every marker too (a marker is wider than the point adjust_text sees)
+        adjust_text(texts, x=data[fx].to_numpy(), y=data[fy].to_numpy(), ax=ax, expand=(1.3, 1.8),
+                    arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
-    return out
+    return Plotted(out, front[[*_factor_columns(front), fx, fy]].reset_index(drop=True))

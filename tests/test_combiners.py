@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _asserts import (
+    _fp32_slack,
     assert_coordinatewise_agreement,
     assert_nonneg_inner_product_global,
     assert_nonneg_inner_product_per_tensor,
@@ -23,6 +24,8 @@ from unlearn.combiners import SAGO, PCGrad, PCGradGlobal, PCGradSymmetric, Sum, 
 
 ALL = [Sum(), PCGrad(), PCGradGlobal(), PCGradSymmetric(), SAGO(), SAGO(prefer_retain=True), SAGO(gate="soft"),
        Sum(alpha=0.5, gamma=2.0), PCGrad(alpha=0.3, gamma=1.7), SAGO(alpha=0.1, gamma=1.0)]
+# spec §2's literal soft gate σ(κ·g_f⊙g_r) is not positively homogeneous, so it is not in ALL
+SOFT_RAW = [SAGO(gate="soft_raw"), SAGO(gate="soft_raw", kappa=0.3, alpha=0.5, gamma=2.0, prefer_retain=True)]
 
 # gradient-like values: exact zeros (ties in the sign tests) or magnitudes in [1e-3, 10]
 _mag = st.floats(0.0009765625, 10, width=32)  # 2**-10
@@ -39,7 +42,7 @@ def grad_pairs(draw):
 
 
 # -- properties every combiner has ----------------------------------------------------------------
-@pytest.mark.parametrize("c", ALL, ids=repr)
+@pytest.mark.parametrize("c", ALL + SOFT_RAW, ids=repr)
 @given(pair=grad_pairs())
 @settings(max_examples=60, deadline=None)
 def test_shapes_finite_and_inputs_untouched(c, pair):
@@ -48,7 +51,7 @@ def test_shapes_finite_and_inputs_untouched(c, pair):
     assert_retain_untouched(c, g_r, g_f)
 
 
-@pytest.mark.parametrize("c", ALL, ids=repr)
+@pytest.mark.parametrize("c", ALL + SOFT_RAW, ids=repr)
 def test_zero_gradients_give_zero_update(c):
     assert_zero_inputs(c, [(3,), (2, 2)])
 
@@ -74,6 +77,43 @@ def test_sum_is_the_weighted_sum(pair, alpha, gamma):
 @settings(max_examples=100, deadline=None)
 def test_pcgrad_never_opposes_retain_on_any_tensor(pair, alpha, gamma):
     assert_nonneg_inner_product_per_tensor(PCGrad(alpha=alpha, gamma=gamma), *pair)
+
+
+def _bf16(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.to(torch.bfloat16) for t in ts]
+
+
+def _fp32(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.float() for t in ts]  # exact: every bf16 value is an fp32 value
+
+
+@given(pair=grad_pairs(), alpha=st.floats(0, 3), gamma=st.floats(0, 3))
+@settings(max_examples=100, deadline=None)
+def test_pcgrad_on_bf16_gradients_keeps_its_guarantee_and_fp32_diagnostics(pair, alpha, gamma):
+    """bf16 gradients (a bf16 model): norms and dots are taken in fp32, so the update is the fp32
+    update of the same values rounded once, and the diagnostics are the fp32 ones."""
+    g_r, g_f = _bf16(pair[0]), _bf16(pair[1])
+    c = PCGrad(alpha=alpha, gamma=gamma)
+    low, ref = c.combine(g_r, g_f), c.combine(_fp32(g_r), _fp32(g_f))
+    assert_nonneg_inner_product_per_tensor(c, _fp32(g_r), _fp32(g_f))  # holds in fp32, before the cast
+    for u, v, r, f in zip(low.update, ref.update, g_r, g_f):
+        assert u.dtype == torch.bfloat16
+        # one bf16 rounding of the fp32 update: within one bf16 ulp (2^-7 relative) of it
+        # (and fp32 values below bf16's smallest normal may flush to 0)
+        assert ((u.float() - v).abs() <= 2**-7 * v.abs() + torch.finfo(torch.bfloat16).tiny).all()
+        # so <update, g_r> >= 0 up to that rounding: |<u - v, r>| <= 2^-7 Σ|v_i r_i|
+        d = torch.dot(u.double().flatten(), r.double().flatten())
+        tol = 2**-7 * float((v.double() * r.double()).abs().sum()) + _fp32_slack(r.float(), f.float())
+        assert d >= -tol, f"<update, g_r> = {float(d)} < -{tol} on a bf16 tensor"
+    assert low.stats.keys() == ref.stats.keys()
+    for k in ref.stats:
+        assert low.stats[k].dtype == torch.float32
+        torch.testing.assert_close(low.stats[k], ref.stats[k], rtol=1e-6, atol=0, msg=k)
+    got = gradient_diagnostics(g_r, g_f, low.update)
+    want = gradient_diagnostics(_fp32(g_r), _fp32(g_f), _fp32(low.update))
+    for k in want:
+        assert got[k].dtype == torch.float32, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
 @given(pair=grad_pairs())
@@ -135,6 +175,39 @@ def test_soft_gate_approaches_the_hard_gate():
     assert not torch.allclose(mild, hard, atol=1e-2)
 
 
+@pytest.mark.parametrize("gate", ["soft", "soft_raw"])
+@given(pair=grad_pairs(), alpha=st.floats(0, 3), gamma=st.floats(0, 3), kappa=st.floats(0.01, 100))
+@settings(max_examples=60, deadline=None)
+def test_soft_gates_mix_between_retain_and_forget_on_every_coordinate(gate, pair, alpha, gamma, kappa):
+    g_r, g_f = pair
+    for u, r, f in zip(SAGO(alpha=alpha, gamma=gamma, gate=gate, kappa=kappa)(g_r, g_f), g_r, g_f):
+        lo, hi = torch.minimum(alpha * r, gamma * f), torch.maximum(alpha * r, gamma * f)
+        slack = 1e-6 * (lo.abs() + hi.abs())
+        assert ((u >= lo - slack) & (u <= hi + slack)).all()
+
+
+@given(pair=grad_pairs(), kappa=st.floats(0.01, 100))
+@settings(max_examples=60, deadline=None)
+def test_soft_raw_is_the_literal_formula_of_spec(pair, kappa):
+    g_r, g_f = pair
+    for u, r, f in zip(SAGO(alpha=0.5, gamma=2.0, gate="soft_raw", kappa=kappa)(g_r, g_f), g_r, g_f):
+        w = torch.sigmoid(kappa * f * r)
+        torch.testing.assert_close(u, w * 2.0 * f + (1 - w) * 0.5 * r, rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_soft_gate_normalises_the_product_and_soft_raw_does_not():
+    """The documented deviation: ``soft`` gates on g_f⊙g_r / mean|g_f⊙g_r|, so it is blind to the
+    gradients' scale; ``soft_raw`` (the literal σ(κ·g_f⊙g_r)) on tiny gradients is a plain average."""
+    g = torch.Generator().manual_seed(0)
+    g_r, g_f = [torch.randn(50, generator=g)], [torch.randn(50, generator=g)]
+    tiny_r, tiny_f = [1e-4 * g_r[0]], [1e-4 * g_f[0]]
+    soft = SAGO(gate="soft", kappa=5.0)
+    torch.testing.assert_close(soft(tiny_r, tiny_f)[0], 1e-4 * soft(g_r, g_f)[0])
+    raw = SAGO(gate="soft_raw", kappa=5.0)(tiny_r, tiny_f)[0]
+    torch.testing.assert_close(raw, 0.5 * (tiny_r[0] + tiny_f[0]), rtol=1e-5, atol=1e-10)  # σ(κ·1e-8) ≈ 1/2
+    assert not torch.allclose(soft(tiny_r, tiny_f)[0], raw, rtol=1e-2, atol=0)
+
+
 # -- options -------------------------------------------------------------------------------------
 def test_select_applies_the_rule_only_to_matching_parameters():
     g_r = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0])]
@@ -155,6 +228,16 @@ def test_reference_replaces_retain_in_the_conflict_test():
     torch.testing.assert_close(u, torch.tensor([2.0, 0.0]))
 
 
+def test_symmetric_pcgrad_refuses_a_reference_instead_of_ignoring_it():
+    g_r, g_f, ref = [torch.tensor([1.0, 1.0])], [torch.tensor([1.0, -3.0])], [torch.tensor([-1.0, -1.0])]
+    with pytest.raises(ValueError, match=r"PCGradSymmetric takes no reference gradient: set train\.retain_ema=null"):
+        PCGradSymmetric().combine(g_r, g_f, reference=ref)
+    PCGradSymmetric().combine(g_r, g_f)  # fine without one
+    for c in (PCGrad(), PCGradGlobal(), SAGO()):
+        assert c.uses_reference
+        c.combine(g_r, g_f, reference=ref)
+
+
 @pytest.mark.parametrize("bad", [dict(alpha=-1.0), dict(gamma=-0.1), dict(select="(")])
 def test_bad_arguments_name_the_key(bad):
     with pytest.raises(ValueError, match=f"combiner.{next(iter(bad))}"):
@@ -169,6 +252,10 @@ def test_repr_mirrors_the_constructor():
 
 
 # -- pinned values on one hand-made input ---------------------------------------------------------
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
 G_R = [torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 1.0]])]
 G_F = [torch.tensor([-1.0, 2.0]), torch.tensor([[-2.0, 1.0]])]
 
@@ -185,6 +272,8 @@ PINNED = {
     "sago": (SAGO(), [[1.0, 2.0], [[1.0, 1.0]]]),
     "sago_weighted": (SAGO(alpha=0.5, gamma=2.0), [[0.5, 4.0], [[0.5, 2.0]]]),
     "sago_prefer_retain": (SAGO(prefer_retain=True), [[1.0, 2.0], [[1.0, 2.0]]]),
+    # w = σ(g_f·g_r) = σ(-1), σ(0) | σ(-2), σ(1); update = w·g_f + (1-w)·g_r
+    "sago_soft_raw": (SAGO(gate="soft_raw", kappa=1.0), [[1 - 2 * _sigmoid(-1), 1.0], [[1 - 3 * _sigmoid(-2), 1.0]]]),
 }
 
 

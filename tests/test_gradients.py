@@ -59,5 +59,5 @@ def test_ema_of_gradients():
     torch.testing.assert_close(first[0], torch.tensor([2.0]))
     second = ema.update([torch.tensor([4.0])])
     torch.testing.assert_close(second[0], torch.tensor([3.0]))
-    with pytest.raises(ValueError, match="ema"):
+    with pytest.raises(ValueError, match=r"train\.retain_ema must be a decay in \[0, 1\)"):
         GradientEMA(1.0)

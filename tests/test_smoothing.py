@@ -57,12 +57,18 @@ def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_sga_with_rate_zero_equals_ga_exactly(tiny, toy_splits):
+# rate=0 never even computes the normal samples' losses; rate auto clipped to [0, 0] does (it is
+# active), so the second case checks the weights at r=0, not only that the normals are skipped.
+RATE_ZERO = {"fixed": lambda: SGA(rate=0.0, K=4), "auto_clipped_to_0": lambda: SGA(rate="auto", K=4, auto_every=1, auto_range=[0.0, 0.0])}
+
+
+@pytest.mark.parametrize("case", sorted(RATE_ZERO))
+def test_sga_with_rate_zero_equals_ga_exactly(tiny, toy_splits, case):
     quiet_lightning()
     model, tok = tiny
     optim = OptimConfig(lr=1e-2, schedule="constant")
     runs = {}
-    for name, smoothing in {"ga": NoSmoothing(), "sga0": SGA(rate=0.0, K=4)}.items():
+    for name, smoothing in {"ga": NoSmoothing(), "sga0": RATE_ZERO[case]()}.items():
         m = copy.deepcopy(model)
         stream = _stream(tok, toy_splits, 4, 4)  # normal groups are in every batch
         fit(UnlearnModule(m, Objective(forget=GA(), retain=None, smoothing=smoothing), optim=optim, step=StepConfig()),
@@ -72,6 +78,32 @@ def test_sga_with_rate_zero_equals_ga_exactly(tiny, toy_splits):
     assert any(not torch.equal(start[n], runs["ga"][n]) for n in start)
     for n in start:
         assert torch.equal(runs["ga"][n], runs["sga0"][n]), n
+
+
+def test_sga_at_effective_rate_zero_with_normal_samples_present_is_ga(tiny, toy_splits):
+    """The forget loss and its gradient, with normal samples in the batch and their losses
+    computed (an active SGA whose rate is 0), equal plain GA's bit for bit."""
+    from unlearn.data.paired import PairedCollate
+
+    model, tok = tiny
+    batch = PairedCollate(tok.pad_token_id)([_stream(tok, toy_splits, 1, 4)[k] for k in range(4)])
+    assert batch["normal"]["input_ids"].shape[0] == 4 * 3  # K-1 = 3 normal samples per forget row
+    sga = SGA(rate="auto", K=4, auto_range=[0.0, 0.0], auto_init=0.0)
+    sga.before_step(0, GA(), model, batch)  # estimates r* != 0 on this batch and clips it to 0
+    assert sga.active and sga.rate == 0.0 and sga.estimate not in (None, 0.0)
+    calls = []
+
+    def spy(m, rows):
+        calls.append(rows["input_ids"].shape[0])
+        return GA()(m, rows)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    ga = Objective(GA(), None, NoSmoothing()).forget_loss(model, batch)
+    smoothed = Objective(spy, None, sga).forget_loss(model, batch)
+    assert calls == [4, 12], "the normal samples' losses must be computed for this test to mean anything"
+    assert torch.equal(smoothed, ga)
+    for a, b in zip(torch.autograd.grad(ga, params), torch.autograd.grad(smoothed, params)):
+        assert torch.equal(a, b)
 
 
 def test_sga_with_a_rate_differs_from_ga(tiny, toy_splits):
@@ -112,6 +144,31 @@ BATCH = {"forget": {"v": torch.tensor([[2.0, 1.0]])}, "normal": {"v": torch.tens
 def test_auto_rate_recovers_a_known_optimal_rate(convention, want):
     sga = SGA(rate="auto", K=2, convention=convention)
     assert estimate_rate(sga, dot_loss, Linear(), BATCH) == pytest.approx(want)
+
+
+def test_under_ddp_the_estimate_comes_from_the_all_reduced_gradients(monkeypatch):
+    """Two ranks, faked: the all-reduce averages this rank's g_f and ḡ with the other rank's, and
+    r* is then that of the averaged gradients, not the mean of the two ranks' r*."""
+    import unlearn.smoothing.auto as auto
+    from unlearn.smoothing.sga import optimal_rate
+
+    other = {"forget": {"v": torch.tensor([[1.0, -2.0]])}, "normal": {"v": torch.tensor([[4.0, 1.0]])}}
+    # K = 2, gls: g_f = v_f, ḡ = (v_f + v_n)/2, all by hand (dot_loss's gradient is v)
+    g = {name: ([b["forget"]["v"][0]], [(b["forget"]["v"][0] + b["normal"]["v"][0]) / 2]) for name, b in {"this": BATCH, "other": other}.items()}
+    calls = []
+
+    def fake_all_reduce_mean(tensors):
+        calls.append(len(tensors))
+        for t, o in zip(tensors, g["other"][0] + g["other"][1]):  # the same order: g_f then ḡ
+            t.copy_((t + o) / 2)
+
+    monkeypatch.setattr(auto, "all_reduce_mean", fake_all_reduce_mean)
+    got = estimate_rate(SGA(rate="auto", K=2), dot_loss, Linear(), BATCH)
+    mean = lambda a, b: [(x + y) / 2 for x, y in zip(a, b)]  # noqa: E731
+    want = optimal_rate(mean(g["this"][0], g["other"][0]), mean(g["this"][1], g["other"][1]))
+    assert calls == [2] and got == pytest.approx(want)
+    per_rank_mean = (optimal_rate(*g["this"]) + optimal_rate(*g["other"])) / 2
+    assert abs(want - per_rank_mean) > 0.1, "the two readings must differ here for this test to mean anything"
 
 
 def test_the_estimate_minimises_the_update_norm():

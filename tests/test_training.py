@@ -136,3 +136,79 @@ def test_divergence_stops_training_and_is_recorded(tiny, toy_splits):
     assert module.diverged and "train/loss" in step.guard.reason
     assert module.global_step == 0
     assert all(torch.equal(before[n], p) for n, p in _params(m).items()), "a diverged step must not be applied"
+
+
+def test_a_single_task_step_logs_that_tasks_gradient_norm(tiny, toy_splits, tmp_path):
+    """retain=none (ga, sga): the step logs norm_forget, under the two-task key, beside norm_update."""
+    from unlearn.loggers import JsonlLogger, read_metrics
+
+    quiet_lightning()
+    model, tok = tiny
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=None), Sum(gamma=0.5), OptimConfig(lr=1e-3, schedule="constant"))
+    fit(module, _stream(tok, toy_splits, 3, 4), tok.pad_token_id, 4, 3, LOOP, loggers=[JsonlLogger(tmp_path / "m.jsonl")])
+    rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/grad/norm_update" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert "train/grad/norm_retain" not in r
+        assert r["train/grad/norm_forget"] > 0
+        assert r["train/grad/norm_update"] == pytest.approx(0.5 * r["train/grad/norm_forget"], rel=1e-5)  # update = gamma * g_f
+
+
+# -- train.* values are checked before any model is built -----------------------------------------
+@pytest.fixture
+def no_model_build(monkeypatch):
+    """Fails the test if anything tries to build a model (as in test_config.py)."""
+    from unlearn.models.tiny import TinyLlama
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built before the config was validated")
+
+    monkeypatch.setattr(TinyLlama, "load", boom)
+
+
+def _setup(tmp_path, overrides):
+    from conftest import job_config
+    from unlearn.components import make_setup
+    from unlearn.rundir import RunDir
+
+    return make_setup(job_config([*overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+
+
+BAD_TRAIN = [
+    (["train.retain_ema=1.0"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got 1\.0"),
+    (["train.retain_ema=-0.1"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got -0\.1"),
+    (["train.retain_ema=fast"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got 'fast'"),
+    (["train.max_abs_loss=0"], r"train\.max_abs_loss must be a number > 0 .*, got 0"),
+    (["train.max_abs_loss=-5"], r"train\.max_abs_loss must be a number > 0 .*, got -5"),
+    (["train.max_abs_loss=null"], r"train\.max_abs_loss must be a number > 0 .*, got None"),
+    (["train.max_abs_loss=big"], r"train\.max_abs_loss must be a number > 0 .*, got 'big'"),
+    (["combiner=pcgrad_symmetric", "train.retain_ema=0.9"], r"train\.retain_ema=0\.9 has no effect with combiner PCGradSymmetric"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
+def test_bad_train_values_name_the_key_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
+    from unlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _setup(tmp_path, overrides)
+
+
+@pytest.mark.parametrize("overrides,ema,limit", [
+    (["train.retain_ema=0.9", "train.max_abs_loss=50"], 0.9, 50.0),
+    (["train.retain_ema=0", "train.max_abs_loss=inf"], 0.0, float("inf")),
+    (["combiner=pcgrad_symmetric"], None, 1e4),
+])
+def test_good_train_values_reach_the_step_config(tmp_path, no_model_build, overrides, ema, limit):
+    step = _setup(tmp_path, overrides).step
+    assert step.retain_ema == ema and step.guard.max_abs_loss == limit
+
+
+def test_the_module_refuses_an_ema_its_combiner_would_ignore(tiny):
+    from unlearn.combiners import PCGradSymmetric
+    from unlearn.config import ConfigError
+
+    model, _ = tiny
+    with pytest.raises(ConfigError, match=r"train\.retain_ema"):
+        UnlearnModule(model, Objective(forget=GA(), retain=NLL()), PCGradSymmetric(), step=StepConfig(retain_ema=0.9))
+    UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), step=StepConfig(retain_ema=0.9))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor
@@ -50,11 +50,19 @@ def check_pair(g_r: Grads, g_f: Grads) -> None:
             raise ValueError(f"tensor {i}: g_retain shape {tuple(r.shape)} != g_forget shape {tuple(f.shape)}")
 
 
+def acc_dtype(t: Tensor) -> torch.dtype:
+    """The dtype reductions over ``t`` accumulate in: fp32, or fp64 for fp64 input (never lower).
+
+    bf16/fp16 gradients must not give bf16 dot products or norms: PCGrad divides by ``‖g_r‖²``,
+    and a norm rounded to 8 significant bits leaves a residual conflict of up to ~2⁻⁸·|<g_f,g_r>|.
+    """
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def dot(a: Tensor, b: Tensor) -> Tensor:
-    """Inner product of two same-shaped tensors, accumulated in fp32 without a full-size temporary."""
-    if a.dtype != torch.float32 or b.dtype != torch.float32:
-        a, b = a.float(), b.float()
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+    """Inner product of two same-shaped tensors in at least fp32 (a per-tensor upcast at most)."""
+    dt = torch.promote_types(acc_dtype(a), acc_dtype(b))
+    return torch.dot(a.reshape(-1).to(dt), b.reshape(-1).to(dt))
 
 
 def dots(a: Grads, b: Grads) -> Tensor:
@@ -65,19 +73,33 @@ def dots(a: Grads, b: Grads) -> Tensor:
 
 
 def sq_norms(a: Grads) -> Tensor:
-    """Per-tensor squared L2 norms (fp32), shape ``[len(a)]``."""
+    """Per-tensor squared L2 norms accumulated in at least fp32, shape ``[len(a)]``.
+
+    ``_foreach_norm``'s ``dtype`` makes it accumulate in that dtype tensor by tensor, so a bf16
+    model gets fp32 norms without an fp32 copy of all its gradients at once.
+    """
     if not a:
         return torch.zeros(0)
-    return torch.stack([n.float() for n in torch._foreach_norm(list(a))]) ** 2
+    dt = torch.float64 if any(t.dtype == torch.float64 for t in a) else torch.float32
+    return torch.stack(torch._foreach_norm(list(a), 2, dtype=dt)) ** 2
 
 
 def weighted_sum(a: Grads, wa: Sequence[float] | float, b: Grads, wb: float) -> list[Tensor]:
-    """``wa * a + wb * b`` with foreach kernels; ``wa`` may be one weight per tensor."""
-    if isinstance(wa, (int, float)):
-        out = torch._foreach_mul(list(a), float(wa))
-    else:
-        out = torch._foreach_mul(list(a), [float(w) for w in wa])
-    torch._foreach_add_(out, list(b), alpha=float(wb))
+    """``wa * a + wb * b``; ``wa`` may be one weight per tensor. Same dtypes as ``a``.
+
+    fp32/fp64 tensors use foreach kernels. Lower precision (bf16) is computed in fp32 one tensor at
+    a time and rounded once, so the update is the fp32 result cast: PCGrad's projection, exact in
+    fp32, then loses only the final rounding (two bf16 roundings could lose more).
+    """
+    weights = [float(wa)] * len(a) if isinstance(wa, (int, float)) else [float(w) for w in wa]
+    if all(acc_dtype(t) == t.dtype for t in a):
+        out = torch._foreach_mul(list(a), weights)
+        torch._foreach_add_(out, list(b), alpha=float(wb))
+        return out
+    out = []
+    for x, y, w in zip(a, b, weights):
+        acc = x.to(acc_dtype(x), copy=True).mul_(w)  # one full-size fp32 temporary per tensor
+        out.append(acc.add_(y, alpha=float(wb)).to(x.dtype))
     return out
 
 
@@ -90,7 +112,11 @@ class Combiner:
     training module; a call without names treats every tensor as selected).
     ``reference`` (optional, same shapes as ``g_r``) replaces ``g_r`` as the direction that the
     conflict test and the projection use, e.g. an exponential moving average of ``g_r``.
+    A combiner whose rule has no faithful reading with such a reference sets ``uses_reference``
+    to False and refuses one, rather than ignoring it.
     """
+
+    uses_reference: ClassVar[bool] = True
 
     alpha: float = 1.0
     gamma: float = 1.0
@@ -119,6 +145,8 @@ class Combiner:
         check_pair(g_retain, g_forget)
         ref = g_retain if reference is None else reference
         if reference is not None:
+            if not self.uses_reference:
+                raise ValueError(f"{type(self).__name__} takes no reference gradient: set train.retain_ema=null with this combiner")
             check_pair(g_retain, reference)
         if self.select is None or names is None:
             return self._combine(list(g_retain), list(g_forget), list(ref))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Grads, dots, sq_norms
+from unlearn.combiners.base import Grads, acc_dtype, dots, sq_norms
 
 
 def _cos(d: Tensor, na2: Tensor, nb2: Tensor) -> Tensor:
@@ -15,11 +15,12 @@ def _cos(d: Tensor, na2: Tensor, nb2: Tensor) -> Tensor:
 
 def _dot_and_conflicts(g_f: Grads, g_r: Grads) -> tuple[Tensor, Tensor]:
     """``<g_f, g_r>`` (fp32) and the number of coordinates where ``g_f·g_r < 0``, from one product
-    per tensor (the only temporary, freed before the next tensor)."""
+    per tensor (the only temporary, freed before the next tensor). The product is taken in fp32:
+    a bf16 product would round every term of the dot product to 8 significant bits."""
     d = torch.zeros((), dtype=torch.float32, device=g_f[0].device)
     n = torch.zeros((), dtype=torch.int64, device=g_f[0].device)
     for f, r in zip(g_f, g_r):
-        p = f * r
+        p = f * r if f.dtype == acc_dtype(f) else f.to(acc_dtype(f)).mul_(r)
         d += p.sum(dtype=torch.float32)
         n += torch.count_nonzero(p < 0)  # not (p < 0).sum(): that casts the mask to int64 first
     return d, n

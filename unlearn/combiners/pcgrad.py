@@ -9,6 +9,7 @@ Yu et al. (2020), which projects each task's gradient onto the other's normal pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -92,8 +93,16 @@ class PCGradSymmetric(Combiner):
 
     When ``<g_f, g_r> < 0``: ``g_r' = g_r - <g_r,g_f>/|g_f|² g_f`` and ``g_f' = g_f - <g_f,g_r>/|g_r|² g_r``;
     update ``alpha*g_r' + gamma*g_f'``. Guarantee: ``<update, g_r> >= 0`` and ``<update, g_f> >= 0``.
-    Unlike the asymmetric variants it does modify the retain gradient. ``reference`` is not used.
+    Unlike the asymmetric variants it does modify the retain gradient.
+
+    It refuses a ``reference`` (``train.retain_ema``) instead of ignoring it: Yu et al.'s rule tests
+    and projects *both* task gradients against each other, and spec §2's guarantee (neither task
+    opposed) holds only for the raw pair. An EMA of ``g_r`` has no single faithful place in it
+    (the sign test only? project onto the EMA? project the EMA?), and each reading loses that
+    guarantee, so a silent choice would misreport what was run.
     """
+
+    uses_reference: ClassVar[bool] = False
 
     eps: float = 0.0
 

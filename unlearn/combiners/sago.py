@@ -14,16 +14,22 @@ from torch import Tensor
 
 from unlearn.combiners.base import Combination, Combiner
 
-_GATES = ("hard", "soft")
+_GATES = ("hard", "soft", "soft_raw")
 
 
-def _soft_gate(f: Tensor, r: Tensor, kappa: float) -> Tensor:
-    """``σ(κ·p̂)`` with ``p̂ = (g_f⊙r) / mean|g_f⊙r|``.
+def _soft_gate(f: Tensor, r: Tensor, kappa: float, normalise: bool = True) -> Tensor:
+    """``σ(κ·p̂)`` with ``p̂ = (g_f⊙r) / mean|g_f⊙r|`` (``gate: soft``), or spec §2's literal
+    ``σ(κ·g_f⊙r)`` with ``normalise=False`` (``gate: soft_raw``).
 
-    Raw gradient products are tiny (~1e-8) and vary by layer, so the product is normalised per
-    tensor before the temperature ``kappa`` applies; as ``kappa → ∞`` this becomes the hard gate.
+    A deliberate deviation from spec §2 in the default soft gate: raw gradient products are tiny
+    (~1e-8) and their scale differs by layer and changes as training goes, so with the literal
+    formula one ``kappa`` is either ~0 everywhere (``w ≈ 1/2``: a plain average, no gating) or must
+    be tuned per model, layer and step. Normalising per tensor makes ``kappa`` a unitless
+    sharpness, the gate invariant to rescaling the gradients, and ``kappa → ∞`` the hard gate.
     """
     p = f.float() * r.float()
+    if not normalise:
+        return torch.sigmoid(kappa * p)
     scale = p.abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
     return torch.sigmoid(kappa * p / scale)
 
@@ -35,8 +41,12 @@ class SAGO(Combiner):
     ``r`` is ``g_r`` (or the ``reference`` passed in); a zero product is no conflict.
     ``prefer_retain=True`` is the official code's ablation: ``gamma*g_f^i + alpha*g_r^i`` where
     there is no conflict. Guarantee (hard gate, no reference): ``update^i · g_r^i >= 0`` for every
-    coordinate. ``gate="soft"`` mixes ``w·gamma·g_f + (1−w)·alpha·g_r`` with ``w = σ(κ·p̂)``
-    (see :func:`_soft_gate`); it trades that guarantee for smoothness.
+    coordinate. ``gate="soft"`` mixes ``w·gamma·g_f + (1−w)·alpha·g_r`` with ``w = σ(κ·p̂)``, where
+    ``p̂`` is ``g_f⊙r`` normalised per tensor by its mean absolute value: a deliberate deviation
+    from spec §2's ``σ(κ·g_f⊙g_r)``, which ``gate="soft_raw"`` implements literally (see
+    :func:`_soft_gate` for why the normalised gate is the default). Soft gates trade the sign
+    guarantee for smoothness; each coordinate of their update lies between ``alpha*g_r^i`` and
+    the no-conflict value. ``soft`` is positively homogeneous, ``soft_raw`` is not.
     """
 
     prefer_retain: bool = False
@@ -62,7 +72,7 @@ class SAGO(Combiner):
                 u = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
                 n_gated += torch.count_nonzero(conflict)
             else:
-                w = _soft_gate(f, s, self.kappa).to(f.dtype)
+                w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft").to(f.dtype)
                 u = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
                 n_gated += (1 - w).double().sum()
             n_total += f.numel()

@@ -13,20 +13,26 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from unlearn.smoothing.sga import optimal_rate
+from unlearn.training.gradients import all_reduce_mean
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter], keep: bool) -> list[Tensor]:
     gs = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+    # contiguous: autograd may hand back an expanded view (stride 0), which all-reduce cannot write
+    return [torch.zeros_like(p) if g is None else g.contiguous() for g, p in zip(gs, params)]
 
 
 def estimate_rate(smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> float:
     """``r*`` on one batch (``forget`` rows and their ``normal`` groups), over the trainable
-    parameters; averaged over ranks under data parallelism. Leaves ``.grad`` untouched."""
+    parameters. Leaves ``.grad`` untouched.
+
+    Under data parallelism ``g_f`` and ``ḡ`` are averaged across ranks first (spec §1: estimates
+    come from the all-reduced gradients), so every rank gets the ``r*`` of the global batch. ``r*``
+    is a ratio of quadratic forms, so the mean of per-rank ``r*`` would be a different number.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     per_f = forget(model, batch["forget"])
     per_n = forget(model, batch["normal"]).view(per_f.shape[0], smoothing.K - 1)
@@ -34,9 +40,5 @@ def estimate_rate(smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], mo
     group = (per_f + sign * per_n.sum(-1)) / smoothing.K
     g_f = _grads(per_f.mean(), params, keep=True)
     g_bar = _grads(group.mean(), params, keep=False)
-    r = optimal_rate(g_f, g_bar)
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([r], dtype=torch.float64, device=params[0].device)
-        dist.all_reduce(t)
-        r = float(t) / dist.get_world_size()
-    return r
+    all_reduce_mean(g_f + g_bar)  # in place; a no-op in one process
+    return optimal_rate(g_f, g_bar)

@@ -30,6 +30,16 @@ def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, (stacked / world).unbind()))
 
 
+def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
+    """Average each tensor in place across data-parallel ranks (a no-op in one process)."""
+    world = world_size()
+    if world == 1 or not tensors:
+        return
+    for g in tensors:
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+    torch._foreach_div_(list(tensors), float(world))
+
+
 class TaskGradients:
     """Separate gradient buffers for named tasks over one list of trainable parameters."""
 
@@ -55,13 +65,8 @@ class TaskGradients:
 
     def all_reduce(self) -> None:
         """Average every buffer across data-parallel ranks (a no-op in one process)."""
-        world = world_size()
-        if world == 1:
-            return
         for task in sorted(self.buffers):  # same order on every rank
-            for g in self.buffers[task]:
-                dist.all_reduce(g, op=dist.ReduceOp.SUM)
-            torch._foreach_div_(self.buffers[task], float(world))
+            all_reduce_mean(self.buffers[task])
 
     def get(self, task: str) -> list[Tensor] | None:
         return self.buffers.get(task)
@@ -84,7 +89,7 @@ class GradientEMA:
 
     def __init__(self, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"combiner ema decay must be in [0, 1), got {decay!r}")
+            raise ValueError(f"train.retain_ema must be a decay in [0, 1), got {decay!r}")
         self.decay = decay
         self.value: list[Tensor] | None = None
 

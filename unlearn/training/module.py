@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
+from unlearn.combiners.base import sq_norms
+from unlearn.config import ConfigError
 from unlearn.losses.objective import Objective
 from unlearn.training.gradients import GradientEMA, TaskGradients, mean_over_ranks
 from unlearn.training.optim import OptimConfig, build_optimizer
@@ -27,6 +29,12 @@ class DivergenceGuard:
     max_abs_loss: float = 1e4
     reason: str | None = None
     step: int | None = None
+
+    def __post_init__(self) -> None:
+        x = self.max_abs_loss
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
+            raise ValueError(f"train.max_abs_loss must be a number > 0 (.inf disables the limit), got {x!r}")
+        self.max_abs_loss = float(x)
 
     def check(self, step: int, values: Mapping[str, Tensor]) -> bool:
         for name, v in values.items():
@@ -53,6 +61,18 @@ class StepConfig:
             raise ValueError(f"train.accumulate must be an integer >= 1, got {self.accumulate!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"train.clip_norm must be > 0 or null, got {self.clip_norm!r}")
+        ema = self.retain_ema
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1):
+            raise ValueError(f"train.retain_ema must be a decay in [0, 1) or null, got {ema!r}")
+
+
+def check_combiner(step: StepConfig, combiner: Combiner) -> None:
+    """Refuse ``train.retain_ema`` with a combiner that would not use the EMA (before training)."""
+    if step.retain_ema and not combiner.uses_reference:  # 0 / null: the module keeps no EMA
+        raise ConfigError(
+            f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes no "
+            "reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
+        )
 
 
 class UnlearnModule(L.LightningModule):
@@ -77,6 +97,7 @@ class UnlearnModule(L.LightningModule):
         self.combiner = combiner if combiner is not None else Sum()
         self.optim = optim if optim is not None else OptimConfig()
         self.step_cfg = step if step is not None else StepConfig()
+        check_combiner(self.step_cfg, self.combiner)
         self.automatic_optimization = False
         self._grads: TaskGradients | None = None
         self._ema = GradientEMA(self.step_cfg.retain_ema) if self.step_cfg.retain_ema else None
@@ -148,17 +169,20 @@ class UnlearnModule(L.LightningModule):
     def _combine(self) -> tuple[list[Tensor], dict[str, Tensor]]:
         g_r, g_f = self.grads.get("retain"), self.grads.get("forget")
         if g_r is None or g_f is None:
-            only, weight = (g_f, self.combiner.gamma) if g_r is None else (g_r, self.combiner.alpha)
+            task, only, weight = ("forget", g_f, self.combiner.gamma) if g_r is None else ("retain", g_r, self.combiner.alpha)
             assert only is not None
             update = torch._foreach_mul(only, weight)
-            return update, {"norm_update": torch.sqrt(sum((u.float() ** 2).sum() for u in update))}
+            stats = {"norm_update": _norm(update)}
+            if self.step_cfg.diagnostics:
+                stats[f"norm_{task}"] = _norm(only)  # the key the two-task diagnostics use
+            return update, stats
         ref = self._ema.update(g_r) if self._ema is not None else None
         result = self.combiner.combine(g_r, g_f, names=self.grads.names, reference=ref)
         stats = dict(result.stats)
         if self.step_cfg.diagnostics:
             stats.update(gradient_diagnostics(g_r, g_f, result.update))
         else:
-            stats["norm_update"] = torch.sqrt(sum((u.float() ** 2).sum() for u in result.update))
+            stats["norm_update"] = _norm(result.update)
         return result.update, stats
 
     def _log_step(self, stats: Mapping[str, Tensor]) -> None:
@@ -190,3 +214,8 @@ class UnlearnModule(L.LightningModule):
     def set_extra_state(self, state: Mapping[str, Any]) -> None:
         self.steps_done, self.diverged = int(state["steps_done"]), bool(state["diverged"])
         self.step_cfg.guard.reason, self.step_cfg.guard.step = state["reason"], state["diverged_at"]
+
+
+def _norm(ts: list[Tensor]) -> Tensor:
+    """Global L2 norm of a list of tensors, accumulated in fp32 one tensor at a time."""
+    return torch.sqrt(sq_norms(ts).sum())

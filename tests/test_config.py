@@ -161,3 +161,61 @@ def test_every_value_a_preset_sweeps_over_sets_up(path, tmp_path, no_model_build
                 assert cfg.method.name == value
             if key == "smoothing.rate":
                 assert s.objective.smoothing.rate == float(value)
+
+
+FINETUNE_BAD = [
+    (["benchmark.finetune.batch_size=0"], r"benchmark\.finetune\.batch_size must be an integer > 0, got 0"),
+    (["benchmark.finetune.lr=0"], r"benchmark\.finetune\.lr must be a number > 0, got 0"),
+    (["benchmark.finetune.epochs=-1"], r"benchmark\.finetune\.epochs must be a number > 0, got -1"),
+    (["+benchmark.finetune.max_length=0"], r"benchmark\.finetune\.max_length must be an integer > 0"),
+    (["benchmark.finetune.schedule=step"], r"benchmark\.finetune\.schedule must be one of"),
+    (["benchmark.finetune.warmup_ratio=1.5"], r"benchmark\.finetune\.warmup_ratio must be in \[0, 1\)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", FINETUNE_BAD, ids=[" ".join(o) for o, _ in FINETUNE_BAD])
+def test_a_bad_finetune_recipe_names_the_key_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
+    cfg = job_config([*overrides, f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message):
+        make_setup(cfg, RunDir(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("overrides,used", [
+    ([], True),
+    (["benchmark.target.path=/m"], True),                                    # the oracle is still fine-tuned
+    (["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json"], False),
+    (["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json", "task=finetune"], True),  # builds the oracle anyway
+    (["benchmark.target.finetune_on=null", "benchmark.oracle.finetune_on=null"], False),
+])
+def test_the_finetune_recipe_is_checked_only_where_it_is_used(tmp_path, no_model_build, overrides, used):
+    cfg = job_config([*overrides, "benchmark.finetune.batch_size=0", f"paths.cache_dir={tmp_path}"])
+    if used:
+        with pytest.raises(ConfigError, match="benchmark.finetune.batch_size"):
+            make_setup(cfg, RunDir(tmp_path / "run"))
+    else:
+        make_setup(cfg, RunDir(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("overrides,role", [
+    (["benchmark.roles.forget=[forgot]"], "forget"),
+    (["benchmark.roles.retain=[retain,retian]"], "retain"),
+    (["method=sga", "benchmark.roles.normal_pool=[generl]"], "normal_pool"),
+])
+def test_a_role_naming_no_split_stops_before_any_fine_tuning(tmp_path, no_model_build, overrides, role):
+    from unlearn import pipeline
+
+    cfg = job_config([*overrides, f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
+    s = make_setup(cfg, RunDir(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=rf"benchmark\.roles\.{role}: the benchmark has no split '\w+' \(it has \[.*'retain'.*\]\)"):
+        pipeline.run_unlearn(s, {})  # the toy benchmark builds its splits without a model
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_a_role_the_method_does_not_use_is_not_checked(tmp_path, no_model_build, toy_splits):
+    from unlearn.phases import check_roles
+
+    cfg = job_config(["method=ga", "benchmark.roles.retain=[retian]", f"paths.cache_dir={tmp_path}"])
+    check_roles(make_setup(cfg, RunDir(tmp_path / "run")), toy_splits)  # GA has no retain loss
+    cfg = job_config(["method=gd", "benchmark.roles.retain=[retian]", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"benchmark\.roles\.retain"):
+        check_roles(make_setup(cfg, RunDir(tmp_path / "run")), toy_splits)

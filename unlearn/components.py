@@ -10,14 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearn.cache import Cache
 from unlearn.combiners import Combiner
-from unlearn.config import ConfigError, build, to_plain, validate
+from unlearn.config import ConfigError, build, is_pos_int, is_pos_number, to_plain, validate
 from unlearn.data.format import PromptFormat
 from unlearn.losses.objective import Objective
 from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
-from unlearn.training.module import DivergenceGuard, StepConfig
+from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner
 from unlearn.training.optim import OptimConfig
 
 
@@ -34,7 +34,7 @@ class Setup:
     optim: OptimConfig
     step: StepConfig
     loop: LoopConfig
-    finetune: dict[str, Any]
+    finetune: dict[str, Any]  # the effective recipe: see finetune_recipe
     cache: Cache
     device: torch.device
     dtype: torch.dtype
@@ -61,9 +61,54 @@ def _plain(cfg: DictConfig, key: str) -> dict[str, Any]:
     return dict(to_plain(node) or {})
 
 
+#: the fine-tuning recipe's values where ``benchmark.finetune`` leaves them out (max_length: train.max_length)
+FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-5, "weight_decay": 0.0, "schedule": "cosine", "warmup_ratio": 0.05, "batch_size": 16, "epochs": 5, "seed": 0}
+_FINETUNE_CHECKS = {
+    "lr": (is_pos_number, "a number > 0"),
+    "batch_size": (is_pos_int, "an integer > 0"),
+    "epochs": (is_pos_number, "a number > 0"),
+    "max_length": (is_pos_int, "an integer > 0 (tokens)"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+}
+
+
+def _finetune_used(cfg: DictConfig) -> bool:
+    """Whether the job fine-tunes a target or oracle model (mirrors :func:`unlearn.phases.reference_model`)."""
+    for role in ("target", "oracle"):
+        node = OmegaConf.select(cfg, f"benchmark.{role}")
+        if node is None or node.get("path") or not to_plain(node.get("finetune_on")):
+            continue
+        # an eval_file replaces the oracle model, except in task=finetune, which builds it anyway
+        if role == "oracle" and node.get("eval_file") and cfg.task != "finetune":
+            continue
+        return True
+    return False
+
+
+def finetune_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """The benchmark's fine-tuning recipe with its defaults filled in, checked when it is used.
+
+    This effective recipe, not the configured one, goes into the fine-tuned models' cache key, so
+    a changed ``train.max_length`` (the fallback of ``benchmark.finetune.max_length``) is a new model.
+    """
+    given = {k: v for k, v in _plain(cfg, "benchmark.finetune").items() if v is not None}  # null: the default
+    recipe = {**FINETUNE_DEFAULTS, "max_length": cfg.train.max_length, **given}
+    if not _finetune_used(cfg):
+        return recipe
+    for name, (ok, allowed) in _FINETUNE_CHECKS.items():
+        if not ok(recipe[name]):
+            raise ConfigError(f"benchmark.finetune.{name} must be {allowed}, got {recipe[name]!r}")
+    try:
+        OptimConfig(lr=recipe["lr"], weight_decay=recipe["weight_decay"], schedule=recipe["schedule"], warmup_ratio=recipe["warmup_ratio"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e).replace("optim.", "benchmark.finetune.")) from e
+    return recipe
+
+
 def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
     """Validate the config and build the components; raises :class:`ConfigError` on bad input."""
     validate(cfg)
+    finetune = finetune_recipe(cfg)
     try:
         optim = OptimConfig(**_plain(cfg, "optim"))
         train = _plain(cfg, "train")
@@ -72,7 +117,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
             clip_norm=train.get("clip_norm", 1.0),
             retain_ema=train.get("retain_ema"),
             diagnostics=train.get("diagnostics", True),
-            guard=DivergenceGuard(max_abs_loss=float(train.get("max_abs_loss", 1e4))),
+            guard=DivergenceGuard(max_abs_loss=train.get("max_abs_loss", 1e4)),  # it checks the value and names the key
         )
         loop = LoopConfig(**_plain(cfg, "trainer"))
         fmt = PromptFormat(**_plain(cfg, "model.prompt"))
@@ -87,6 +132,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
     combiner = build(cfg, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")
+    check_combiner(step, combiner)  # train.retain_ema with a combiner that would ignore it
     return Setup(
         cfg=cfg,
         run=run,
@@ -99,7 +145,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         optim=optim,
         step=step,
         loop=loop,
-        finetune=_plain(cfg, "benchmark.finetune"),
+        finetune=finetune,
         cache=Cache(cfg.paths.cache_dir),
         device=device,
         dtype=dtype,

@@ -16,11 +16,22 @@ from lightning.pytorch.utilities import rank_zero_only
 class JsonlLogger(Logger):
     """Appends ``{"step": n, "phase": ..., metric: value, ...}`` lines to ``metrics.jsonl``."""
 
-    def __init__(self, path: str | Path, phase: str = "unlearn") -> None:
+    def __init__(self, path: str | Path, phase: str = "unlearn", start_step: int = 0) -> None:
         super().__init__()
         self.path = Path(path)
         self.phase = phase
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start_step > 0:
+            self._truncate(start_step)
+
+    def _truncate(self, start_step: int) -> None:
+        """A run resumed after ``start_step`` optimizer steps logs those steps again: drop this
+        phase's rows from there on (an interrupted run may have logged past its last checkpoint),
+        so every step appears once. Rewritten atomically."""
+        keep = [r for r in read_metrics(self.path) if r.get("phase") != self.phase or not isinstance(r.get("step"), int) or r["step"] < start_step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
 
     @property
     def name(self) -> str:
@@ -51,8 +62,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def wandb_logger(settings: Mapping[str, Any], save_dir: Path, name: str, group: str | None, tags: list[str]) -> Logger:
-    """A Lightning ``WandbLogger``; ``mode: offline`` (default) never prompts for a login."""
+def wandb_logger(settings: Mapping[str, Any], save_dir: Path, name: str, group: str | None, tags: list[str], run_id: str | None = None) -> Logger:
+    """A Lightning ``WandbLogger``; ``mode: offline`` (default) never prompts for a login. With
+    ``run_id`` (a resumed job's) W&B continues that run (``resume="allow"``)."""
     from lightning.pytorch.loggers import WandbLogger
 
     opts = dict(settings)
@@ -70,5 +82,6 @@ def wandb_logger(settings: Mapping[str, Any], save_dir: Path, name: str, group: 
         tags=list(opts.pop("tags", None) or []) + tags,
         save_dir=str(save_dir),
         mode=mode,
+        **({"id": run_id, "resume": "allow"} if run_id and "id" not in opts else {}),
         **opts,
     )

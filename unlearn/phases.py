@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from unlearn import resume
 from unlearn.cache import RECIPE_VERSION, digest
 from unlearn.components import Setup
 from unlearn.config import ConfigError, to_plain
@@ -34,17 +35,31 @@ from unlearn.utils.progress import say
 Rows = list[dict[str, Any]]
 
 
-def gather(splits: Mapping[str, Rows], names: Sequence[str] | str | None, key: str) -> Rows:
-    """Concatenate the named splits; an unknown name is a config error naming ``key``."""
-    if names is None:
-        return []
-    names = [names] if isinstance(names, str) else list(names)
-    out: Rows = []
+def split_names(splits: Mapping[str, Rows], names: Sequence[str] | str | None, key: str) -> list[str]:
+    """``names`` as a list; an unknown name is a config error naming ``key`` and the splits there are."""
+    names = [] if names is None else [names] if isinstance(names, str) else list(names)
     for n in names:
         if n not in splits:
             raise ConfigError(f"{key}: the benchmark has no split {n!r} (it has {sorted(splits)})")
-        out.extend(splits[n])
-    return out
+    return names
+
+
+def gather(splits: Mapping[str, Rows], names: Sequence[str] | str | None, key: str) -> Rows:
+    """Concatenate the named splits; an unknown name is a config error naming ``key``."""
+    return [row for n in split_names(splits, names, key) for row in splits[n]]
+
+
+def check_roles(s: Setup, splits: Mapping[str, Rows]) -> None:
+    """The splits that :func:`unlearn` will take from ``benchmark.roles`` exist.
+
+    Run as soon as the splits are loaded: a typo then costs seconds, not a fine-tuned target and
+    oracle. Only task=unlearn (which has an objective) reads the roles, and only those it uses.
+    """
+    if s.objective is None:
+        return
+    used = ["forget"] + ["retain"] * (s.objective.retain is not None) + ["normal_pool"] * bool(s.objective.smoothing.active)
+    for role in used:
+        split_names(splits, to_plain(OmegaConf.select(s.cfg, f"benchmark.roles.{role}")), f"benchmark.roles.{role}")
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -64,20 +79,32 @@ class ModelRef:
 
 def finetune(s: Setup, model: Any, tok: Any, rows: Rows, log_dir: Path | None = None) -> None:
     """Plain NLL fine-tuning on ``rows`` with the benchmark's ``finetune`` recipe (in place)."""
-    r = s.finetune
-    try:
-        optim = OptimConfig(lr=r.get("lr", 1e-5), weight_decay=r.get("weight_decay", 0.0), schedule=r.get("schedule", "cosine"), warmup_ratio=r.get("warmup_ratio", 0.05))
-    except ValueError as e:
-        raise ConfigError(str(e).replace("optim.", "benchmark.finetune.")) from e
-    bs, epochs = int(r.get("batch_size", 16)), float(r.get("epochs", 5))
-    enc = encode_rows(tok, s.fmt, rows, int(r.get("max_length", s.cfg.train.max_length)))
+    r = s.finetune  # the effective recipe, checked by make_setup (unlearn.components.finetune_recipe)
+    optim = OptimConfig(lr=r["lr"], weight_decay=r["weight_decay"], schedule=r["schedule"], warmup_ratio=r["warmup_ratio"])
+    bs, epochs, seed = int(r["batch_size"]), float(r["epochs"]), int(r["seed"])
+    enc = encode_rows(tok, s.fmt, rows, int(r["max_length"]))
     steps = max(1, int(epochs * len(enc) / bs))
     module = UnlearnModule(model, Objective(forget=None, retain=NLL()), optim=optim, step=StepConfig(clip_norm=1.0, diagnostics=False))
-    stream = PairedStream(None, enc, stream_length(steps, 1, bs), seed=int(r.get("seed", 0)))
+    stream = PairedStream(None, enc, stream_length(steps, 1, bs), seed=seed)
     loggers = [JsonlLogger(log_dir / "metrics.jsonl", phase="finetune")] if log_dir else []
-    with_seed = int(r.get("seed", 0))
-    L.seed_everything(with_seed, verbose=False)
+    L.seed_everything(seed, verbose=False)
     fit(module, stream, tok.pad_token_id, bs, steps, s.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
+
+
+def finetune_key(s: Setup, rows: Rows) -> dict[str, Any]:
+    """Everything that determines a model fine-tuned on ``rows``: the cache key of the result.
+
+    The recipe is the effective one (defaults and the ``train.max_length`` fallback filled in), and
+    the weights' dtype and the trainer's precision are in, since each changes the weights."""
+    return {
+        "base": s.spec.cache_key(),
+        "rows": digest(rows),
+        "recipe": s.finetune,
+        "prompt": to_plain(s.cfg.model.prompt),
+        "version": RECIPE_VERSION,
+        "dtype": str(s.dtype),
+        "precision": str(s.loop.precision),
+    }
 
 
 def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef | None:
@@ -97,7 +124,7 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
     if not names:
         return ModelRef({"base": s.spec.cache_key()}, None) if role == "target" else None
     rows = gather(splits, names, f"benchmark.{role}.finetune_on")
-    key = {"base": s.spec.cache_key(), "rows": digest(rows), "recipe": s.finetune, "prompt": to_plain(s.cfg.model.prompt), "version": RECIPE_VERSION, "dtype": str(s.dtype)}
+    key = finetune_key(s, rows)
 
     def build(tmp: Path) -> None:
         say(f"fine-tuning the {role} model on {len(rows)} rows ({', '.join(names)}); cached for later runs")
@@ -120,9 +147,23 @@ def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle:
     return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
 
 
+def evaluation_key(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The cache key of ``ref``'s evaluation. The oracle's record is in it (its arrays and metrics,
+    which forget quality and PrivLeak are computed against), so a changed oracle is a new entry."""
+    oracle_part = None if oracle is None else digest({"arrays": oracle.get("arrays"), "metrics": oracle.get("metrics")})
+    return {
+        "model": ref.key,
+        "evaluator": to_plain(s.cfg.benchmark.eval),
+        "splits": digest({k: splits[k] for k in sorted(splits)}),
+        "prompt": to_plain(s.cfg.model.prompt),
+        "oracle": oracle_part,
+        "version": RECIPE_VERSION,
+    }
+
+
 def cached_evaluation(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], role: str, oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluation of a target/oracle model, cached under its weights' key and the evaluator."""
-    key = {"model": ref.key, "evaluator": to_plain(s.cfg.benchmark.eval), "splits": digest({k: splits[k] for k in sorted(splits)}), "prompt": to_plain(s.cfg.model.prompt), "version": RECIPE_VERSION}
+    """Evaluation of a target/oracle model, cached under its weights' key, the evaluator and ``oracle``."""
+    key = evaluation_key(s, ref, splits, oracle)
 
     def compute() -> dict[str, Any]:
         say(f"evaluating the {role} model")
@@ -190,7 +231,7 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
     world = s.loop.world_size  # every rank takes every world-th item of the stream
     if cfg.train.get("epochs") is not None:  # papers give epochs (RWKU: 2); the loop counts steps
         steps = epoch_steps(float(cfg.train.epochs), len(forget_rows), bs * s.step.accumulate * world)
-    done = int(torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]) if resume_from else 0
+    done = resume.checkpoint_step(resume_from)
     stream = PairedStream(
         encoded["forget"] if obj.forget is not None else None,
         encoded["retain"] or None,

@@ -31,6 +31,7 @@ def _load_splits(s: Setup) -> dict[str, list[dict[str, Any]]]:
     t = time.perf_counter()
     splits = s.data.build()
     say(f"benchmark {s.bench}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f" ({time.perf_counter() - t:.1f}s)")
+    phases.check_roles(s, splits)  # before any fine-tuning: a typo in benchmark.roles costs seconds
     return splits
 
 
@@ -43,12 +44,15 @@ def _record(s: Setup, role: str, record: Mapping[str, Any] | None) -> dict[str, 
 
 
 def _loggers(s: Setup, meta: Mapping[str, Any]) -> list[Any]:
-    out: list[Any] = [JsonlLogger(s.run.file("metrics.jsonl"))]
+    """The local metrics file and W&B; a resumed job continues both where its checkpoint left off."""
+    ckpt = meta.get("resume_from")
+    out: list[Any] = [JsonlLogger(s.run.file("metrics.jsonl"), start_step=resume.checkpoint_step(ckpt))]
     wb = OmegaConf.select(s.cfg, "logger.wandb")
     if wb is not None:
         settings = OmegaConf.to_container(wb, resolve=True)
         assert isinstance(settings, dict)
-        out.append(wandb_logger(settings, s.run.path, meta.get("name", "unlearn"), meta.get("group"), list(meta.get("tags", []))))
+        run_id = resume.wandb_run_id(s.run.path, ckpt is not None) if int(s.cfg.train.get("checkpoint_every") or 0) > 0 else None
+        out.append(wandb_logger(settings, s.run.path, meta.get("name", "unlearn"), meta.get("group"), list(meta.get("tags", [])), run_id))
     return out
 
 
@@ -74,7 +78,17 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
         if module.diverged:
             status = "diverged"
             s.run.status("diverged", s.step.guard.reason)
-            say(f"diverged: {s.step.guard.reason}; skipping evaluation of the unlearned model")
+            if not getattr(s.evaluator, "evaluates_diverged", False):
+                say(f"diverged: {s.step.guard.reason}; skipping evaluation of the unlearned model")
+                return s.run.results
+            # the diverging step was not applied, so the weights are the last finite ones; a
+            # copyright evaluator reports the collapse that divergence usually is (spec: HP)
+            say(f"diverged: {s.step.guard.reason}; evaluating the last finite weights for collapse")
+            unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
+            cols["unlearned"] = _record(s, "unlearned", unlearned)
+            s.run.update(namespaced(f"eval/{s.bench}", {**unlearned["metrics"], "collapsed": 1.0, "collapsed_diverged": 1.0}))
+            s.run.status("diverged", s.step.guard.reason)
+            print_table(f"{s.bench} · {meta.get('name', '')} (diverged)", cols, getattr(s.evaluator, "directions", {}))
             return s.run.results
         unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
         cols["unlearned"] = _record(s, "unlearned", unlearned)

@@ -12,6 +12,7 @@ same sweep: `sweep=NAME`, or the same `hydra.run.dir`) then
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,3 +79,24 @@ def stamp_checkpoints(run_dir: Path, h: str) -> Path:
 
 def drop_checkpoints(run_dir: Path) -> None:
     shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+
+
+def checkpoint_step(ckpt: Path | None) -> int:
+    """Optimizer steps done when ``ckpt`` was written (0 for a fresh start)."""
+    if ckpt is None:
+        return 0
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id of this job: the interrupted run's when resuming (so W&B continues one run
+    instead of opening a second one of the same name), else a new one, kept beside the checkpoints."""
+    path = checkpoint_dir(run_dir) / "wandb_id"
+    if resuming and path.exists():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id

@@ -97,6 +97,14 @@ def test_harry_potter_runs_on_an_invented_book(tmp_path, cache_dir):
     assert res["target/harry_potter/forget_ppl"] < res["target/harry_potter/general_ppl"], "the target learned the book"
     assert res["eval/harry_potter/forget_ppl"] > res["target/harry_potter/forget_ppl"], "unlearning made the book less likely"
 
+    # a diverging run is still evaluated and reported as collapsed, not just "diverged"
+    proc = run_cli([*hp, "train.max_abs_loss=1e-3", "hydra.run.dir=diverged"], cwd=tmp_path, cache=cache_dir)
+    _ok(proc)
+    res = _results(tmp_path / "diverged")
+    assert res["status"] == "diverged" and "limit" in res["reason"]
+    assert res["eval/harry_potter/collapsed"] == 1.0 and res["eval/harry_potter/collapsed_diverged"] == 1.0
+    assert "eval/harry_potter/completion_bleu" in res and "eval/harry_potter/general_ppl" in res
+
 
 @pytest.mark.timeout(120)
 def test_offline_without_local_data_fails_fast_with_the_how_to(tmp_path, cache_dir):

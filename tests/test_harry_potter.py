@@ -129,3 +129,54 @@ def test_the_perplexity_limit_is_the_vocabulary_or_relative_to_the_target(tiny):
     assert _evaluator("benchmark.eval.max_ppl=50").ppl_limit(tok, None) == 50.0
     with pytest.raises(ValueError, match="max_repetition"):
         _evaluator("benchmark.eval.max_repetition=2")
+
+
+def _general_task(folder, rows) -> str:
+    """A local lm-eval task (zero-shot, 2 choices) in the YAML format lm-eval's own tasks use."""
+    data = folder / "general.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "general_fixture.yaml").write_text(
+        "task: unlearn_general_fixture\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'cache'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n")
+    return str(folder)
+
+
+def _choice_logprob(model, tok, context: str, continuation: str) -> float:
+    """log P(continuation | context) as lm-eval splits and scores it, computed here directly."""
+    from unlearn.eval.choice import encode_pair
+
+    ctx, cont = encode_pair(tok, context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+def test_zero_shot_general_tasks_run_through_lm_eval(tiny, splits, tmp_path):
+    pytest.importorskip("lm_eval")
+    model, tok = tiny
+    words = " ".join(r["text"] for r in splits["forget"]).split()
+    rows = [{"question": " ".join(words[i : i + 6]), "choices": [" ".join(words[i + 6 : i + 9]), " ".join(words[i + 20 : i + 23])]} for i in range(0, 60, 10)]
+    # the answer is the choice the model itself prefers, so a faithful zero-shot run scores 1 and
+    # the other choice scores 0 (lm-eval puts " " between question and choice)
+    best = [max((0, 1), key=lambda k: _choice_logprob(model, tok, r["question"], " " + r["choices"][k])) for r in rows]
+    for answers, expected in ((best, 1.0), ([1 - b for b in best], 0.0)):
+        (tmp_path / str(expected)).mkdir()
+        folder = _general_task(tmp_path / str(expected), [dict(r, answer=a) for r, a in zip(rows, answers)])
+        ev = _evaluator("benchmark.eval.max_ppl=1e9", "benchmark.eval.general_tasks=[unlearn_general_fixture]", f"benchmark.eval.general_tasks_path={folder}")
+        rec = ev.evaluate(model, tok, PromptFormat(), splits)
+        assert rec["notes"]["general_tasks"] is None
+        assert rec["metrics"]["zeroshot_unlearn_general_fixture"] == expected == rec["metrics"]["zeroshot_mean"]
+    assert ev.directions["zeroshot_mean"] == +1
+
+
+def test_general_tasks_that_cannot_load_are_recorded_not_raised(tiny, splits):
+    pytest.importorskip("lm_eval")
+    model, tok = tiny
+    ev = _evaluator("benchmark.eval.max_ppl=1e9", "benchmark.eval.general_tasks=[no_such_task_anywhere]")
+    rec = ev.evaluate(model, tok, PromptFormat(), splits)
+    assert "zeroshot_mean" not in rec["metrics"] and "no_such_task_anywhere" in rec["notes"]["general_tasks"]
+    assert "completion_bleu" in rec["metrics"]

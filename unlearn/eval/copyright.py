@@ -17,7 +17,7 @@ and does it still speak the language?
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -34,6 +34,7 @@ REASONS = ("nonfinite", "ppl", "repetition")
 DIRECTIONS = {
     "completion_bleu": -1, "completion_rouge": -1, "general_ppl": -1, "forget_ppl": +1, "repetition": -1,
     "collapsed": -1, **{f"collapsed_{r}": -1 for r in REASONS},
+    "collapsed_diverged": -1,  # set by the pipeline when training diverged (the guard stopped it)
 }
 
 
@@ -55,7 +56,12 @@ class CopyrightEvaluator:
     max_ppl_ratio: float | None = 100.0
     max_repetition: float = 0.5
     repetition_n: int = 3
+    general_tasks: Sequence[str] = ()  # lm-eval task names for zero-shot utility (piqa, arc_easy, ...)
+    general_tasks_path: str | None = None  # a folder of lm-eval task YAML files (local data, offline)
+    general_tasks_limit: int | None = None  # questions per task (None: all)
     directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
+    #: a run that diverges is still evaluated (last finite weights) and counted as collapsed
+    evaluates_diverged: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.max_ppl is not None and not self.max_ppl > 1:
@@ -107,4 +113,14 @@ class CopyrightEvaluator:
         if reasons:
             say(f"{self.name}: the model has collapsed: {'; '.join(reasons.values())}")
         arrays = {"completion_generated": outputs, "completion_rouge": rouge.tolist(), "completion_repetition": repetition.tolist()}
-        return {"metrics": metrics, "arrays": arrays, "notes": {"collapse": "; ".join(reasons.values()) or None}}
+        notes = {"collapse": "; ".join(reasons.values()) or None}
+        if self.general_tasks:
+            from unlearn.eval.lmeval import zero_shot_accuracy
+
+            say(f"{self.name}: zero-shot accuracy on {', '.join(self.general_tasks)} (lm-evaluation-harness)")
+            accuracy, notes["general_tasks"] = zero_shot_accuracy(model, tokenizer, list(self.general_tasks), self.general_tasks_path, self.general_tasks_limit, self.batch_size)
+            metrics.update(accuracy)
+            self.directions.update({k: +1 for k in accuracy})
+            if notes["general_tasks"]:
+                say(f"{self.name}: {notes['general_tasks']}")
+        return {"metrics": metrics, "arrays": arrays, "notes": notes}

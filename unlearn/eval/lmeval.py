@@ -101,3 +101,37 @@ def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], ba
         correct = (pred == t.answers()).astype(float)
         out[t.name] = {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": contexts}
     return out
+
+
+def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], include_path: str | None = None, limit: int | None = None, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
+    """Zero-shot accuracy of the in-memory model on lm-eval tasks by name (``piqa``, ``arc_easy``,
+    ``hellaswag``, ... or tasks defined in YAML files under ``include_path``).
+
+    Returns ``({"zeroshot_<task>": acc, ..., "zeroshot_mean": mean}, None)``, or ``({}, why)`` when
+    lm-eval is not installed or a task's data cannot be had (its built-in tasks read the hub): the
+    utility number is then missing and the reason is recorded, never an exception (spec: Harry
+    Potter's general tasks run "through lm-evaluation-harness when installed and online").
+    """
+    if not tasks:
+        return {}, None
+    try:
+        lm_eval = _require_lm_eval()
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as e:
+        return {}, f"general tasks skipped: {e}"
+    try:
+        manager = TaskManager(verbosity="ERROR", include_path=include_path)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=context_limit(model))
+        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, bootstrap_iters=0, task_manager=manager, verbosity="ERROR")
+    except Exception as e:  # offline hub, unknown task name, broken task file: recorded, not raised
+        return {}, f"general tasks skipped ({', '.join(tasks)}): {type(e).__name__}: {str(e)[:300]}"
+    metrics = {}
+    for name in tasks:
+        row = (res or {}).get("results", {}).get(name, {})
+        acc = row.get("acc,none", row.get("acc"))
+        if acc is None:
+            return {}, f"general tasks skipped: lm-eval gave no accuracy for {name!r} (got {sorted(row)})"
+        metrics[f"zeroshot_{name}"] = float(acc)
+    metrics["zeroshot_mean"] = float(np.mean([metrics[f"zeroshot_{n}"] for n in tasks]))
+    return metrics, None

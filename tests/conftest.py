@@ -76,6 +76,20 @@ def batch_of(tokenizer, rows, fmt=None, max_length: int = 64) -> dict[str, Any]:
 
 
 @pytest.fixture
+def hub_unreachable(monkeypatch, tmp_path) -> None:
+    """The unreachable-hub path on any machine, online or not: ``HF_HUB_OFFLINE=1`` makes
+    ``hub_reachable()`` (which reads it per call) false, so the loader puts the Hugging Face
+    libraries in offline mode and nothing is downloaded; the caches are empty folders (the libraries
+    read their cache paths at import, so the module attributes are patched, not the variables)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+
+
+@pytest.fixture
 def offline_hub(tmp_path, monkeypatch) -> None:
     """The hub path of a loader with no cached copy to fall back on; skipped where the hub answers.
     (`datasets` reads HF_DATASETS_CACHE at import, so the module attribute is patched.)"""

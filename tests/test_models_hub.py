@@ -23,20 +23,6 @@ PAPER_MODELS = {
 }
 
 
-@pytest.fixture
-def hub_unreachable(monkeypatch, tmp_path) -> None:
-    """The unreachable-hub path on any machine, online or not: ``HF_HUB_OFFLINE=1`` makes
-    ``hub_reachable()`` (which reads it per call) false, so the loader puts the Hugging Face
-    libraries in offline mode and nothing is downloaded; the caches are empty folders (the libraries
-    read their cache paths at import, so the module attributes are patched, not the variables)."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
-
-
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS))
 def test_paper_model_configs_build_specs_without_loading(name, tmp_path):
     cfg = job_config([f"model={name}", f"paths.cache_dir={tmp_path}"])

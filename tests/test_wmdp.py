@@ -21,20 +21,6 @@ F = REPO / "tests" / "fixtures"
 MMLU = dict(mmlu_path=str(F / "mmlu/test.jsonl"), mmlu_dev_path=str(F / "mmlu/dev.jsonl"))
 
 
-@pytest.fixture
-def hub_unreachable(monkeypatch, tmp_path) -> None:
-    """The unreachable-hub path on any machine, online or not: ``HF_HUB_OFFLINE=1`` makes
-    ``hub_reachable()`` (which reads it per call) false, so the loader puts the Hugging Face
-    libraries in offline mode and nothing is downloaded; the caches are empty folders (the libraries
-    read their cache paths at import, so the module attributes are patched, not the variables)."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
-
-
 def bio(**kw) -> WMDPData:
     paths = dict(forget_path=str(F / "wmdp/bio_forget.jsonl"), retain_path=str(F / "wmdp/bio_retain.jsonl"), questions_path=str(F / "wmdp/wmdp_bio.jsonl"), **MMLU)
     return WMDPData("bio", **{**paths, **kw})

@@ -77,6 +77,19 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_submitit_launcher_packages_jobs_as_for_slurm(tmp_path, cache_dir):
+    """launcher=submitit_local: the SLURM launcher's job packaging (pickled job, submitit folder),
+    run on this machine; each job still writes its own run directory."""
+    proc = run_cli(["-m", "launcher=submitit_local", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=sub"], cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Submitit 'local'" in proc.stdout + proc.stderr
+    jobs = _jobs(tmp_path / "multirun" / "sub")
+    assert sorted(jobs) == ["0_combiner=sum,experiment=smoke,train.steps=2", "1_combiner=sago,experiment=smoke,train.steps=2"]
+    assert all(j["status"] == "ok" for j in jobs.values())
+    assert list((tmp_path / "multirun" / "sub" / ".submitit").iterdir()), "submitit wrote no job folders"
+
+
+@pytest.mark.slow
 def test_optuna_searches_rate_and_lr_on_two_objectives(tmp_path, cache_dir):
     proc = run_cli(["-m", "sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=smoke", "train.steps=2", "sweep=search"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

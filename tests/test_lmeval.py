@@ -42,3 +42,31 @@ def test_the_evaluator_runs_on_either_backend(tiny, splits):
     a = WMDPEvaluator(**kw).evaluate(model, tok, None, splits)
     b = WMDPEvaluator(**kw, backend="lmeval").evaluate(model, tok, None, splits)
     assert a["metrics"] == b["metrics"]
+
+
+CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_rwku_utility_gives_the_same_answers_on_either_backend(tiny, chat):
+    """RWKU's utility questions carry their own few-shot examples (and chat models see a chat
+    template), which lm-eval's few-shot sampler cannot express: lm-eval scores our prompts instead."""
+    import copy
+
+    from unlearn.benchmarks.rwku import RWKUData, RWKUEvaluator
+    from unlearn.data.format import PromptFormat
+
+    model, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.chat_template = CHAT_TEMPLATE
+    fmt = PromptFormat(chat=chat)
+    rows = RWKUData(targets="1-2", path=str(F / "rwku")).build()["utility_general"]
+    assert rows and any(r["examples"] for r in rows)
+    ours = RWKUEvaluator(batch_size=4, n_shot=2).utility_accuracy(model, tok, fmt, rows)
+    theirs = RWKUEvaluator(batch_size=4, n_shot=2, backend="lmeval").utility_accuracy(model, tok, fmt, rows)
+    assert theirs["contexts"][0].startswith(tok.bos_token) == chat  # the template's own BOS, not a second one
+    assert np.allclose(ours["logprobs"], theirs["logprobs"], atol=1e-4)
+    assert ours["pred"] == theirs["pred"] and ours["acc"] == theirs["acc"]
+    with pytest.raises(ValueError, match="benchmark.eval.backend"):
+        RWKUEvaluator(backend="vllm")

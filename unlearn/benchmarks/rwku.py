@@ -32,7 +32,7 @@ from unlearn.benchmarks.mmlu import check_mc
 from unlearn.benchmarks.wmdp import subsample
 from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M
-from unlearn.eval.choice import MCTask, evaluate_task
+from unlearn.eval.choice import MCTask, evaluate_task, task_contexts
 from unlearn.eval.generate import greedy
 from unlearn.eval.mia import attack_aucs, attack_scores
 from unlearn.eval.scoring import score_texts
@@ -183,9 +183,12 @@ class RWKUEvaluator:
     min_k: float = 0.2
     batch_size: int = 16
     seed: int = 0
+    backend: str = "builtin"  # utility set: builtin letter scorer | lmeval (lm-evaluation-harness)
     directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
 
     def __post_init__(self) -> None:
+        if self.backend not in ("builtin", "lmeval"):
+            raise ValueError(f"benchmark.eval.backend must be 'builtin' or 'lmeval', got {self.backend!r}")
         if not 0 < self.min_k <= 1:
             raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
         if self.max_probes is not None and (isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1):
@@ -209,6 +212,19 @@ class RWKUEvaluator:
         out.update({f"mia_{k}_auc": v for k, v in attack_aucs(scores["mia_forget"], scores["mia_retain"]).items()})
         return out
 
+    def utility_accuracy(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, rows: Sequence[Row]) -> dict[str, Any]:
+        """The MMLU-style utility set, each question with its own few-shot examples (RWKU's), in the
+        chat template for chat models; scored by the letter scorer or by lm-evaluation-harness on
+        the same prompts."""
+        task = MCTask(self.utility or "utility", rows, n_shot=self.n_shot)
+        chat = fmt if fmt.chat else None
+        if self.backend == "builtin":
+            return evaluate_task(model, tokenizer, task, self.batch_size, chat)
+        from unlearn.eval.lmeval import evaluate_contexts
+
+        contexts, special = task_contexts(tokenizer, task, chat)
+        return evaluate_contexts(model, tokenizer, task.name, contexts, task.answers(), task.labels, special, self.batch_size)
+
     def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
         needed = [*PROBES, "mia_forget", "mia_retain"] + ([self.utility] if self.utility else [])
         missing = [s for s in needed if s not in splits]
@@ -223,8 +239,7 @@ class RWKUEvaluator:
             metrics.update(self._mia(model, tokenizer, splits))
             steps.advance("membership inference")
             if self.utility and splits[self.utility]:
-                task = MCTask(self.utility, splits[self.utility], n_shot=self.n_shot)
-                metrics[f"{self.utility}_acc"] = evaluate_task(model, tokenizer, task, self.batch_size, fmt if fmt.chat else None)["acc"]
+                metrics[f"{self.utility}_acc"] = self.utility_accuracy(model, tokenizer, fmt, splits[self.utility])["acc"]
             steps.advance("utility")
         metrics["forget_all"] = float(np.nanmean([metrics[f"forget_level{i}"] for i in (1, 2, 3)]))
         metrics["neighbor_all"] = float(np.nanmean([metrics["neighbor_level1"], metrics["neighbor_level2"]]))

@@ -204,16 +204,24 @@ def chat_context(fmt: PromptFormat, tokenizer: Any, body: str, suffix: str = "An
     return fmt.prompt(body, tokenizer) + suffix
 
 
+def task_contexts(tokenizer: Any, task: MCTask, chat: PromptFormat | None = None) -> tuple[list[str], bool]:
+    """The prompts of ``task`` as scored, and whether the tokenizer adds its special tokens (not
+    when a chat template writes them): each context minus its final ``Answer:`` becomes a user turn
+    and ``Answer:`` follows the assistant header."""
+    contexts = task.contexts()
+    if chat is not None and chat.chat:
+        return [chat_context(chat, tokenizer, c[: -len("Answer:")].rstrip()) for c in contexts], False
+    return contexts, True
+
+
 def evaluate_task(model: nn.Module, tokenizer: Any, task: MCTask, batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, Any]:
     """Accuracy and per-question predictions of one :class:`MCTask` with the letter scorer.
 
     With ``chat`` (a chat :class:`PromptFormat`), each context minus its final ``Answer:`` becomes a
     user turn and ``Answer:`` follows the assistant header.
     """
-    contexts = task.contexts()
-    if chat is not None and chat.chat:
-        contexts = [chat_context(chat, tokenizer, c[: -len("Answer:")].rstrip()) for c in contexts]
-    lp = letter_logprobs(model, tokenizer, contexts, task.labels, batch_size, add_special_tokens=not (chat and chat.chat), progress=f"{task.name} ({len(contexts)} questions)")
+    contexts, special = task_contexts(tokenizer, task, chat)
+    lp = letter_logprobs(model, tokenizer, contexts, task.labels, batch_size, add_special_tokens=special, progress=f"{task.name} ({len(contexts)} questions)")
     pred = lp.argmax(-1)
     correct = (pred == task.answers()).astype(float)
     return {"acc": float(correct.mean()) if len(correct) else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": lp}

@@ -135,3 +135,42 @@ def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], i
         metrics[f"zeroshot_{name}"] = float(acc)
     metrics["zeroshot_mean"] = float(np.mean([metrics[f"zeroshot_{n}"] for n in tasks]))
     return metrics, None
+
+
+def evaluate_contexts(model: nn.Module, tokenizer: Any, name: str, contexts: Sequence[str], answers: Sequence[int], labels: Sequence[str], add_special_tokens: bool = True, batch_size: int = 16) -> dict[str, Any]:
+    """lm-eval scores the letters after prompts built here: each doc's ``doc_to_text`` is its whole
+    context (few-shot examples of its own, a chat template), zero-shot. For sets lm-eval's few-shot
+    sampler cannot express (RWKU's per-question examples, chat prompts); ``add_special_tokens=False``
+    (a chat template that writes its own BOS) turns lm-eval's BOS off to match.
+
+    Returns what :func:`evaluate_tasks` returns for one task.
+    """
+    lm_eval = _require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=context_limit(model), add_bos_token=add_special_tokens)
+    with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
+        docs = [{"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers))]
+        task = f"unlearn_{name}"
+        cfg = {
+            "task": task,
+            "dataset_path": "json",
+            "dataset_kwargs": {"cache_dir": str(Path(tmp) / "cache"), "data_files": {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{prompt}}",
+            "doc_to_choice": list(labels),
+            "doc_to_target": "answer",
+            "num_fewshot": 0,
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
+        res = lm_eval.simple_evaluate(model=lm, tasks=[cfg], log_samples=True, bootstrap_iters=0, verbosity="WARNING")
+    n = len(docs)
+    logprobs, seen = np.full((n, len(labels)), -np.inf), [""] * n
+    for sample in res["samples"][task]:
+        i = int(sample["doc"]["row"])
+        logprobs[i] = [float(r[0]) for r in sample["filtered_resps"]]
+        seen[i] = sample["arguments"][0][0]
+    pred = logprobs.argmax(-1)
+    correct = (pred == np.asarray(answers)).astype(float)
+    return {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": seen}

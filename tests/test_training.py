@@ -212,3 +212,30 @@ def test_the_module_refuses_an_ema_its_combiner_would_ignore(tiny):
     with pytest.raises(ConfigError, match=r"train\.retain_ema"):
         UnlearnModule(model, Objective(forget=GA(), retain=NLL()), PCGradSymmetric(), step=StepConfig(retain_ema=0.9))
     UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), step=StepConfig(retain_ema=0.9))
+
+
+def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits):
+    """train.retain_ema: each step's conflict test sees ema <- d*ema + (1-d)*g_r (the first step
+    g_r itself), while the update is still built from the raw g_r."""
+    from dataclasses import dataclass
+
+    quiet_lightning()
+    model, tok = tiny
+    calls = []
+
+    @dataclass(frozen=True)
+    class Spy(SAGO):
+        def combine(self, g_retain, g_forget, names=None, reference=None):
+            calls.append(([t.clone() for t in g_retain], [t.clone() for t in reference]))
+            return super().combine(g_retain, g_forget, names=names, reference=reference)
+
+    decay, steps, batch = 0.5, 3, 4
+    fit(UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3), StepConfig(retain_ema=decay)),
+        _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
+    assert len(calls) == steps
+    ema = None
+    for g_r, ref in calls:
+        ema = [t.clone() for t in g_r] if ema is None else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r)]
+        for e, r in zip(ema, ref):
+            torch.testing.assert_close(r, e)
+    assert any(not torch.equal(r, g) for r, g in zip(calls[-1][1], calls[-1][0])), "after step 1 the reference is not g_r"

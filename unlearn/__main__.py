@@ -67,9 +67,8 @@ def app(cfg: DictConfig) -> Any:
         return _objective(cfg, done)
     run_dir = RunDir(run_dir)
     try:
-        write_json(run_dir.file("config.json"), _container(cfg))
+        write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
         setup = make_setup(cfg, run_dir)
-        write_json(run_dir.file("config.json"), OmegaConf.to_container(cfg, resolve=True))
         run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"]})
         results = run(setup, meta)
     except ConfigError as e:

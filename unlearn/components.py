@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearn.cache import Cache
 from unlearn.combiners import Combiner
-from unlearn.config import ConfigError, build, is_pos_int, is_pos_number, to_plain, validate
+from unlearn.config import ConfigError, build, is_nonneg_int, is_pos_int, is_pos_number, to_plain, validate
 from unlearn.data.format import PromptFormat
 from unlearn.losses.objective import Objective
 from unlearn.models.load import resolve_device, resolve_dtype
@@ -68,7 +68,7 @@ _FINETUNE_CHECKS = {
     "batch_size": (is_pos_int, "an integer > 0"),
     "epochs": (is_pos_number, "a number > 0"),
     "max_length": (is_pos_int, "an integer > 0 (tokens)"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "seed": (is_nonneg_int, "an integer >= 0"),
 }
 
 

@@ -76,6 +76,10 @@ def is_pos_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+def is_nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def is_pos_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
@@ -84,7 +88,7 @@ def validate(cfg: DictConfig) -> None:
     """Checks of the top-level keys; the component constructors check their own arguments."""
     check_complete(cfg)
     require(cfg, "task", lambda v: v in TASKS, f"one of {TASKS}")
-    require(cfg, "seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
+    require(cfg, "seed", is_nonneg_int, "an integer >= 0")
     require(cfg, "train.steps", is_pos_int, "an integer > 0 (optimizer steps)")
     if cfg.train.get("epochs") is not None:
         require(cfg, "train.epochs", is_pos_number, "a number > 0 (passes over the forget set; replaces train.steps) or null")

@@ -139,11 +139,21 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _takes(evaluator: Any, name: str) -> bool:
+    return name in inspect.signature(evaluator.evaluate).parameters
+
+
+def evaluates_diverged(evaluator: Any) -> bool:
+    """Whether the evaluator reports on a run that diverged (its ``evaluate`` takes ``diverged``)."""
+    return _takes(evaluator, "diverged")
+
+
+def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
     """``target`` (the target model's evaluation record) reaches evaluators whose ``evaluate``
-    takes it, for metrics relative to the starting point (WMDP's MMLU recovery)."""
+    takes it, for metrics relative to the starting point (WMDP's MMLU recovery); ``diverged`` (the
+    divergence guard's reason) those that take it (the copyright setting counts it as collapse)."""
     model.to(s.device)
-    extra = {"target": target} if target is not None and "target" in inspect.signature(s.evaluator.evaluate).parameters else {}
+    extra = {k: v for k, v in (("target", target), ("diverged", diverged)) if v is not None and _takes(s.evaluator, k)}
     return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
 
 

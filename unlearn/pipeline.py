@@ -75,33 +75,28 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
         module = phases.unlearn(s, model, tok, splits, loggers, _callbacks(s), resume_from=meta.get("resume_from"))
         s.run.update({"time/unlearn_s": round(time.perf_counter() - t, 2), "train/steps_done": module.steps_done})
+        reason = s.step.guard.reason if module.diverged else None
         if module.diverged:
             status = "diverged"
-            s.run.status("diverged", s.step.guard.reason)
-            if not getattr(s.evaluator, "evaluates_diverged", False):
-                say(f"diverged: {s.step.guard.reason}; skipping evaluation of the unlearned model")
+            s.run.status("diverged", reason)
+            if not phases.evaluates_diverged(s.evaluator):
+                say(f"diverged: {reason}; skipping evaluation of the unlearned model")
                 return s.run.results
-            # the diverging step was not applied, so the weights are the last finite ones; a
-            # copyright evaluator reports the collapse that divergence usually is (spec: HP)
-            say(f"diverged: {s.step.guard.reason}; evaluating the last finite weights for collapse")
-            unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
-            cols["unlearned"] = _record(s, "unlearned", unlearned)
-            s.run.update(namespaced(f"eval/{s.bench}", {**unlearned["metrics"], "collapsed": 1.0, "collapsed_diverged": 1.0}))
-            s.run.status("diverged", s.step.guard.reason)
-            print_table(f"{s.bench} · {meta.get('name', '')} (diverged)", cols, getattr(s.evaluator, "directions", {}))
-            return s.run.results
-        unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec)
+            # the diverging step was not applied, so the weights are the last finite ones
+            say(f"diverged: {reason}; evaluating the last finite weights")
+        unlearned = phases.evaluate(s, model, tok, splits, oracle, target=target_rec, diverged=reason)
         cols["unlearned"] = _record(s, "unlearned", unlearned)
         s.run.update(namespaced(f"eval/{s.bench}", unlearned["metrics"]))
-        if s.cfg.get("save_model"):
-            save_checkpoint(model, tok, s.run.file("model"))
-        status = "ok"
-        s.run.status("ok")
-        if not s.cfg.train.get("keep_checkpoint"):
-            resume.drop_checkpoints(s.run.path)
+        if not module.diverged:
+            if s.cfg.get("save_model"):
+                save_checkpoint(model, tok, s.run.file("model"))
+            status = "ok"
+            s.run.status("ok")
+            if not s.cfg.train.get("keep_checkpoint"):
+                resume.drop_checkpoints(s.run.path)
     finally:
         _finish_loggers(loggers, s.run.results, status)
-    print_table(f"{s.bench} · {meta.get('name', '')}", cols, getattr(s.evaluator, "directions", {}))
+    print_table(f"{s.bench} · {meta.get('name', '')}" + (" (diverged)" if status == "diverged" else ""), cols, getattr(s.evaluator, "directions", {}))
     return s.run.results
 
 

@@ -17,7 +17,7 @@ and does it still speak the language?
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -34,7 +34,7 @@ REASONS = ("nonfinite", "ppl", "repetition")
 DIRECTIONS = {
     "completion_bleu": -1, "completion_rouge": -1, "general_ppl": -1, "forget_ppl": +1, "repetition": -1,
     "collapsed": -1, **{f"collapsed_{r}": -1 for r in REASONS},
-    "collapsed_diverged": -1,  # set by the pipeline when training diverged (the guard stopped it)
+    "collapsed_diverged": -1,  # training diverged (the divergence guard stopped it)
 }
 
 
@@ -60,8 +60,6 @@ class CopyrightEvaluator:
     general_tasks_path: str | None = None  # a folder of lm-eval task YAML files (local data, offline)
     general_tasks_limit: int | None = None  # questions per task (None: all)
     directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
-    #: a run that diverges is still evaluated (last finite weights) and counted as collapsed
-    evaluates_diverged: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.max_ppl is not None and not self.max_ppl > 1:
@@ -89,9 +87,11 @@ class CopyrightEvaluator:
         outputs = greedy(model, tok, [r["prompt"] for r in rows], n, self.batch_size, max_prompt_tokens=prompt_budget(model, n, self.max_prompt_tokens))
         return outputs, [first_tokens(tok, r["continuation"], n) for r in rows]
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
         """Returns ``{"metrics", "arrays", "notes"}``; ``target`` (the target model's record) makes
-        the perplexity limit relative. ``fmt`` and ``oracle`` are unused (raw-text prompts)."""
+        the perplexity limit relative. ``diverged`` (the divergence guard's reason: the weights are
+        the last finite ones) counts as a collapse, ``collapsed_diverged``. ``fmt`` and ``oracle``
+        are unused (raw-text prompts)."""
         prompts, general = self._rows(splits, self.prompts), self._rows(splits, self.general)
         ctx = context_length(model)
         max_len = min(self.max_length, ctx) if ctx else self.max_length
@@ -108,6 +108,9 @@ class CopyrightEvaluator:
         repetition = np.array([M.repeated_ngram_fraction(o, self.repetition_n) for o in outputs])
         metrics.update(completion_bleu=M.bleu(outputs, refs), completion_rouge=float(np.mean(rouge)), repetition=float(np.mean(repetition)))
         reasons = M.collapse_reasons(metrics, metrics["general_ppl"], self.ppl_limit(tokenizer, target), metrics["repetition"], self.max_repetition)
+        if diverged:
+            reasons["diverged"] = f"training diverged ({diverged})"
+            metrics["collapsed_diverged"] = 1.0
         metrics["collapsed"] = float(bool(reasons))
         metrics.update({f"collapsed_{r}": float(r in reasons) for r in REASONS})
         if reasons:

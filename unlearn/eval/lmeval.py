@@ -55,26 +55,45 @@ def _task_configs(task: MCTask, folder: Path) -> list[tuple[str, dict[str, Any],
         examples = shots(task.rows[idx[0]]) if task.n_shot else []
         if task.n_shot and len(examples) < task.n_shot:
             raise ValueError(f"{task.name}: subject {subject!r} has {len(examples)} few-shot examples, {task.n_shot} needed")
-        cfg: dict[str, Any] = {
-            "task": name,
-            "dataset_path": "json",
-            "dataset_kwargs": {"cache_dir": str(folder / "cache")},
-            "test_split": "test",
-            "output_type": "multiple_choice",
-            "doc_to_text": doc_to_text(task.labels),
-            "doc_to_choice": list(task.labels),
-            "doc_to_target": "answer",
-            "description": task.description.format(subject=subject),
-            "num_fewshot": task.n_shot,
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        }
         if task.n_shot:
             dev = [{"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"]), "row": -1} for e in examples]
             files["dev"] = _write_jsonl(folder / f"{name}.dev.jsonl", dev)
+        cfg = _mc_config(name, folder, files, doc_to_text(task.labels), task.labels, task.n_shot, task.description.format(subject=subject))
+        if task.n_shot:
             cfg.update(fewshot_split="dev", fewshot_config={"sampler": "first_n"})
-        cfg["dataset_kwargs"]["data_files"] = files
         out.append((name, cfg, idx))
     return out
+
+
+def _mc_config(name: str, folder: Path, files: dict[str, str], text: str, labels: Sequence[str], n_shot: int = 0, description: str = "") -> dict[str, Any]:
+    """An lm-eval multiple-choice task on local JSONL ``files`` (docs with ``answer`` and ``row``)."""
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"cache_dir": str(folder / "cache"), "data_files": files},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": text,
+        "doc_to_choice": list(labels),
+        "doc_to_target": "answer",
+        "description": description,
+        "num_fewshot": n_shot,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+
+
+def _collect(samples: Sequence[dict[str, Any]], answers: np.ndarray, n_labels: int) -> dict[str, Any]:
+    """Per-question log-likelihoods, predictions and accuracy from lm-eval's logged samples (each
+    doc carries its question's index as ``row``), and the contexts lm-eval built."""
+    n = len(answers)
+    logprobs, contexts = np.full((n, n_labels), -np.inf), [""] * n
+    for sample in samples:
+        i = int(sample["doc"]["row"])
+        logprobs[i] = [float(r[0]) for r in sample["filtered_resps"]]
+        contexts[i] = sample["arguments"][0][0]
+    pred = logprobs.argmax(-1)
+    correct = (pred == answers).astype(float)
+    return {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": contexts}
 
 
 def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16) -> dict[str, dict[str, Any]]:
@@ -88,19 +107,7 @@ def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], ba
         plan = {t.name: _task_configs(t, Path(tmp)) for t in tasks}
         configs = [cfg for entries in plan.values() for _, cfg, _ in entries]
         res = lm_eval.simple_evaluate(model=lm, tasks=configs, log_samples=True, bootstrap_iters=0, verbosity="WARNING")
-    out: dict[str, dict[str, Any]] = {}
-    for t in tasks:
-        n, k = len(t.rows), len(t.labels)
-        logprobs, contexts = np.full((n, k), -np.inf), [""] * n
-        for name, _, _ in plan[t.name]:
-            for sample in res["samples"][name]:
-                i = int(sample["doc"]["row"])
-                logprobs[i] = [float(r[0]) for r in sample["filtered_resps"]]
-                contexts[i] = sample["arguments"][0][0]
-        pred = logprobs.argmax(-1)
-        correct = (pred == t.answers()).astype(float)
-        out[t.name] = {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": contexts}
-    return out
+    return {t.name: _collect([s for name, _, _ in plan[t.name] for s in res["samples"][name]], t.answers(), len(t.labels)) for t in tasks}
 
 
 def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], include_path: str | None = None, limit: int | None = None, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
@@ -152,25 +159,6 @@ def evaluate_contexts(model: nn.Module, tokenizer: Any, name: str, contexts: Seq
     with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
         docs = [{"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers))]
         task = f"unlearn_{name}"
-        cfg = {
-            "task": task,
-            "dataset_path": "json",
-            "dataset_kwargs": {"cache_dir": str(Path(tmp) / "cache"), "data_files": {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}},
-            "test_split": "test",
-            "output_type": "multiple_choice",
-            "doc_to_text": "{{prompt}}",
-            "doc_to_choice": list(labels),
-            "doc_to_target": "answer",
-            "num_fewshot": 0,
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        }
+        cfg = _mc_config(task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels)
         res = lm_eval.simple_evaluate(model=lm, tasks=[cfg], log_samples=True, bootstrap_iters=0, verbosity="WARNING")
-    n = len(docs)
-    logprobs, seen = np.full((n, len(labels)), -np.inf), [""] * n
-    for sample in res["samples"][task]:
-        i = int(sample["doc"]["row"])
-        logprobs[i] = [float(r[0]) for r in sample["filtered_resps"]]
-        seen[i] = sample["arguments"][0][0]
-    pred = logprobs.argmax(-1)
-    correct = (pred == np.asarray(answers)).astype(float)
-    return {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": seen}
+    return _collect(res["samples"][task], np.asarray(answers), len(labels))

@@ -76,6 +76,17 @@ def batch_of(tokenizer, rows, fmt=None, max_length: int = 64) -> dict[str, Any]:
 
 
 @pytest.fixture
+def no_model_build(monkeypatch):
+    """Fails the test if anything tries to build a model."""
+    from unlearn.models.tiny import TinyLlama
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built before the config was validated")
+
+    monkeypatch.setattr(TinyLlama, "load", boom)
+
+
+@pytest.fixture
 def hub_unreachable(monkeypatch, tmp_path) -> None:
     """The unreachable-hub path on any machine, online or not: ``HF_HUB_OFFLINE=1`` makes
     ``hub_reachable()`` (which reads it per call) false, so the loader puts the Hugging Face

@@ -67,26 +67,19 @@ def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, c
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, cache_dir):
-    proc = run_cli(["-m", "launcher=joblib", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=par"], cwd=tmp_path, cache=cache_dir)
+@pytest.mark.parametrize("launcher,banner", [
+    ("joblib", "Joblib"),                    # local parallel processes
+    ("submitit_local", "Submitit 'local'"),  # the SLURM launcher's job packaging, run on this machine
+])
+def test_launchers_run_every_job_into_its_own_directory(tmp_path, cache_dir, launcher, banner):
+    proc = run_cli(["-m", f"launcher={launcher}", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=par"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Joblib" in proc.stdout + proc.stderr
+    assert banner in proc.stdout + proc.stderr
     jobs = _jobs(tmp_path / "multirun" / "par")
     assert sorted(jobs) == ["0_combiner=sum,experiment=smoke,train.steps=2", "1_combiner=sago,experiment=smoke,train.steps=2"]
     assert all(j["status"] == "ok" for j in jobs.values())
-
-
-@pytest.mark.slow
-def test_submitit_launcher_packages_jobs_as_for_slurm(tmp_path, cache_dir):
-    """launcher=submitit_local: the SLURM launcher's job packaging (pickled job, submitit folder),
-    run on this machine; each job still writes its own run directory."""
-    proc = run_cli(["-m", "launcher=submitit_local", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=sub"], cwd=tmp_path, cache=cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Submitit 'local'" in proc.stdout + proc.stderr
-    jobs = _jobs(tmp_path / "multirun" / "sub")
-    assert sorted(jobs) == ["0_combiner=sum,experiment=smoke,train.steps=2", "1_combiner=sago,experiment=smoke,train.steps=2"]
-    assert all(j["status"] == "ok" for j in jobs.values())
-    assert list((tmp_path / "multirun" / "sub" / ".submitit").iterdir()), "submitit wrote no job folders"
+    if launcher == "submitit_local":
+        assert list((tmp_path / "multirun" / "par" / ".submitit").iterdir()), "submitit wrote no job folders"
 
 
 @pytest.mark.slow

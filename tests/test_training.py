@@ -155,17 +155,6 @@ def test_a_single_task_step_logs_that_tasks_gradient_norm(tiny, toy_splits, tmp_
 
 
 # -- train.* values are checked before any model is built -----------------------------------------
-@pytest.fixture
-def no_model_build(monkeypatch):
-    """Fails the test if anything tries to build a model (as in test_config.py)."""
-    from unlearn.models.tiny import TinyLlama
-
-    def boom(*a, **k):
-        raise AssertionError("a model was built before the config was validated")
-
-    monkeypatch.setattr(TinyLlama, "load", boom)
-
-
 def _setup(tmp_path, overrides):
     from conftest import job_config
     from unlearn.components import make_setup

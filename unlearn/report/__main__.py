@@ -1,8 +1,10 @@
-"""``python -m unlearn.report SWEEP_DIR``: results table (Markdown, CSV) and Pareto plots of a sweep.
+"""``python -m unlearn.report SWEEP_DIR``: results table, Pareto plot, utility at matched forgetting
+and gradient geometry of a sweep (Markdown, CSV, PNG).
 
-Reads only the run directories (``results.json``, ``config.json``, ``provenance.json``), so it works
-offline and on sweeps whose W&B runs were never synced. Seeds are averaged per grid cell
-(mean ± std); failed and diverged jobs are listed with their reasons.
+Reads only the run directories (``results.json``, ``config.json``, ``provenance.json``,
+``metrics.jsonl``), so it works offline and on sweeps whose W&B runs were never synced. Seeds are
+averaged per grid cell (mean ± std); jobs that did not finish (failed, diverged, collapsed,
+interrupted, damaged files) are listed with their reasons.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from unlearn.report.collect import Run, cells, frame, load_runs
-from unlearn.report.pareto import Axes, plot
+from unlearn.report import geometry
+from unlearn.report.collect import Run, cells, factor_names, frame, load_runs
+from unlearn.report.curves import along_key, along_label, is_monotone, matched, ordered, series_keys, shared_levels
+from unlearn.report.pareto import Axes, colours, plot
 
 
 def axes_for(runs: list[Run], bench: str, metrics: list[str]) -> Axes | None:
@@ -50,18 +54,116 @@ def _pm(mean: float, std: float) -> str:
 ALWAYS_SHOWN = ("method", "combiner", "rate")
 
 
+def _shown(c: pd.DataFrame) -> list[str]:
+    """The factors a table shows: those that vary in this sweep, plus method, combiner and r."""
+    return [k for k in factor_names(c) if k in ALWAYS_SHOWN or c[k].nunique() > 1]
+
+
+def _row(vals: list[str]) -> str:
+    return "| " + " | ".join(vals) + " |"
+
+
 def markdown(c: pd.DataFrame, metrics: list[str], title: str) -> str:
     """A Markdown table: the factors that vary in this sweep (plus method, combiner, r), the number
-    of finished seeds, and mean ± std of each metric."""
-    factors = [k for k in c.columns if not k.endswith(("_mean", "_std")) and k not in ("n", "n_failed", "n_diverged")]
-    factors = [k for k in factors if k in ALWAYS_SHOWN or c[k].nunique() > 1]
+    of finished seeds (and of the runs that did not finish, by status), and mean ± std of each metric."""
+    factors = _shown(c)
     head = factors + ["n"] + [m.split("/")[-1] for m in metrics]
-    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"## {title}", "", _row(head), "|" + "---|" * len(head)]
     for _, row in c.iterrows():
-        vals = [str(row[f]) for f in factors] + [str(int(row["n"])) + (f" (+{int(row['n_failed'] + row['n_diverged'])} failed/diverged)" if row["n_failed"] + row["n_diverged"] else "")]
+        vals = [str(row[f]) for f in factors] + [str(int(row["n"])) + (f" (+{row['unfinished']})" if row["n_unfinished"] else "")]
         vals += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
-        lines.append("| " + " | ".join(vals) + " |")
+        lines.append(_row(vals))
     return "\n".join(lines) + "\n"
+
+
+def match_metric(axes: Axes | None, bench: str, metrics: list[str], explicit: str | None) -> str | None:
+    """What curves are matched on: ``--match`` (a metric name or key), else ``forget_prob`` (the
+    probability of the forget answers falls steadily as unlearning goes further, while forget quality
+    rises and then falls along an lr sweep), else the benchmark's named forget metric."""
+    if explicit:
+        key = explicit if "/" in explicit else f"eval/{bench}/{explicit}"
+        if key not in metrics:
+            raise SystemExit(f"report: --match {explicit!r} is not a metric of benchmark {bench}; it has {[m.split('/')[-1] for m in metrics]}")
+        return key
+    if f"eval/{bench}/forget_prob" in metrics:
+        return f"eval/{bench}/forget_prob"
+    return axes.forget if axes is not None else None
+
+
+UTILITY_WORDS = ("utility", "retain", "mmlu", "general", "ppl", "fluency")
+
+
+def utility_metrics(axes: Axes, table: list[str], match: str) -> list[str]:
+    """The plotted utility metric, then the table's other utility-side metrics (retain, general, MMLU, ...)."""
+    rest = [m for m in table if any(w in m.split("/")[-1] for w in UTILITY_WORDS) and m not in (axes.utility, match)]
+    return [axes.utility, *rest]
+
+
+def matched_section(ok: pd.DataFrame, c: pd.DataFrame, keys: list[str], along: str | None, match: str,
+                    utilities: list[str], bench: str) -> tuple[str, pd.DataFrame]:
+    """The "Utility at matched forgetting" section of one benchmark and its table."""
+    name = match.split("/")[-1]
+    oracle = ok.get(f"oracle/{bench}/{name}", pd.Series(dtype=float)).dropna()
+    curves = [ordered(g, along)[f"{match}_mean"].to_numpy(float) for _, g in c.groupby(keys)]
+    levels = ([("oracle", float(oracle.mean()))] if len(oracle) else [])
+    levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves))]
+    t = matched(ok, keys, along, match, utilities, levels)
+    monotone = sum(is_monotone(x[~pd.isna(x)]) for x in curves)
+    sweep = f"{along_label(along)} ({along})" if along else "the sweep"
+    head = ["level", name, *keys, "n", f"{along_label(along)} there" if along else "", *(u.split("/")[-1] for u in utilities)]
+    lines = [f"## {bench}: Utility at matched forgetting", "",
+             f"Each curve (one per {' + '.join(keys)}, along {sweep}) is interpolated linearly in `{name}` between the two "
+             f"sweep points that bracket each level, seed by seed; mean ± std over seeds, n = seeds whose curve reaches the level "
+             f"(— where none does). Matched on `{name}`, monotone along {monotone} of {len(curves)} curves "
+             f"(a non-monotone curve is read at its first crossing). Levels: the oracle's `{name}` (retrained without the forget set) "
+             "where the runs record it, and 25/50/75% of the range every curve spans.", "",
+             _row(head), "|" + "---|" * len(head)]
+    if t.empty:
+        lines.append(_row(["no level: the runs record no oracle value and the curves share no range"] + [""] * (len(head) - 1)))
+    for _, r in t.iterrows():
+        lines.append(_row([r["level"], f"{r['value']:.3g}", *(str(r[k]) for k in keys), str(int(r["n"])),
+                           "—" if pd.isna(r["at_mean"]) else f"{r['at_mean']:.3g}", *(_pm(r[f"{u}_mean"], r[f"{u}_std"]) for u in utilities)]))
+    return "\n".join(lines) + "\n", t
+
+
+def geometry_section(bench_runs: list[Run], c: pd.DataFrame, keys: list[str], along: str | None, bench: str,
+                     out: Path, title: str) -> tuple[str, pd.DataFrame | None, Path | None, dict[str, float]]:
+    """The "Gradient geometry" section: per cell and per method + combiner over the whole sweep, the
+    mean over steps (± std over seeds) of each :data:`geometry.COLUMNS`; the cos(update, g_r) step plot;
+    the values as W&B summary keys ``geometry/<bench>/<method>/<combiner>[/<along>=<v>]/<column>``."""
+    cell_keys = [*keys, along] if along else keys
+    means, steps = geometry.per_run(bench_runs, cell_keys)
+    if means.empty:
+        return f"## {bench}: Gradient geometry\n\nNo run logged per-step gradient diagnostics (`train.diagnostics`).\n", None, None, {}
+    per_cell = geometry.cells(means, cell_keys)
+    per_cell = per_cell.iloc[sorted(range(len(per_cell)), key=lambda i: tuple(_sort(per_cell[k].iloc[i]) for k in cell_keys))]
+    pooled = geometry.cells(means.groupby([*keys, "seed"], dropna=False)[list(geometry.COLUMNS)].mean().reset_index(), keys)
+    cols = list(geometry.COLUMNS)
+    head = [*cell_keys, "n", *geometry.COLUMNS.values()]
+    lines = [f"## {bench}: Gradient geometry", "",
+             "Per-step diagnostics from each run's `metrics.jsonl` (`train/grad/...`): the mean over steps per run, then "
+             "mean ± std over seeds. The update is the combiner's output before clipping; ‖γ g_f + α g_r‖ is the plain "
+             "sum's norm, computed from the logged norms and cos(g_f, g_r). Conflict fraction: coordinates where g_f and g_r "
+             "have opposite signs.", "", _row(head), "|" + "---|" * len(head)]
+    summary: dict[str, float] = {}
+    for table, ks in ((per_cell, cell_keys), (pooled, keys)):
+        if table is pooled:
+            lines += ["", f"Over the whole sweep (each seed's mean over its {along_label(along) or 'cell'} values, then mean ± std over seeds):" if along else "", "",
+                      _row([*keys, "n", *geometry.COLUMNS.values()]), "|" + "---|" * (len(keys) + 1 + len(cols))]
+        for _, r in table.iterrows():
+            lines.append(_row([str(r[k]) for k in ks] + [str(int(r["n"]))] + [_pm(r[f"{c_}_mean"], r[f"{c_}_std"]) for c_ in cols]))
+            path = "/".join([str(r[k]) for k in keys] + ([f"{along_label(along)}={r[along]}"] if table is per_cell and along else []))
+            summary.update({f"geometry/{bench}/{path}/{c_}": float(r[f"{c_}_mean"]) for c_ in cols})
+    panels = [k for k in keys if k != "combiner"]
+    png = geometry.plot_steps(steps, panels, along, colours(list(c["combiner"].unique())), title, out / f"geometry_{bench}.png")
+    lines += ["", f"![geometry {bench}]({png.name})"]
+    return "\n".join(lines) + "\n", per_cell, png, summary
+
+
+def _sort(v: object) -> tuple:
+    from unlearn.report.collect import rate_key
+
+    return rate_key(v)
 
 
 def wandb_group(runs: list[Run], root: Path) -> str:
@@ -79,39 +181,76 @@ def wandb_group(runs: list[Run], root: Path) -> str:
     return sweep_group(str(root.resolve()))
 
 
-def report(root: Path, out: Path) -> dict[str, Any]:
-    """Write ``runs.csv``, a table per benchmark, its Pareto plot and ``report.md`` to ``out``.
+def report(root: Path, out: Path, along: str | None = None, match: str | None = None) -> dict[str, Any]:
+    """Write ``runs.csv``, and per benchmark its table, Pareto plot, utility at matched forgetting
+    and gradient geometry, and ``report.md`` to ``out``. ``along``/``match``: see :func:`along_key`
+    and :func:`match_metric` (None: chosen from the sweep).
 
     Returns what it made: ``tables`` and ``plots`` (paths), ``fronts`` (benchmark -> the cells on
-    the plotted Pareto front), ``markdown`` (path) and ``group`` (the runs' W&B group)."""
+    the plotted Pareto front), ``matched`` and ``geometry`` (benchmark -> table), ``summary`` (W&B
+    summary values), ``markdown`` (path) and ``group`` (the runs' W&B group)."""
     runs = load_runs(root)
     if not runs:
         raise SystemExit(f"report: no run directories (with results.json) under {root}")
     df = frame(runs)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
-    parts, made = [f"# Sweep report: {root}\n", f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) + "\n"], {"plots": [], "tables": [], "fronts": {}}
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].fillna("unknown").value_counts().items())
+    parts = [f"# Sweep report: {root}\n", f"{len(runs)} runs: {counts}\n"]
+    made: dict[str, Any] = {"plots": [], "tables": [], "fronts": {}, "matched": {}, "geometry": {}, "summary": {}}
     for bench in sorted(df["benchmark"].unique()):
         sub = df[df["benchmark"] == bench].dropna(axis=1, how="all")
-        bench_runs = [r for r in runs if r.benchmark == bench]
-        metrics = sorted(c for c in sub.columns if c.startswith(f"eval/{bench}/"))
-        c = cells(sub, metrics)
-        c.to_csv(out / f"table_{bench}.csv", index=False)
-        made["tables"].append(out / f"table_{bench}.csv")
-        parts.append(markdown(c, table_metrics(bench_runs, bench, metrics), f"{bench}"))
-        ax = axes_for(bench_runs, bench, metrics)
-        if ax is not None and f"{ax.forget}_mean" in c and f"{ax.utility}_mean" in c:
-            drawn = plot(c, ax, f"{bench}: forgetting vs utility ({root.name})", out / f"pareto_{bench}.png")
-            made["plots"].append(drawn.path)
-            made["fronts"][bench] = drawn.front
-            parts.append(f"![pareto {bench}]({drawn.path.name})\n")
+        if bench == "?" and not (sub["status"] == "ok").any():
+            continue  # damaged jobs whose config is unreadable too: listed below, no table of their own
+        parts += bench_sections(root, out, bench, sub, [r for r in runs if r.benchmark == bench], made, along, match)
     bad = df[df["status"] != "ok"]
     if len(bad):
-        parts.append("## Runs that did not finish\n\n| run | status | reason |\n|---|---|---|\n" + "".join(f"| {r.run} | {r.status} | {r.reason} |\n" for r in bad.itertuples()))
+        parts.append("## Runs that did not finish\n\n| run | status | reason |\n|---|---|---|\n" + "".join(f"| {r.run} | {r.status} | {'—' if pd.isna(r.reason) else r.reason} |\n" for r in bad.itertuples()))
     (out / "report.md").write_text("\n".join(parts))
     made["markdown"] = out / "report.md"
     made["group"] = wandb_group(runs, root)
     return made
+
+
+def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_runs: list[Run], made: dict[str, Any],
+                   along: str | None, match: str | None) -> list[str]:
+    """One benchmark's parts of report.md (its table, plot, matched-forgetting and geometry
+    sections), recording the files and values it made in ``made``."""
+    metrics = sorted(c for c in sub.columns if c.startswith(f"eval/{bench}/"))
+    c = cells(sub, metrics)
+    c.to_csv(out / f"table_{bench}.csv", index=False)
+    made["tables"].append(out / f"table_{bench}.csv")
+    table = table_metrics(bench_runs, bench, metrics)
+    parts = [markdown(c, table, f"{bench}")]
+    key = along_key(c, along)
+    keys = series_keys(c, key)
+    ax = axes_for(bench_runs, bench, metrics)
+    if ax is not None and f"{ax.forget}_mean" in c and f"{ax.utility}_mean" in c:
+        drawn = plot(c, ax, f"{bench}: forgetting vs utility ({root.name})", out / f"pareto_{bench}.png", along=key)
+        made["plots"].append(drawn.path)
+        made["fronts"][bench] = drawn.front
+        parts.append(f"![pareto {bench}]({drawn.path.name})\n")
+    m = match_metric(ax, bench, metrics, match)
+    ok = sub[sub["status"] == "ok"]
+    if ax is not None and m is not None and len(ok):
+        text, t = matched_section(ok, c[c["n"] > 0], keys, key, m, utility_metrics(ax, table, m), bench)
+        made["matched"][bench] = t
+        if len(t):
+            t.to_csv(out / f"matched_{bench}.csv", index=False)
+            made["tables"].append(out / f"matched_{bench}.csv")
+        for _, r in t.iterrows():
+            made["summary"].update({f"matched/{bench}/{r['level']}/{r['method']}/{r['combiner']}/{u.split('/')[-1]}": r[f"{u}_mean"]
+                                    for u in utility_metrics(ax, table, m) if not pd.isna(r[f"{u}_mean"])})
+        parts.append(text)
+    text, g, png, summary = geometry_section(bench_runs, c, keys, key, bench, out, f"{bench}: cos(update, g_r) per step ({root.name})")
+    parts.append(text)
+    if g is not None:
+        g.to_csv(out / f"geometry_{bench}.csv", index=False)
+        made["tables"].append(out / f"geometry_{bench}.csv")
+        made["geometry"][bench] = g
+        made["plots"].append(png)
+        made["summary"].update(summary)
+    return parts
 
 
 def log_to_wandb(made: dict[str, Any], project: str, mode: str) -> None:
@@ -123,6 +262,7 @@ def log_to_wandb(made: dict[str, Any], project: str, mode: str) -> None:
         run.log({t.stem: wandb.Table(dataframe=pd.read_csv(t))})
     for p in made["plots"]:
         run.log({p.stem: wandb.Image(str(p))})
+    run.summary.update(made["summary"])
     run.finish()
 
 
@@ -130,14 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m unlearn.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/...) or any folder of run directories")
     ap.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR/report)")
-    ap.add_argument("--wandb", action="store_true", help="also log the tables and plots to W&B")
+    ap.add_argument("--along", default=None, help="the swept key the curves run along (default: the numeric factor with the most values, e.g. optim.lr)")
+    ap.add_argument("--match", default=None, help="the forget metric curves are matched on (default: forget_prob, else the benchmark's forget metric)")
+    ap.add_argument("--wandb", action="store_true", help="also log the tables, plots and geometry/matched values (as run summary) to W&B")
     ap.add_argument("--wandb-project", default="unlearn")
     ap.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"report: {args.sweep_dir} is not a folder", file=sys.stderr)
         return 2
-    made = report(args.sweep_dir, args.out or args.sweep_dir / "report")
+    made = report(args.sweep_dir, args.out or args.sweep_dir / "report", along=args.along, match=args.match)
     if args.wandb:
         log_to_wandb(made, args.wandb_project, args.wandb_mode)
     print(f"wrote {made['markdown']}, {len(made['tables'])} table(s), {len(made['plots'])} plot(s)")

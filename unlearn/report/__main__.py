@@ -234,6 +234,14 @@ def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_r
     ok = sub[sub["status"] == "ok"]
     if ax is not None and m is not None and len(ok):
         text, t = matched_section(ok, c[c["n"] > 0], keys, key, m, utility_metrics(ax, table, m), bench)
+        if len(t) and m != ax.forget:
+            # the same curves on the axis they are matched on, with the levels: what the table reads off
+            levels = list(t.drop_duplicates("level")[["level", "value"]].itertuples(index=False, name=None))
+            on_match = Axes(forget=m, utility=ax.utility, forget_higher_is_better=False, forget_log=True,
+                            utility_higher_is_better=ax.utility_higher_is_better)
+            drawn = plot(c, on_match, f"{bench}: {m.split('/')[-1]} vs utility ({root.name})", out / f"matched_{bench}.png", along=key, levels=levels)
+            made["plots"].append(drawn.path)
+            text += f"\n![matched {bench}]({drawn.path.name})\n"
         made["matched"][bench] = t
         if len(t):
             t.to_csv(out / f"matched_{bench}.csv", index=False)

@@ -3,7 +3,7 @@ along the key the sweep varies (lr, steps, rate, alpha/gamma), points labelled b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,13 @@ def _short(metric: str) -> str:
 
 @dataclass(frozen=True)
 class Plotted:
-    """What :func:`plot` drew: the PNG, and the cells on the Pareto front (factor columns plus the
-    two plotted means), in the order the front line runs (by the forget metric)."""
+    """What :func:`plot` drew: the PNG, the cells on the Pareto front (factor columns plus the
+    two plotted means), in the order the front line runs (by the forget metric), and the curves
+    (legend name -> the ``along`` values of its points, in the order the line joins them)."""
 
     path: Path
     front: pd.DataFrame
+    curves: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _factor_columns(cells: pd.DataFrame) -> list[str]:
@@ -77,11 +79,19 @@ def _log_axis(ax, values: np.ndarray) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def error_low(x: np.ndarray, std: np.ndarray, log: bool) -> np.ndarray:
+    """The lower error bar: one std, but on a log axis never below a tenth of the value (where
+    mean − std ≤ 0 the bar would run to the edge of the plot)."""
+    std = np.nan_to_num(std)
+    return np.minimum(std, 0.9 * x) if log else std
+
+
 def _value(v: str) -> str:
     return f"{float(v):g}" if is_number(v) else str(v)
 
 
-def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | None = None) -> Plotted:
+def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | None = None,
+         levels: list[tuple[str, float]] = ()) -> Plotted:
     """Write the plot of one benchmark's cells to ``out`` (PNG); return it with the front it drew.
 
     One curve per method + combiner (and per value of any other factor the sweep varies besides
@@ -89,7 +99,8 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
     curve the points run along ``along`` (:func:`~unlearn.report.curves.along_key`) in numeric
     order and are labelled ``lr=0.004``; non-numeric values (``r=auto``) are drawn unconnected.
     Error bars are the standard deviation over seeds (on a log axis cut at a tenth of the value,
-    where the mean minus one std would be at or below zero); the grey line is the Pareto front.
+    where the mean minus one std would be at or below zero); the grey line is the Pareto front;
+    ``levels`` (name, forget value) are drawn as dotted vertical lines (the matched-forgetting levels).
     """
     import matplotlib
 
@@ -105,7 +116,7 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
     methods = sorted(data["method"].unique())
     fig, ax = plt.subplots(figsize=(9, 6.5), dpi=150)
     markers, styles = "osD^v<>pPX*h", ("-", "--", ":", "-.")
-    texts = []
+    texts, curves, handles = [], {}, []
     label_points = along is not None and data[along].nunique() > 1
     for key, g in data.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -113,18 +124,27 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
         m = methods.index(key[0])
         x, y = g[fx].to_numpy(), g[fy].to_numpy()
         xerr, yerr = np.nan_to_num(g[f"{axes.forget}_std"].to_numpy()), np.nan_to_num(g[f"{axes.utility}_std"].to_numpy())
-        xlow = np.minimum(xerr, 0.9 * x) if log_x else xerr
-        ax.errorbar(x, y, xerr=[xlow, xerr], yerr=yerr, fmt=markers[m % len(markers)], ms=6, alpha=0.9, capsize=2,
-                    color=colour[key[1]], elinewidth=0.8, label=series_name(key, keys))
+        ax.errorbar(x, y, xerr=[error_low(x, xerr, log_x), xerr], yerr=yerr, fmt=markers[m % len(markers)], ms=6, alpha=0.9,
+                    capsize=2, color=colour[key[1]], elinewidth=0.8)
         numeric = np.array([is_number(v) for v in g[along]]) if along is not None else np.ones(len(g), dtype=bool)
-        ax.plot(x[numeric], y[numeric], styles[m % len(styles)], lw=1.2, alpha=0.9, color=colour[key[1]])
+        handles += ax.plot(x[numeric], y[numeric], styles[m % len(styles)], marker=markers[m % len(markers)], ms=6, lw=1.2,
+                           alpha=0.9, color=colour[key[1]], label=series_name(key, keys))
+        curves[series_name(key, keys)] = [str(v) for v in g[along]] if along is not None else []
         if label_points:
             texts += [ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]]) for xi, yi, v in zip(x, y, g[along])]
     x, y = data[fx].to_numpy(), data[fy].to_numpy()
     mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
     front = data[mask].iloc[np.argsort(x[mask], kind="stable")]
     if len(front):
-        ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
+        handles += ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
+    # levels sit close together: named once each kind in the legend, not in text that would collide
+    for kind, (style, colour_) in {"oracle": ("--", "black"), "": (":", "gray")}.items():
+        at = [v for n, v in levels if (n == "oracle") == (kind == "oracle")]
+        for j, level in enumerate(at):
+            line = ax.axvline(level, color=colour_, ls=style, lw=1, alpha=0.8,
+                              label=f"oracle {_short(axes.forget)}" if kind else "matched levels (shared range)")
+            if j == 0:
+                handles.append(line)
     if log_x:
         _log_axis(ax, x)
     ax.set_xlabel(_label(_short(axes.forget), axes.forget_higher_is_better, log_x))
@@ -134,7 +154,7 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
         sub.append("mean ± std over seeds")
     ax.set_title(title + ("\n(" + "; ".join(sub) + ")" if sub else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
     if texts:
         # repel the labels from every marker too (a marker is wider than the point adjust_text sees)
         adjust_text(texts, x=x, y=y, ax=ax, expand=(1.3, 1.8), arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
@@ -142,4 +162,4 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
-    return Plotted(out, front[[*_factor_columns(front), fx, fy]].reset_index(drop=True))
+    return Plotted(out, front[[*_factor_columns(front), fx, fy]].reset_index(drop=True), curves)

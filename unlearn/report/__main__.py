@@ -187,7 +187,7 @@ def report(root: Path, out: Path, along: str | None = None, match: str | None = 
     and :func:`match_metric` (None: chosen from the sweep).
 
     Returns what it made: ``tables`` and ``plots`` (paths), ``fronts`` (benchmark -> the cells on
-    the plotted Pareto front), ``matched`` and ``geometry`` (benchmark -> table), ``summary`` (W&B
+    the plotted Pareto front), ``curves`` (benchmark -> the plotted curves), ``matched`` and ``geometry`` (benchmark -> table), ``summary`` (W&B
     summary values), ``markdown`` (path) and ``group`` (the runs' W&B group)."""
     runs = load_runs(root)
     if not runs:
@@ -197,7 +197,7 @@ def report(root: Path, out: Path, along: str | None = None, match: str | None = 
     df.to_csv(out / "runs.csv", index=False)
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].fillna("unknown").value_counts().items())
     parts = [f"# Sweep report: {root}\n", f"{len(runs)} runs: {counts}\n"]
-    made: dict[str, Any] = {"plots": [], "tables": [], "fronts": {}, "matched": {}, "geometry": {}, "summary": {}}
+    made: dict[str, Any] = {"plots": [], "tables": [], "fronts": {}, "curves": {}, "matched": {}, "geometry": {}, "summary": {}}
     for bench in sorted(df["benchmark"].unique()):
         sub = df[df["benchmark"] == bench].dropna(axis=1, how="all")
         if bench == "?" and not (sub["status"] == "ok").any():
@@ -229,6 +229,7 @@ def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_r
         drawn = plot(c, ax, f"{bench}: forgetting vs utility ({root.name})", out / f"pareto_{bench}.png", along=key)
         made["plots"].append(drawn.path)
         made["fronts"][bench] = drawn.front
+        made["curves"][bench] = drawn.curves
         parts.append(f"![pareto {bench}]({drawn.path.name})\n")
     m = match_metric(ax, bench, metrics, match)
     ok = sub[sub["status"] == "ok"]

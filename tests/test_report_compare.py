@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from unlearn.report.__main__ import main, report
-from unlearn.report.collect import Run, combiner_option, load_runs
+from unlearn.report.collect import combiner_option, load_runs
 from unlearn.report.pareto import error_low
 from unlearn.rundir import write_json
 

@@ -101,6 +101,14 @@ def shared_levels(curves: list[np.ndarray], quantiles: tuple[float, ...] = (0.25
     return [float(lo + q * (hi - lo)) for q in quantiles] if hi > lo else []
 
 
+def _centre(at: list[float]) -> float:
+    """The seeds' along-key values at a level: their geometric mean where all are positive (a
+    learning rate), else the arithmetic one; NaN for none."""
+    if not at:
+        return float("nan")
+    return float(np.exp(np.mean(np.log(at)))) if all(a > 0 for a in at) else float(np.mean(at))
+
+
 def matched(runs: pd.DataFrame, keys: list[str], along: str | None, match: str, utilities: list[str],
             levels: list[tuple[str, float]]) -> pd.DataFrame:
     """Each curve's ``utilities`` at each of ``levels`` of ``match``, mean ± std over seeds.
@@ -123,8 +131,7 @@ def matched(runs: pd.DataFrame, keys: list[str], along: str | None, match: str, 
                 hit = crossing(s[match].to_numpy(float), {u: s[u].to_numpy(float) for u in utilities if u in s}, a, level)
                 if hit is not None:
                     hits.append(hit)
-            row = {"level": name, "value": level, **dict(zip(keys, key)), "n": len(hits),
-                   "at_mean": float(np.exp(np.mean(np.log([h.at for h in hits])))) if hits and all(h.at > 0 for h in hits) else (float(np.mean([h.at for h in hits])) if hits else np.nan)}
+            row = {"level": name, "value": level, **dict(zip(keys, key)), "n": len(hits), "at_mean": _centre([h.at for h in hits])}
             for u in utilities:
                 vals = np.array([h.values[u] for h in hits if u in h.values])
                 row[f"{u}_mean"] = float(vals.mean()) if vals.size else np.nan

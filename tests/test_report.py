@@ -85,9 +85,9 @@ def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp
     assert table[["method", "rate"]].values.tolist() == [["sago", "-0.5"], ["sago", "0.5"], ["sga", "-0.5"], ["sga", "0.5"], ["sga", "auto"]]
     auto = table[table["rate"] == "auto"].iloc[0]
     assert auto["n"] == 2 and auto["eval/toy/forget_quality_mean"] == pytest.approx(0.9)
-    assert "| sga | Sum | auto | 2 |" in made["markdown"].read_text()
+    assert "| sga | sum | auto | 2 |" in made["markdown"].read_text()
     # sago r=0.5 (0.5, 0.505) dominates every other cell but sga r=auto (0.9, 0.3): best forget quality
-    assert _front(made, "toy") == [("sago", "SAGO", "0.5"), ("sga", "Sum", "auto")]
+    assert _front(made, "toy") == [("sago", "sago", "0.5"), ("sga", "sum", "auto")]
     assert made["fronts"]["toy"]["eval/toy/forget_quality_mean"].tolist() == pytest.approx([0.5, 0.9])
 
 
@@ -141,6 +141,8 @@ def test_the_report_logs_to_the_group_its_runs_logged_to(tmp_path, monkeypatch, 
     calls = []
 
     class FakeRun:
+        summary: dict = {}
+
         def log(self, data):
             calls.append(("log", sorted(data)))
 
@@ -210,5 +212,5 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
     made = report(root, root / "report")
     # npo (0.3, 40) is dominated by gd (0.2, 20) when lower perplexity is better; were perplexity
     # taken as higher-is-better, ga (0.1, 50) alone would be the front
-    assert _front(made, "harry_potter") == [("ga", "Sum", "0"), ("gd", "Sum", "0")]
+    assert _front(made, "harry_potter") == [("ga", "sum", "0"), ("gd", "sum", "0")]
     assert made["fronts"]["harry_potter"]["eval/harry_potter/general_ppl_mean"].tolist() == [50.0, 20.0]

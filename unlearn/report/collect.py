@@ -12,6 +12,11 @@ import pandas as pd
 from unlearn.rundir import read_json
 
 SKIP_DIRS = {"checkpoints", "wandb", ".submitit", "model", ".hydra"}
+#: a job whose results.json (or config.json) cannot be read gets this status, and its path as reason
+DAMAGED = "damaged"
+#: the per-cell counts :func:`cells` adds beside the factors
+COUNT_COLUMNS = ("n", "n_failed", "n_diverged", "n_unfinished", "unfinished")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: overrides that never define a cell of the grid (seeds are what a cell averages over)
 NOT_A_FACTOR = ("seed", "sweep", "group", "launcher", "sweeper", "resume", "paths.cache_dir")
 #: the label of a factor whose value the run directory does not tell
@@ -65,6 +70,52 @@ def _resolve(config: dict[str, Any], key: str) -> Any:
     return None if value is None or is_interpolation(value) else value
 
 
+def _combiner_options() -> dict[str, dict[str, Any]]:
+    """``conf/combiner/*.yaml`` as plain dicts (a file's ``defaults`` merged in), by option name."""
+    import yaml
+
+    raw = {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((CONF_DIR / "combiner").glob("*.yaml"))}
+
+    def flat(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+        node = dict(raw.get(name, {}))
+        out: dict[str, Any] = {}
+        for base in node.pop("defaults", []) or []:
+            if isinstance(base, str) and base != "_self_" and base not in seen:
+                out.update(flat(base, (*seen, name)))
+        out.update(node)
+        return out
+
+    return {name: flat(name) for name in raw}
+
+
+def combiner_option(combiner: Any) -> str:
+    """The ``combiner=`` option a stored combiner config came from, for runs that do not record
+    their Hydra choices: the option of the same ``_target_`` that agrees on the most keys (ties: the
+    one named like the class), else the class name in lower case (``unlearn.combiners.SAGO`` → ``sago``)."""
+    if not isinstance(combiner, dict) or is_interpolation(combiner.get("_target_")) or not combiner.get("_target_"):
+        return UNKNOWN
+    target = str(combiner["_target_"])
+    cls = target.rsplit(".", 1)[-1].lower()
+    scored = [(sum(combiner.get(k) == v for k, v in opt.items()), name == cls, name)
+              for name, opt in _combiner_options().items() if opt.get("_target_") == target]
+    return max(scored)[2] if scored else cls
+
+
+def _choices(d: Path) -> dict[str, str]:
+    """Hydra's config-group choices of the job (``.hydra/hydra.yaml``: ``combiner: sago``), or {}."""
+    hydra_file = d / ".hydra" / "hydra.yaml"
+    if not hydra_file.exists():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(hydra_file.read_text())
+        choices = data["hydra"]["runtime"]["choices"]
+    except Exception:  # an unreadable Hydra record only costs the option names their source
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if v is not None} if isinstance(choices, dict) else {}
+
+
 def _overrides(d: Path, prov: dict[str, Any]) -> list[str]:
     """The job's overrides: from provenance.json, else Hydra's ``.hydra/overrides.yaml`` (a job that
     failed validation has no provenance yet, and without its overrides it would be a cell of its own)."""
@@ -86,6 +137,7 @@ class Run:
     results: dict[str, Any]
     overrides: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)
 
     @property
     def benchmark(self) -> str:
@@ -126,15 +178,19 @@ class Run:
                 value = _resolve(self.config, "smoothing.rate")
         return UNKNOWN if value is None else rate_label(value)
 
+    def combiner(self) -> str:
+        """The combiner as the command line names it (``sago``, ``pcgrad``, not the class): the
+        ``combiner=`` override, else Hydra's recorded choice, else :func:`combiner_option`."""
+        return self._override("combiner") or self.choices.get("combiner") or combiner_option(self.config.get("combiner"))
+
     def factors(self) -> dict[str, str]:
         """The run's coordinates in the grid: method, combiner, rate, model, benchmark, and every
-        other override except the seed."""
-        target = self.config.get("combiner", {}).get("_target_", UNKNOWN)
+        other override except the seed (numbers as :func:`rate_label` prints them)."""
         out = {
             "benchmark": self.benchmark,
             "model": self._name("model"),
             "method": self._name("method"),
-            "combiner": UNKNOWN if is_interpolation(target) else str(target).rsplit(".", 1)[-1],
+            "combiner": self.combiner(),
             "rate": self.rate(),
         }
         covered = {"benchmark", "model", "method", "combiner", "smoothing.rate"}
@@ -142,17 +198,38 @@ class Run:
             key, _, value = o.partition("=")
             key = key.lstrip("+~")
             if key not in covered and not key.startswith(NOT_A_FACTOR) and not key.startswith("hydra."):
-                out[key] = value
+                out[key] = rate_label(value)  # a command-line 1e-3 and 0.001 are one cell
         return out
 
 
+def _read(path: Path, damage: list[str]) -> dict[str, Any]:
+    """``path`` as JSON ({} when absent); a truncated or corrupt file reads as {} and is named in
+    ``damage`` (a job killed mid-write must not take the whole report down)."""
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        damage.append(f"{path} is unreadable ({type(e).__name__}: {e})")
+        return {}
+    if not isinstance(data, dict):
+        damage.append(f"{path} holds {type(data).__name__}, not a JSON object")
+        return {}
+    return data
+
+
 def load_runs(root: Path) -> list[Run]:
+    """Every run directory under ``root``; one whose results.json or config.json cannot be read is
+    a run with status ``damaged`` and the file's path and error as its reason."""
     runs = []
     for d in run_dirs(root):
-        results = read_json(d / "results.json")
-        config = read_json(d / "config.json") if (d / "config.json").exists() else {}
-        prov = read_json(d / "provenance.json") if (d / "provenance.json").exists() else {}
-        runs.append(Run(d, config, results, _overrides(d, prov), prov))
+        damage: list[str] = []
+        results = _read(d / "results.json", damage)
+        config = _read(d / "config.json", damage)
+        prov = _read(d / "provenance.json", damage)
+        if damage:
+            results = {"status": DAMAGED, "reason": "; ".join(damage)}
+        runs.append(Run(d, config, results, _overrides(d, prov), prov, _choices(d)))
     return runs
 
 
@@ -171,10 +248,12 @@ def frame(runs: list[Run]) -> pd.DataFrame:
 def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Mean and standard deviation (over seeds) of ``metrics`` per grid cell, ok runs only.
 
-    Columns: the factors, ``n`` (ok runs), ``n_failed``/``n_diverged``, ``<m>_mean``, ``<m>_std``;
-    rows sorted by the factors, rates by :func:`rate_key`.
+    Columns: the factors, ``n`` (ok runs), ``n_failed``/``n_diverged``, ``n_unfinished`` (every run
+    not ok: failed, diverged, collapsed, interrupted, damaged, ...) and ``unfinished`` (those counts in
+    words, ``"1 diverged, 2 collapsed"``), ``<m>_mean``, ``<m>_std``; rows sorted by the factors,
+    numbers (rates, learning rates) by :func:`rate_key`.
     """
-    factors = [c for c in df.columns if c not in metrics and c not in ("seed", "status", "reason", "run") and not c.startswith(("eval/", "target/", "oracle/", "unlearned/", "train/", "time/", "config_"))]
+    factors = factor_names(df, metrics)
     df = df.copy()
     for c in factors:
         df[c] = df[c].fillna("")
@@ -182,12 +261,22 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for key, g in df.groupby(factors, sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
         row = dict(zip(factors, key if isinstance(key, tuple) else (key,)))
-        row.update(n=len(ok), n_diverged=int((g["status"] == "diverged").sum()), n_failed=int((g["status"] == "failed").sum()))
+        bad = g["status"][g["status"] != "ok"].fillna("unknown").astype(str)
+        row.update(n=len(ok), n_diverged=int((bad == "diverged").sum()), n_failed=int((bad == "failed").sum()),
+                   n_unfinished=len(bad), unfinished=", ".join(f"{k} {s}" for s, k in sorted(bad.value_counts().items())))
         for m in metrics:
             vals = ok[m].dropna().to_numpy() if m in ok else np.array([])
             row[f"{m}_mean"] = float(vals.mean()) if vals.size else np.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else np.nan)
         out.append(row)
-    # rate labels are strings ('auto' among numbers): order them as numbers, 'auto' last
-    out.sort(key=lambda row: tuple(rate_key(row[f]) if f == "rate" else (0, 0.0, str(row[f])) for f in factors))
+    # labels are strings ('auto' among numbers): order numbers as numbers, 'auto' last
+    out.sort(key=lambda row: tuple(rate_key(row[f]) for f in factors))
     return pd.DataFrame(out)
+
+
+def factor_names(df: pd.DataFrame, metrics: list[str] = ()) -> list[str]:
+    """The factor columns of a :func:`frame` (or :func:`cells`) table: neither metrics, counts nor
+    the per-run bookkeeping."""
+    skip = ("seed", "status", "reason", "run", *COUNT_COLUMNS)
+    return [c for c in df.columns if c not in metrics and c not in skip and not c.endswith(("_mean", "_std"))
+            and not c.startswith(("eval/", "target/", "oracle/", "unlearned/", "train/", "time/", "config_"))]

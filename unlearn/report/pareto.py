@@ -1,15 +1,16 @@
-"""Pareto-front plots: forget metric against utility metric, one series per method and combiner,
-points labelled by the smoothing rate r."""
+"""Pareto-front plots: forget metric against utility metric, one curve per method and combiner
+along the key the sweep varies (lr, steps, rate, alpha/gamma), points labelled by its value."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from unlearn.report.collect import rate_key
+from unlearn.report.collect import factor_names
+from unlearn.report.curves import along_label, is_number, ordered, series_keys, series_name
 
 
 @dataclass(frozen=True)
@@ -45,24 +46,61 @@ def _short(metric: str) -> str:
 
 @dataclass(frozen=True)
 class Plotted:
-    """What :func:`plot` drew: the PNG, and the cells on the Pareto front (factor columns plus the
-    two plotted means), in the order the front line runs (by the forget metric)."""
+    """What :func:`plot` drew: the PNG, the cells on the Pareto front (factor columns plus the
+    two plotted means), in the order the front line runs (by the forget metric), and the curves
+    (legend name -> the ``along`` values of its points, in the order the line joins them)."""
 
     path: Path
     front: pd.DataFrame
+    curves: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _factor_columns(cells: pd.DataFrame) -> list[str]:
-    return [k for k in cells.columns if not k.endswith(("_mean", "_std")) and k not in ("n", "n_failed", "n_diverged")]
+    return factor_names(cells)
 
 
-def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Plotted:
+def colours(names: list[str]) -> dict[str, tuple]:
+    """One colour per combiner option (tab10 order, by sorted name), shared by every plot."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(sorted(names))}
+
+
+def _log_axis(ax, values: np.ndarray) -> None:
+    """A log x axis whose tick labels do not collide: 1-2-5 ticks over at most two decades, one tick
+    per decade beyond (every other decade beyond six)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    decades = np.log10(values.max() / values.min()) if len(values) else 0.0
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10.0 if decades <= 6 else 100.0, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def error_low(x: np.ndarray, std: np.ndarray, log: bool) -> np.ndarray:
+    """The lower error bar: one std, but on a log axis never below a tenth of the value (where
+    mean − std ≤ 0 the bar would run to the edge of the plot)."""
+    std = np.nan_to_num(std)
+    return np.minimum(std, 0.9 * x) if log else std
+
+
+def _value(v: str) -> str:
+    return f"{float(v):g}" if is_number(v) else str(v)
+
+
+def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | None = None,
+         levels: list[tuple[str, float]] = ()) -> Plotted:
     """Write the plot of one benchmark's cells to ``out`` (PNG); return it with the front it drew.
 
-    One series per method + combiner (and per value of any other factor the sweep varies, named in
-    the legend); within a series the points run over the smoothing rate r in numeric order and are
-    labelled by it; ``r=auto`` points are drawn unconnected (they are no point on the r axis).
-    Error bars are the standard deviation over seeds; the grey line is the Pareto front.
+    One curve per method + combiner (and per value of any other factor the sweep varies besides
+    ``along``, named in the legend), colour by combiner, marker and line style by method; within a
+    curve the points run along ``along`` (:func:`~unlearn.report.curves.along_key`) in numeric
+    order and are labelled ``lr=0.004``; non-numeric values (``r=auto``) are drawn unconnected.
+    Error bars are the standard deviation over seeds (on a log axis cut at a tenth of the value,
+    where the mean minus one std would be at or below zero); the grey line is the Pareto front;
+    ``levels`` (name, forget value) are drawn as dotted vertical lines (the matched-forgetting levels).
     """
     import matplotlib
 
@@ -72,46 +110,56 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path) -> Plotted:
 
     fx, fy = f"{axes.forget}_mean", f"{axes.utility}_mean"
     data = cells.dropna(subset=[fx, fy])
-    vary = [k for k in _factor_columns(data) if k not in ("method", "combiner", "rate") and data[k].nunique() > 1]
-    label_rates = data["rate"].nunique() > 1
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=150)
-    markers = "osD^v<>pPX*h"
-    texts = []
-    for i, (key, g) in enumerate(data.groupby(["method", "combiner", *vary], sort=True)):
+    keys = series_keys(data, along)
+    log_x = axes.forget_log and len(data) > 0 and bool((data[fx] > 0).all())
+    colour = colours(list(data["combiner"].unique()))
+    methods = sorted(data["method"].unique())
+    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=150)
+    markers, styles = "osD^v<>pPX*h", ("-", "--", ":", "-.")
+    texts, curves, handles = [], {}, []
+    label_points = along is not None and data[along].nunique() > 1
+    for key, g in data.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        name = f"{key[0]} + {key[1]}" + ("" if not vary else " (" + ", ".join(f"{k}={v}" for k, v in zip(vary, key[2:])) + ")")
-        g = g.iloc[sorted(range(len(g)), key=lambda j: rate_key(g["rate"].iloc[j]))]
-        x, y, rates = g[fx].to_numpy(), g[fy].to_numpy(), [str(r) for r in g["rate"]]
-        xerr, yerr = g[f"{axes.forget}_std"].to_numpy(), g[f"{axes.utility}_std"].to_numpy()
-        bars = ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=markers[i % len(markers)],
-                           ms=7, alpha=0.9, capsize=2, label=name)
-        numeric = np.array([rate_key(r)[0] == 0 for r in rates])
-        ax.plot(x[numeric], y[numeric], "-", lw=1, alpha=0.9, color=bars[0].get_color())
-        if label_rates:
-            texts += [ax.text(xi, yi, f"r={r}", fontsize=8) for xi, yi, r in zip(x, y, rates)]
+        g = ordered(g, along)
+        m = methods.index(key[0])
+        x, y = g[fx].to_numpy(), g[fy].to_numpy()
+        xerr, yerr = np.nan_to_num(g[f"{axes.forget}_std"].to_numpy()), np.nan_to_num(g[f"{axes.utility}_std"].to_numpy())
+        ax.errorbar(x, y, xerr=[error_low(x, xerr, log_x), xerr], yerr=yerr, fmt=markers[m % len(markers)], ms=6, alpha=0.9,
+                    capsize=2, color=colour[key[1]], elinewidth=0.8)
+        numeric = np.array([is_number(v) for v in g[along]]) if along is not None else np.ones(len(g), dtype=bool)
+        handles += ax.plot(x[numeric], y[numeric], styles[m % len(styles)], marker=markers[m % len(markers)], ms=6, lw=1.2,
+                           alpha=0.9, color=colour[key[1]], label=series_name(key, keys))
+        curves[series_name(key, keys)] = [str(v) for v in g[along]] if along is not None else []
+        if label_points:
+            texts += [ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]]) for xi, yi, v in zip(x, y, g[along])]
     x, y = data[fx].to_numpy(), data[fy].to_numpy()
     mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
     front = data[mask].iloc[np.argsort(x[mask], kind="stable")]
     if len(front):
-        ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
-    if axes.forget_log and len(data) and (data[fx] > 0).all():
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(_label(_short(axes.forget), axes.forget_higher_is_better, axes.forget_log))
+        handles += ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
+    # levels sit close together: named once each kind in the legend, not in text that would collide
+    for kind, (style, colour_) in {"oracle": ("--", "black"), "": (":", "gray")}.items():
+        at = [v for n, v in levels if (n == "oracle") == (kind == "oracle")]
+        for j, level in enumerate(at):
+            line = ax.axvline(level, color=colour_, ls=style, lw=1, alpha=0.8,
+                              label=f"oracle {_short(axes.forget)}" if kind else "matched levels (shared range)")
+            if j == 0:
+                handles.append(line)
+    if log_x:
+        _log_axis(ax, x)
+    ax.set_xlabel(_label(_short(axes.forget), axes.forget_higher_is_better, log_x))
     ax.set_ylabel(_label(_short(axes.utility), axes.utility_higher_is_better))
-    ax.set_title(title + ("\n(mean ± std over seeds)" if (data["n"] > 1).any() else ""), fontsize=11)
+    sub = [f"points labelled by {along_label(along)} ({along})"] if label_points else []
+    if (data["n"] > 1).any():
+        sub.append("mean ± std over seeds")
+    ax.set_title(title + ("\n(" + "; ".join(sub) + ")" if sub else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), framealpha=0.9)
     if texts:
         # repel the labels from every marker too (a marker is wider than the point adjust_text sees)
-        adjust_text(texts, x=data[fx].to_numpy(), y=data[fy].to_numpy(), ax=ax, expand=(1.3, 1.8),
-                    arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+        adjust_text(texts, x=x, y=y, ax=ax, expand=(1.3, 1.8), arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
-    return Plotted(out, front[[*_factor_columns(front), fx, fy]].reset_index(drop=True))
+    return Plotted(out, front[[*_factor_columns(front), fx, fy]].reset_index(drop=True), curves)

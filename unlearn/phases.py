@@ -151,10 +151,13 @@ def evaluates_diverged(evaluator: Any) -> bool:
 def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
     """``target`` (the target model's evaluation record) reaches evaluators whose ``evaluate``
     takes it, for metrics relative to the starting point (WMDP's MMLU recovery); ``diverged`` (the
-    divergence guard's reason) those that take it (the copyright setting counts it as collapse)."""
+    divergence guard's reason) those that take it (the copyright setting counts it as collapse).
+    The record then goes through the benchmark's shared collapse check (``benchmark.collapse``),
+    relative to ``target``."""
     model.to(s.device)
     extra = {k: v for k, v in (("target", target), ("diverged", diverged)) if v is not None and _takes(s.evaluator, k)}
-    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
+    record = s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
+    return s.collapse.apply(record, target) if s.collapse is not None else record
 
 
 def evaluation_key(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -33,6 +33,9 @@ from unlearn.training.reference import Reference
 from unlearn.utils.progress import say
 
 Rows = list[dict[str, Any]]
+#: bump when a metric's definition changes (2: TOFU's geometric truth ratio, MUSE-sign PrivLeak,
+#: Min-K%++ floor, VerbMem with BOS, collapse flags), so cached evaluations are not reused
+METRICS_VERSION = 2
 
 
 def split_names(splits: Mapping[str, Rows], names: Sequence[str] | str | None, key: str) -> list[str]:
@@ -171,6 +174,7 @@ def evaluation_key(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], oracle: 
         "prompt": to_plain(s.cfg.model.prompt),
         "oracle": oracle_part,
         "version": RECIPE_VERSION,
+        "metrics": METRICS_VERSION,
     }
 
 

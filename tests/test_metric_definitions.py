@@ -197,3 +197,14 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
     res = pipeline.run_unlearn(s, {"name": "ga"})
     assert res["status"] == "collapsed" and "model_utility" in res["reason"]
     assert res["eval/toy/collapsed"] == 1.0 and res["eval/toy/collapsed_utility"] == 1.0
+
+
+# -- 6. RWKU's probes: ROUGE-L recall without a stemmer (its `rouge` package) -----------------------
+def test_rwku_probe_rouge_does_not_stem(tiny, monkeypatch):
+    import unlearn.benchmarks.rwku as rwku
+
+    _, tok = tiny
+    monkeypatch.setattr(rwku, "greedy", lambda model, tokenizer, prompts, *a, **k: ["she writes novels"] * len(prompts))
+    ev = rwku.RWKUEvaluator()
+    score, _ = ev._probes(None, tok, PromptFormat(), [{"query": "What does she write? ___", "answer": "novel"}], "forget_level2")
+    assert score == 0.0  # TOFU's stemmed ROUGE would give 1.0 ("novels" -> "novel")

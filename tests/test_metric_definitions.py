@@ -208,3 +208,24 @@ def test_rwku_probe_rouge_does_not_stem(tiny, monkeypatch):
     ev = rwku.RWKUEvaluator()
     score, _ = ev._probes(None, tok, PromptFormat(), [{"query": "What does she write? ___", "answer": "novel"}], "forget_level2")
     assert score == 0.0  # TOFU's stemmed ROUGE would give 1.0 ("novels" -> "novel")
+
+
+# -- 6. Harry Potter: SOUL/FLAT's eval_leakage_rate (mean per-prompt BLEU, stemmed ROUGE-L recall) --
+def test_copyright_bleu_is_the_mean_of_per_prompt_bleus():
+    import sacrebleu
+
+    preds, refs = ["the cat sat on the mat today", "a b c d"], ["the cat sat on the mat", "w x y z"]
+    assert M.mean_example_bleu(preds, refs) == pytest.approx(sacrebleu.corpus_bleu([preds[0]], [[refs[0]]]).score / 2)
+    assert M.mean_example_bleu(preds, refs) != pytest.approx(M.bleu(preds, refs))  # not one corpus BLEU
+
+
+def test_copyright_rouge_is_stemmed_recall(tiny, monkeypatch):
+    import unlearn.eval.copyright as cr
+
+    _, tok = tiny
+    ev = cr.CopyrightEvaluator(forget_text=None)
+    monkeypatch.setattr(cr, "greedy", lambda model, tokenizer, prompts, *a, **k: ["wizards walked home slowly and then"] * len(prompts))
+    monkeypatch.setattr(cr, "text_perplexity", lambda *a, **k: 10.0)
+    splits = {"prompts": [{"prompt": "p", "continuation": "the wizard walked"}], "general": [{"text": "x"}]}
+    m = ev.evaluate(torch.nn.Linear(1, 1), tok, PromptFormat(), splits)["metrics"]
+    assert m["completion_rouge"] == pytest.approx(2 / 3)  # recall, "wizards" -> "wizard"; F1 unstemmed would be 0.2

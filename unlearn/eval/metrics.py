@@ -42,6 +42,15 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
 
+def mean_example_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean over examples of sacrebleu's ``corpus_bleu([p], [[r]])`` (0–100): the copyright
+    protocol of SOUL/FLAT/SGA's ``eval_leakage_rate`` (one BLEU per prompt, then averaged; not a
+    corpus BLEU over all prompts, and not ``sentence_bleu``, whose effective order differs)."""
+    import sacrebleu
+
+    return float(np.mean([sacrebleu.corpus_bleu([p], [[r]]).score for p, r in zip(predictions, references)]))
+
+
 def sentence_bleu(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Smoothed sentence BLEU (sacrebleu, 0–100) of each prediction against its reference."""
     import sacrebleu

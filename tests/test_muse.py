@@ -103,7 +103,9 @@ def _memorizer(tok, splits, memorised: str) -> MemorizerLM:
 def test_a_model_that_knows_the_forget_set_gets_full_verbmem_knowmem_and_privleak_minus_100(tiny, splits, evaluator):
     _, tok = tiny
     m = evaluator.evaluate(_memorizer(tok, splits, "privleak_forget"), tok, PromptFormat(), splits, oracle={"metrics": {"privleak_auc": 0.5}})["metrics"]
-    assert m["verbmem_f"] == pytest.approx(1.0) and m["knowmem_f"] == pytest.approx(1.0) and m["knowmem_r"] == pytest.approx(1.0)
+    assert m["knowmem_f"] == pytest.approx(1.0) and m["knowmem_r"] == pytest.approx(1.0)
+    # MUSE's VerbMem reference is BOS + n − 1 tokens, one short of the n generated: just under 1
+    assert 0.9 < m["verbmem_f"] < 1.0
     # it recognises every forget text: the holdout-vs-forget AUC is 0, PrivLeak -100 (MUSE's target: -99.8)
     assert m["privleak_auc"] == 0.0 and m["privleak"] == pytest.approx(-100.0)
     # the other way round (forget texts less likely than unseen ones: over-unlearning) is positive

@@ -33,7 +33,7 @@ def splits():
 
 
 def test_loader_reads_every_part_of_the_fixture(splits):
-    assert {k: len(v) for k, v in splits.items()} == {"forget": 12, "retain": 28, "forget_perturbed": 12, "retain_perturbed": 16, "real_authors": 5, "world_facts": 5, "full": 40}
+    assert {k: len(v) for k, v in splits.items()} == {"forget": 12, "retain": 28, "forget_perturbed": 12, "retain_perturbed": 16, "real_authors": 5, "world_facts": 5, "full": 40, "holdout": 12}
     assert all(isinstance(r["perturbed_answer"], list) for r in splits["forget_perturbed"])
     assert splits["forget"][0]["id"] == "forget-0" and len({r["id"] for r in splits["full"]}) == 40
     full = {r["question"] for r in splits["full"]}
@@ -119,14 +119,14 @@ def test_utility_sets_normalise_over_options_and_compare_the_true_answer(tiny, s
     s, n = score_answers(model, tok, PromptFormat(), [(r["question"], a) for r in rows for a in r["perturbed_answer"]])
     p_pert = normalized_prob(s, n).reshape(len(rows), -1)
     assert res["prob"] == pytest.approx(p_true / (p_true + p_pert.sum(1)))
-    assert res["tr"] == pytest.approx(p_pert.mean(1) / p_true)  # TOFU: the answer, not a paraphrase
+    assert res["tr"] == pytest.approx(np.exp(np.log(p_pert).mean(1)) / p_true)  # TOFU: the answer, not a paraphrase
 
 
 def test_forget_quality_against_oracles(record, evaluator):
     tr = np.asarray(record["arrays"]["forget_truth_ratio"])
-    res = {evaluator.forget: {"prob": np.ones(12), "rouge": np.ones(12), "tr": tr, "generated": [""] * 12, "nll": np.zeros(12)}}
+    res = {evaluator.forget: {"prob": np.ones(12), "rouge": np.ones(12), "tr": tr, "generated": [""] * 12, "mia": np.zeros(12)}, evaluator.holdout: {"mia": np.zeros(3)}}
     for k in (evaluator.retain, *evaluator.utility):
-        res[k] = {"prob": np.full(3, 0.5), "rouge": np.full(3, 0.5), "tr": np.full(3, 0.5), "generated": [""] * 3, "nll": np.zeros(3)}
+        res[k] = {"prob": np.full(3, 0.5), "rouge": np.full(3, 0.5), "tr": np.full(3, 0.5), "generated": [""] * 3, "mia": np.zeros(3)}
     assert evaluator._summarize(res, record)["metrics"]["forget_quality"] == pytest.approx(1.0)
     far = {"metrics": {}, "arrays": {"forget_truth_ratio": (tr * 1e6 + 1e3).tolist()}}
     assert evaluator._summarize(res, far)["metrics"]["forget_quality"] < 1e-4
@@ -135,7 +135,7 @@ def test_forget_quality_against_oracles(record, evaluator):
 def test_oracle_file_in_tofus_own_format_becomes_truth_ratios(evaluator):
     log = {"avg_paraphrased_loss": {"1": 2.0, "0": 1.0}, "average_perturb_loss": {"0": [2.0, 3.0], "1": [2.0, 2.0]}, "avg_gt_loss": {"0": 0.5, "1": 0.5}}
     rec = evaluator.oracle_from_file(log)
-    expected = [(np.exp(-2) + np.exp(-3)) / 2 / np.exp(-1), 1.0]
+    expected = [np.exp(-2.5) / np.exp(-1), 1.0]  # TOFU's exp(mean perturbed loss − paraphrased loss), inverted
     assert rec["arrays"]["forget_truth_ratio"] == pytest.approx(expected)
     own = {"metrics": {}, "arrays": {"forget_truth_ratio": [0.5]}}
     assert evaluator.oracle_from_file(own) == own

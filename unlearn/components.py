@@ -39,6 +39,7 @@ class Setup:
     device: torch.device
     dtype: torch.dtype
     callbacks: list[Any]
+    collapse: Any = None  # unlearn.eval.collapse.CollapseCheck of benchmark.collapse (None: not checked)
 
     @property
     def bench(self) -> str:
@@ -140,6 +141,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         fmt=fmt,
         data=build(cfg, "benchmark.data"),
         evaluator=build(cfg, "benchmark.eval"),
+        collapse=build(cfg, "benchmark.collapse"),
         objective=_objective(cfg) if cfg.task == "unlearn" else None,
         combiner=combiner,
         optim=optim,

@@ -33,6 +33,9 @@ from unlearn.training.reference import Reference
 from unlearn.utils.progress import say
 
 Rows = list[dict[str, Any]]
+#: bump when a metric's definition changes (2: TOFU's geometric truth ratio, MUSE-sign PrivLeak,
+#: Min-K%++ floor, VerbMem with BOS, collapse flags), so cached evaluations are not reused
+METRICS_VERSION = 2
 
 
 def split_names(splits: Mapping[str, Rows], names: Sequence[str] | str | None, key: str) -> list[str]:
@@ -151,10 +154,13 @@ def evaluates_diverged(evaluator: Any) -> bool:
 def evaluate(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
     """``target`` (the target model's evaluation record) reaches evaluators whose ``evaluate``
     takes it, for metrics relative to the starting point (WMDP's MMLU recovery); ``diverged`` (the
-    divergence guard's reason) those that take it (the copyright setting counts it as collapse)."""
+    divergence guard's reason) those that take it (the copyright setting counts it as collapse).
+    The record then goes through the benchmark's shared collapse check (``benchmark.collapse``),
+    relative to ``target``."""
     model.to(s.device)
     extra = {k: v for k, v in (("target", target), ("diverged", diverged)) if v is not None and _takes(s.evaluator, k)}
-    return s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
+    record = s.evaluator.evaluate(model, tok, s.fmt, splits, oracle=oracle, **extra)
+    return s.collapse.apply(record, target) if s.collapse is not None else record
 
 
 def evaluation_key(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -168,6 +174,7 @@ def evaluation_key(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], oracle: 
         "prompt": to_plain(s.cfg.model.prompt),
         "oracle": oracle_part,
         "version": RECIPE_VERSION,
+        "metrics": METRICS_VERSION,
     }
 
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from unlearn import phases, resume
 from unlearn.components import Setup
+from unlearn.eval.collapse import collapse_reason
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
 from unlearn.rundir import write_json
@@ -90,13 +91,14 @@ def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
         if not module.diverged:
             if s.cfg.get("save_model"):
                 save_checkpoint(model, tok, s.run.file("model"))
-            status = "ok"
-            s.run.status("ok")
+            collapse = collapse_reason(unlearned)  # finite losses, yet the model is destroyed
+            status = "collapsed" if collapse else "ok"
+            s.run.status(status, collapse)
             if not s.cfg.train.get("keep_checkpoint"):
                 resume.drop_checkpoints(s.run.path)
     finally:
         _finish_loggers(loggers, s.run.results, status)
-    print_table(f"{s.bench} · {meta.get('name', '')}" + (" (diverged)" if status == "diverged" else ""), cols, getattr(s.evaluator, "directions", {}))
+    print_table(f"{s.bench} · {meta.get('name', '')}" + (f" ({status})" if status in ("diverged", "collapsed") else ""), cols, getattr(s.evaluator, "directions", {}))
     return s.run.results
 
 

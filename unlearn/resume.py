@@ -24,7 +24,7 @@ from unlearn.rundir import read_json
 #: keys that do not influence a job's results
 IGNORED = ("group", "logger", "paths", "resume", "sweep", "objective_metric", "trainer.enable_progress_bar",
            "trainer.log_every_n_steps", "train.checkpoint_every", "train.keep_checkpoint", "train.callbacks")
-COMPLETE = ("ok", "diverged")
+COMPLETE = ("ok", "collapsed", "diverged")
 CKPT_DIR = "checkpoints"
 
 

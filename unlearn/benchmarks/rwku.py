@@ -200,7 +200,11 @@ class RWKUEvaluator:
             return float("nan"), []
         prompts = [probe_prompt(r, level, fmt, tok) for r in rows]
         answers = greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, stop=("\n",), add_special_tokens=not fmt.chat)
-        return float(np.mean(M.rouge_l_recall(answers, [r["answer"] for r in rows]))), answers
+        # RWKU's eval_forget.py: ROUGE-L recall of the `rouge` package (no stemming), an empty answer
+        # scored as "NOANSWER"; rouge-score without its stemmer is that up to tokenisation (it also
+        # lower-cases and drops punctuation, which `rouge` keeps)
+        hyps = [a if a.strip() else "NOANSWER" for a in answers]
+        return float(np.mean(M.rouge_l(hyps, [r["answer"] for r in rows], "recall", use_stemmer=False))), answers
 
     def _mia(self, model: nn.Module, tok: Any, splits: Mapping[str, Sequence[Row]]) -> dict[str, float]:
         scores, out = {}, {}

@@ -5,7 +5,9 @@ The forget split ``forget01|forget05|forget10`` (the last 1/5/10% of the authors
 retain split (``retain99|95|90``) and the forget evaluation set (``<split>_perturbed``). The
 evaluation sets carry a paraphrased answer and perturbed (wrong) answers; ``real_authors`` and
 ``world_facts`` are the utility sets, on which TOFU normalises the answer probability over the
-options and compares the true answer (not a paraphrase) with the perturbed ones.
+options and compares the true answer (not a paraphrase) with the perturbed ones. ``holdout``
+(``holdout01|05|10``, matching the forget split's size: authors never trained on) is the
+non-member side of the membership-inference attack, as in open-unlearning's TOFU evaluation.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def tofu_parts(split: str) -> list[Part]:
         Part("real_authors", "real_authors_perturbed", "train", "real_authors_perturbed", (*QA, "perturbed_answer")),
         Part("world_facts", "world_facts_perturbed", "train", "world_facts_perturbed", (*QA, "perturbed_answer")),
         Part("full", "full", "train", "full", QA),
+        Part("holdout", split.replace("forget", "holdout"), "train", split.replace("forget", "holdout"), QA),
     ]
 
 
@@ -49,7 +52,7 @@ def _check_perturbed(rows: list[Row], part: str) -> None:
 class TofuData:
     """Loads the TOFU splits for one forget split; ``build()`` returns ``{part: rows}`` with parts
     ``forget``, ``retain`` (training), ``forget_perturbed``, ``retain_perturbed``, ``real_authors``,
-    ``world_facts`` (evaluation) and ``full`` (the target model's fine-tuning set)."""
+    ``world_facts``, ``holdout`` (evaluation) and ``full`` (the target model's fine-tuning set)."""
 
     split: str = "forget10"
     hub_id: str | None = "locuslab/TOFU"

@@ -1,9 +1,11 @@
 """Evaluation of the copyright setting (``harry_potter``): does the model still complete the book,
 and does it still speak the language?
 
-- ``completion_bleu`` (corpus BLEU, sacrebleu, 0–100) and ``completion_rouge`` (ROUGE-L F-measure)
-  of the greedy continuation of each book prompt against the true continuation, cut to the same
-  number of tokens (lower is better; Yao et al., 2023 report BLEU on 200 Harry Potter prompts);
+- ``completion_bleu`` (sacrebleu BLEU of each prompt's completion, 0–100, averaged over prompts) and
+  ``completion_rouge`` (ROUGE-L recall, Porter stemmer) of the greedy continuation of each book
+  prompt against the true continuation, cut to the same number of tokens (lower is better): the
+  SOUL/FLAT/SGA copyright protocol (their ``eval_leakage_rate``); Yao et al., 2023 report BLEU on
+  200 Harry Potter prompts;
 - ``general_ppl``: perplexity on general text (WikiText-style; lower is better), and
   ``forget_ppl``: perplexity on the forget text (higher means less of it is left);
 - collapse (Yao et al. saw a perplexity of ~6e72 after unlearning): ``collapsed`` is 1 when a
@@ -104,9 +106,9 @@ class CopyrightEvaluator:
                 forget = self._rows(splits, self.forget_text)
                 metrics["forget_ppl"] = text_perplexity(model, tokenizer, [r["text"] for r in forget], max_len, self.batch_size)
             steps.advance("forget perplexity")
-        rouge = M.rouge_l(outputs, refs)
+        rouge = M.rouge_l(outputs, refs, "recall", use_stemmer=True)  # SOUL/FLAT's eval_leakage_rate
         repetition = np.array([M.repeated_ngram_fraction(o, self.repetition_n) for o in outputs])
-        metrics.update(completion_bleu=M.bleu(outputs, refs), completion_rouge=float(np.mean(rouge)), repetition=float(np.mean(repetition)))
+        metrics.update(completion_bleu=M.mean_example_bleu(outputs, refs), completion_rouge=float(np.mean(rouge)), repetition=float(np.mean(repetition)))
         reasons = M.collapse_reasons(metrics, metrics["general_ppl"], self.ppl_limit(tokenizer, target), metrics["repetition"], self.max_repetition)
         if diverged:
             reasons["diverged"] = f"training diverged ({diverged})"

@@ -69,11 +69,15 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
-def first_tokens(tokenizer: Any, text: str, n: int) -> str:
-    """``text`` cut to its first ``n`` tokens (MUSE compares a continuation of at most ``n`` new
-    tokens with the reference cut the same way)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
+def first_tokens(tokenizer: Any, text: str, n: int, add_special_tokens: bool = False) -> str:
+    """``text`` cut to its first ``n`` tokens (a continuation of at most ``n`` new tokens is compared
+    with the reference cut the same way). With ``add_special_tokens`` the ``n`` count the
+    tokeniser's BOS (MUSE's VerbMem: ``tokenizer(gt, add_special_tokens=True).input_ids[:, :n]``,
+    so BOS + n − 1 text tokens); special tokens never appear in the returned text."""
+    ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+    if len(ids) <= n:
+        return text
+    return tokenizer.decode(ids[:n], skip_special_tokens=True)
 
 
 def prompt_budget(model: nn.Module, max_new_tokens: int, limit: int | None = None) -> int | None:

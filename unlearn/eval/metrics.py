@@ -42,6 +42,15 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
 
+def mean_example_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean over examples of sacrebleu's ``corpus_bleu([p], [[r]])`` (0–100): the copyright
+    protocol of SOUL/FLAT/SGA's ``eval_leakage_rate`` (one BLEU per prompt, then averaged; not a
+    corpus BLEU over all prompts, and not ``sentence_bleu``, whose effective order differs)."""
+    import sacrebleu
+
+    return float(np.mean([sacrebleu.corpus_bleu([p], [[r]]).score for p, r in zip(predictions, references)]))
+
+
 def sentence_bleu(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Smoothed sentence BLEU (sacrebleu, 0–100) of each prediction against its reference."""
     import sacrebleu
@@ -82,13 +91,28 @@ def collapse_reasons(values: dict[str, float], ppl: float, max_ppl: float, repet
     return out
 
 
-def truth_ratio(p_paraphrased: np.ndarray, p_perturbed: np.ndarray) -> np.ndarray:
-    """``R = mean_â P(â|q)^(1/|â|) / P(ã|q)^(1/|ã|)`` per question.
+TRUTH_RATIO_MEANS = ("geometric", "arithmetic")
 
-    ``p_paraphrased [N]`` and ``p_perturbed [N, M]`` are length-normalised probabilities.
-    Small R: the model prefers the true (paraphrased) answer to the perturbed ones.
+
+def truth_ratio(p_paraphrased: np.ndarray, p_perturbed: np.ndarray, mean: str = "geometric") -> np.ndarray:
+    """``R = mean_â P(â|q)^(1/|â|) / P(ã|q)^(1/|ã|)`` per question, the mean over the perturbed
+    answers â being ``geometric`` (default) or ``arithmetic``.
+
+    ``p_paraphrased [N]`` and ``p_perturbed [N, M]`` are length-normalised probabilities. Small R:
+    the model prefers the true (paraphrased) answer to the perturbed ones. ``geometric``,
+    ``exp(mean_j log p_j) / p_para``, is what TOFU's released code (``aggregate_eval_stat.py``:
+    ``exp(mean perturbed loss − paraphrased loss)``) and open-unlearning's ``truth_ratio`` compute,
+    and so what TOFU's published tables are; ``arithmetic`` is the formula as printed in the TOFU
+    paper (Maini et al., 2024, §2.2.1), always ≥ the geometric one (AM–GM).
     """
-    return p_perturbed.mean(-1) / np.maximum(p_paraphrased, 1e-300)
+    if mean not in TRUTH_RATIO_MEANS:
+        raise ValueError(f"truth-ratio mean must be one of {TRUTH_RATIO_MEANS}, got {mean!r}")
+    p_perturbed = np.asarray(p_perturbed, dtype=float)
+    if mean == "geometric":
+        num = np.exp(np.log(np.maximum(p_perturbed, 1e-300)).mean(-1))
+    else:
+        num = p_perturbed.mean(-1)
+    return num / np.maximum(p_paraphrased, 1e-300)
 
 
 def truth_ratio_score(r: np.ndarray) -> float:
@@ -119,6 +143,14 @@ def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
     """ROC AUC of separating members (label 1) from non-members by a score (higher = member)."""
     y = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
     return float(roc_auc_score(y, np.r_[member_scores, nonmember_scores]))
+
+
+def privleak(auc: float, reference_auc: float) -> float:
+    """``(AUC − AUC_ref) / AUC_ref × 100`` (MUSE's PrivLeak) on AUCs with the *holdout* (non-member)
+    texts as the positive class: a model that still knows the forget set has AUC ≈ 0 and PrivLeak
+    ≈ −100 (under-unlearned), 0 is the oracle's, positive is over-unlearning. Every benchmark here
+    reports PrivLeak this way (open-unlearning's ``privleak``: its ``1 − AUC`` on forget-positive AUCs)."""
+    return (auc - reference_auc) / reference_auc * 100.0
 
 
 def log10_safe(x: float) -> float:

@@ -1,8 +1,8 @@
 """MUSE's evaluation (Shi et al., 2024), computed as its reference code does.
 
 - **VerbMem** on D_f: greedy continuation (at most 128 new tokens) of each ``verbmem`` prompt,
-  ROUGE-L F-measure (no stemmer: MUSE's ``mean_rougeL``) against the true continuation cut to the
-  same number of tokens. Lower is better.
+  ROUGE-L F-measure (no stemmer: MUSE's ``mean_rougeL``) against the true continuation cut as
+  MUSE cuts it: its first 128 tokens tokenised *with* BOS (BOS + 127 text tokens). Lower is better.
 - **KnowMem** on D_f (lower is better) and D_r (higher is better): each question after MUSE's
   in-context examples (``Question: q\\nAnswer: a\\n\\n`` …), at most 32 new tokens, cut at
   ``\\n\\n``/``Question``, ROUGE-L F-measure against the answer.
@@ -43,9 +43,7 @@ def icl_prefix(examples: Sequence[Row]) -> str:
     return "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in examples)
 
 
-def privleak(auc: float, reference_auc: float) -> float:
-    """``(AUC − AUC_retrained) / AUC_retrained × 100`` (MUSE)."""
-    return (auc - reference_auc) / reference_auc * 100.0
+privleak = M.privleak  # MUSE's definition, shared with the QA benchmarks
 
 
 @dataclass
@@ -90,7 +88,8 @@ class MUSEEvaluator:
         n = self.verbmem_max_new_tokens
         budget = prompt_budget(model, n, self.max_prompt_tokens)
         outputs = greedy(model, tok, [r["prompt"] for r in rows], n, self.batch_size, max_prompt_tokens=budget)
-        refs = [first_tokens(tok, r["gt"], n) for r in rows]
+        refs = [first_tokens(tok, r["gt"], n, add_special_tokens=True)  # MUSE: BOS + n − 1 tokens
+                for r in rows]
         return M.rouge_l(outputs, refs), outputs
 
     def knowmem_scores(self, model: nn.Module, tok: Any, rows: Sequence[Row], icl: Sequence[Row]) -> tuple[np.ndarray, list[str]]:

@@ -3,7 +3,15 @@
 Per QA set: answer probability, ROUGE-L recall of the greedy answer, truth ratio, and 4-choice
 accuracy where rows carry ``choices``. Across sets: forget quality (KS test of forget truth ratios
 against the oracle's), model utility (harmonic mean over the retain and utility sets), and a
-loss-based membership-inference AUC of forget against holdout rows.
+membership-inference AUC of forget against holdout rows with PrivLeak against the oracle's.
+
+Whose definitions: the truth ratio is TOFU's released code's (geometric mean over the perturbed
+answers; ``truth_ratio_mean=arithmetic`` gives the TOFU paper's printed formula). ``mia_auc`` is
+open-unlearning's (forget rows the positive class, so ≈1 for a model that still knows them, 0.5 for
+one that never saw them), with the attack ``mia_attack`` (``loss``, or ``min_k`` over the answer
+tokens without the last one, as open-unlearning's ``tokenwise_logprobs``). ``privleak`` is MUSE's
+convention on every benchmark: ``(AUC' − AUC'_oracle) / AUC'_oracle × 100`` with ``AUC' = 1 −
+mia_auc`` (holdout positive), i.e. open-unlearning's ``privleak``; negative means under-unlearned.
 """
 
 from __future__ import annotations
@@ -14,13 +22,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from unlearn.data.format import PromptFormat
+from unlearn.data.format import PromptFormat, encode_qa
 from unlearn.eval import metrics as M
 from unlearn.eval.generate import greedy
-from unlearn.eval.scoring import multiple_choice, normalized_prob, score_answers
+from unlearn.eval.mia import loss_score, min_k_score
+from unlearn.eval.scoring import multiple_choice, normalized_prob, score_answers, score_encoded
 from unlearn.utils.progress import Steps
 
 Row = Mapping[str, Any]
+MIA_ATTACKS = ("loss", "min_k")
 
 #: direction of every metric this evaluator reports: +1 higher is better, -1 lower is better, 0 neither.
 DIRECTIONS = {
@@ -61,7 +71,31 @@ class QAEvaluator:
     stop: Sequence[str] = ("\n",)
     seed: int = 0
     base_answer: Mapping[str, str] = field(default_factory=dict)
+    truth_ratio_mean: str = "geometric"
+    mia_attack: str = "loss"
+    min_k: float = 0.4
+    mia_drop_last_token: bool = False
     directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
+
+    def __post_init__(self) -> None:
+        if self.truth_ratio_mean not in M.TRUTH_RATIO_MEANS:
+            raise ValueError(f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, got {self.truth_ratio_mean!r}")
+        if self.mia_attack not in MIA_ATTACKS:
+            raise ValueError(f"benchmark.eval.mia_attack must be one of {list(MIA_ATTACKS)}, got {self.mia_attack!r}")
+        if not 0 < self.min_k <= 1:
+            raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
+
+    def mia_score(self, token_nll: np.ndarray) -> float:
+        """Membership score of one answer's token NLLs (higher = more likely a member)."""
+        if self.mia_drop_last_token:
+            token_nll = token_nll[:-1]
+        return min_k_score(token_nll, self.min_k) if self.mia_attack == "min_k" else loss_score(token_nll)
+
+    def _true_answers(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
+        """``P(a|q)^(1/|a|)`` and the membership score of each row's answer."""
+        encoded = [encode_qa(tok, fmt, r["question"], r["answer"], self.max_length) for r in rows]
+        s, n, per_token = score_encoded(model, encoded, tok.pad_token_id, self.batch_size)
+        return normalized_prob(s, n), np.array([self.mia_score(t) for t in per_token])
 
     def _subset(self, rows: Sequence[Row]) -> list[Row]:
         if self.max_rows is None or len(rows) <= self.max_rows:
@@ -73,8 +107,7 @@ class QAEvaluator:
         base = self.base_answer.get(split, "paraphrased_answer")
         _require(rows, ("question", "answer", base, "perturbed_answer"), split)
         kw = dict(max_length=self.max_length, batch_size=self.batch_size)
-        s, n = score_answers(model, tok, fmt, [(r["question"], r["answer"]) for r in rows], **kw)
-        p_true = normalized_prob(s, n)
+        p_true, mia = self._true_answers(model, tok, fmt, rows)
         if base == "answer":
             p_para = p_true
         else:
@@ -84,12 +117,12 @@ class QAEvaluator:
         pert = [(r["question"], a) for r in rows for a in r["perturbed_answer"][:m]]
         s, n = score_answers(model, tok, fmt, pert, **kw)
         p_pert = normalized_prob(s, n).reshape(len(rows), m)
-        tr = M.truth_ratio(p_para, p_pert)
+        tr = M.truth_ratio(p_para, p_pert, self.truth_ratio_mean)
         prompts = [fmt.prompt(r["question"], tok) for r in rows]
         answers = greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, self.stop, add_special_tokens=not fmt.chat)
         rouge = M.rouge_l_recall(answers, [r["answer"] for r in rows])
         prob = p_true / (p_true + p_pert.sum(-1)) if normalize_prob else p_true
-        out: dict[str, Any] = {"prob": prob, "rouge": rouge, "tr": tr, "generated": answers, "nll": -np.log(np.maximum(p_true, 1e-300))}
+        out: dict[str, Any] = {"prob": prob, "rouge": rouge, "tr": tr, "generated": answers, "mia": mia}
         if all("choices" in r and "answer_index" in r for r in rows):
             pred = multiple_choice(model, tok, fmt, rows, **kw)
             out["mc"] = (pred == np.array([r["answer_index"] for r in rows])).astype(float)
@@ -105,7 +138,12 @@ class QAEvaluator:
         res: dict[str, dict[str, Any]] = {}
         with Steps(f"eval {self.name}", total=len(names)) as steps:
             for s in names:
-                res[s] = self._qa_set(model, tokenizer, fmt, self._subset(splits[s]), s, normalize_prob=s in self.utility)
+                rows = self._subset(splits[s])
+                if s == self.holdout:  # only the attack's scores: TOFU's holdout sets have no perturbed answers
+                    _require(rows, ("question", "answer"), s)
+                    res[s] = {"mia": self._true_answers(model, tokenizer, fmt, rows)[1]}
+                else:
+                    res[s] = self._qa_set(model, tokenizer, fmt, rows, s, normalize_prob=s in self.utility)
                 steps.advance(s)
         return self._summarize(res, oracle)
 
@@ -131,13 +169,12 @@ class QAEvaluator:
                 metrics[f"{s}_mc_acc"] = float(np.mean(v["mc"]))
         arrays: dict[str, list] = {"forget_truth_ratio": f["tr"].tolist(), "forget_generated": list(f["generated"])}
         if self.holdout:
-            metrics["mia_auc"] = M.auc(-f["nll"], -res[self.holdout]["nll"])
+            metrics["mia_auc"] = M.auc(f["mia"], res[self.holdout]["mia"])
         if oracle is not None:
             metrics["forget_quality"] = M.forget_quality(f["tr"], np.asarray(oracle["arrays"]["forget_truth_ratio"]))
             metrics["forget_quality_log10"] = M.log10_safe(metrics["forget_quality"])
             if "mia_auc" in metrics and "mia_auc" in oracle["metrics"]:
-                base = oracle["metrics"]["mia_auc"]
-                metrics["privleak"] = (metrics["mia_auc"] - base) / base * 100.0
+                metrics["privleak"] = M.privleak(1.0 - metrics["mia_auc"], 1.0 - oracle["metrics"]["mia_auc"])
         return {"metrics": metrics, "arrays": arrays}
 
     def oracle_from_file(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +189,7 @@ class QAEvaluator:
             para, pert = record["avg_paraphrased_loss"], record["average_perturb_loss"]
             keys = sorted(para, key=lambda k: int(k) if str(k).isdigit() else str(k))
             p_para = np.exp(-np.array([float(para[k]) for k in keys]))
-            p_pert = np.array([np.exp(-np.asarray(pert[k], dtype=float)).mean() for k in keys])
-            return {"metrics": {}, "arrays": {"forget_truth_ratio": (p_pert / np.maximum(p_para, 1e-300)).tolist()}}
+            p_pert = [np.exp(-np.asarray(pert[k], dtype=float)) for k in keys]
+            tr = [float(M.truth_ratio(p_para[i : i + 1], p[None, :], self.truth_ratio_mean)[0]) for i, p in enumerate(p_pert)]
+            return {"metrics": {}, "arrays": {"forget_truth_ratio": tr}}
         raise ValueError("has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss")

@@ -62,12 +62,19 @@ def score_rows(model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int,
     return Scores(total, count, per_token, per_zpp if minkpp else None)
 
 
+#: floor of the Min-K%++ variance σ², open-unlearning's (``torch.clamp(sigma, min=1e-6)``). On a
+#: peaked step (σ² → 0) a floor of 1e-12 turns a log-prob gap of 40 into a z-score of 4e7; with
+#: 1e-6, |z| ≤ 1000·|log p − μ|, and it agrees with open-unlearning's values everywhere.
+MINKPP_VAR_FLOOR = 1e-6
+
+
 def _minkpp_tokens(logits: torch.Tensor, tgt: torch.Tensor, tok_nll: torch.Tensor) -> torch.Tensor:
-    """Min-K%++ token scores (Zhang et al., 2024; their code's ``(log p − μ) / sqrt(σ²)``)."""
+    """Min-K%++ token scores (Zhang et al., 2024; their code's ``(log p − μ) / sqrt(σ²)``, σ²
+    floored at :data:`MINKPP_VAR_FLOOR`)."""
     logp = logits.log_softmax(-1)
     p = logp.exp()
     mu = (p * logp).sum(-1)
-    sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(MINKPP_VAR_FLOOR).sqrt()
     return (-tok_nll - mu) / sigma
 
 

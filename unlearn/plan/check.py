@@ -78,6 +78,18 @@ def _smaller_batch(cfg: DictConfig, usable: int, opt: Options) -> tuple[str, Pla
     return None
 
 
+def _lora_option(cfg: DictConfig) -> dict[str, Any]:
+    """The adapter to suggest: PEFT's default targets, or RMU's trained modules when forget=rmu."""
+    params = OmegaConf.select(cfg, "forget.update_params", default=None)
+    if params and "RMU" in str(OmegaConf.select(cfg, "forget._target_", default="")):
+        return {"r": 8, "target_modules": sorted({str(p).rsplit(".", 1)[-1] for p in params})}
+    return {"r": 8}
+
+
+def _show(value: dict[str, Any]) -> str:
+    return "{" + ",".join(f"{k}:{'[' + ','.join(v) + ']' if isinstance(v, list) else v}" for k, v in value.items()) + "}"
+
+
 def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
     """One line per option: the option and its plan total per GPU, or why it does not suffice."""
     out = []
@@ -90,12 +102,22 @@ def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
 
     if not cfg.model.get("gradient_checkpointing"):
         out.append(line("model.gradient_checkpointing=true", make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True}), opt)))
+    lora = _lora_option(cfg)
     if not cfg.model.get("lora"):
-        out.append(line("model.lora={r:8}", make_plan(with_overrides(cfg, {"model.lora": {"r": 8}}), opt), " (trains an adapter instead of the model)"))
+        try:
+            out.append(line(f"model.lora={_show(lora)}", make_plan(with_overrides(cfg, {"model.lora": lora}), opt), " (trains an adapter instead of the model)"))
+        except ConfigError as e:
+            out.append(f"  model.lora={_show(lora)}: not applicable here ({e})")
     found = _fsdp(cfg, usable, opt)
     out.append(line(f"trainer=fsdp on {found[0]} GPUs (plan.gpus={found[0]} plan.sharded=true)" if found else "trainer=fsdp (sharding over up to 64 GPUs)", found[1] if found else None, "; the fsdp trainer is future work, not in unlearn yet"))
     small = _smaller_batch(cfg, usable, opt)
     out.append(line(small[0] if small else "a smaller train.batch_size (down to 1, more train.accumulate)", small[1] if small else None, " (same effective batch)" if small else ""))
+    if not any(", fits" in o for o in out) and not (cfg.model.get("gradient_checkpointing") or cfg.model.get("lora")):
+        try:
+            both = make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True, "model.lora": lora}), opt)
+            out.append(line(f"model.gradient_checkpointing=true model.lora={_show(lora)} together", both))
+        except ConfigError:
+            pass
     return out
 
 

@@ -45,6 +45,7 @@ def options(cfg: DictConfig) -> Options:
 
 def budget(cfg: DictConfig, device: torch.device) -> tuple[int, int] | None:
     """``(total, usable)`` bytes per GPU (``plan.gpu_memory_gb`` or the device's), None: no check."""
+    headroom = require(cfg, "plan.headroom", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "a fraction in [0, 1)")
     given = OmegaConf.select(cfg, "plan.gpu_memory_gb", default=None)
     if given is not None:
         require(cfg, "plan.gpu_memory_gb", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number of GiB > 0 or null (the GPU's own)")
@@ -53,7 +54,6 @@ def budget(cfg: DictConfig, device: torch.device) -> tuple[int, int] | None:
         total = device_memory(device)
         if total is None:
             return None
-    headroom = require(cfg, "plan.headroom", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "a fraction in [0, 1)")
     return total, int(total * (1 - headroom))
 
 
@@ -134,11 +134,11 @@ def check_fits(cfg: DictConfig, device: torch.device) -> Plan | None:
     (None when there is nothing to check: a CPU, ``plan.check=false``, another task)."""
     if cfg.get("task", "unlearn") != "unlearn" or not OmegaConf.select(cfg, "plan.check", default=True):
         return None
+    opt = options(cfg)  # bad plan.* values are errors on a CPU too
     limits = budget(cfg, device)
     if limits is None:
         return None
     total, usable = limits
-    opt = options(cfg)
     plan = make_plan(cfg, opt)
     if plan.total <= usable:
         return plan

@@ -125,3 +125,41 @@ def test_gradient_checkpointing_must_be_a_bool(tmp_path, no_model_build):
     cfg = job_config(["logger=none", "model.gradient_checkpointing=yes"])
     with pytest.raises(ConfigError, match=r"model.gradient_checkpointing must be true or false, got 'yes'"):
         make_setup(cfg, RunDir(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_checkpointed_model_pickles_for_spawned_ddp_workers(tiny, lora):
+    import pickle
+
+    model = copy.deepcopy(tiny[0])
+    if lora:
+        from unlearn.models.lora import apply_lora
+
+        model = apply_lora(model, {"r": 4})
+    with checkpointing(model):
+        if lora:  # the adapter's input-grad hook is on while training
+            assert model.get_base_model().get_input_embeddings()._forward_hooks
+        pickle.loads(pickle.dumps(model))
+    assert not model.get_input_embeddings()._forward_hooks
+
+
+@pytest.mark.slow
+def test_ddp_workers_train_with_checkpointing_to_the_same_weights(tiny, toy_splits, tmp_path):
+    """trainer=ddp spawns workers with a pickled model: checkpointing must survive that and
+    give the one-process result."""
+    from test_ddp import BATCH, DDP, STEPS, WORLD, _module, _params, _stream
+
+    from unlearn.training.fit import LoopConfig, fit, quiet_lightning
+
+    quiet_lightning()
+    model, tok = tiny
+    one = copy.deepcopy(model)
+    fit(_module(one), _stream(tok, toy_splits, WORLD * BATCH), tok.pad_token_id, WORLD * BATCH, STEPS, LoopConfig(accelerator="cpu", enable_progress_bar=False))
+    two = copy.deepcopy(model)
+    loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=DDP, enable_progress_bar=False)
+    with checkpointing(two):
+        fit(_module(two), _stream(tok, toy_splits, BATCH, WORLD), tok.pad_token_id, BATCH, STEPS, loop, default_root_dir=str(tmp_path))
+    a, b = _params(one), _params(two)
+    assert any(not torch.equal(_params(model)[n], b[n]) for n in b)
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-5)

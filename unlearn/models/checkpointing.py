@@ -58,8 +58,10 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if is_peft(model) and not getattr(base, "_require_grads_hooks", None):  # newer transformers do it already
-        base.enable_input_require_grads()
+    # transformers' own input-grad hook is a local closure: a model holding it cannot be pickled,
+    # and trainer=ddp spawns its workers with a pickled copy. Ours is a module-level function.
+    base.disable_input_require_grads()
+    hook = base.get_input_embeddings().register_forward_hook(_require_grad) if is_peft(model) else None
     try:
         yield model
     finally:
@@ -67,6 +69,13 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
             base.activation_checkpointing_disable()
         else:
             base.gradient_checkpointing_disable()
-        base.disable_input_require_grads()
+        if hook is not None:
+            hook.remove()
         for c, v in zip(configs, saved):
             c.use_cache = v
+
+
+def _require_grad(module: nn.Module, args: Any, output: Any) -> None:
+    """Forward hook: the embedding output requires grad, so gradients reach a frozen base's adapters
+    through every checkpointed layer (PEFT's ``enable_input_require_grads``)."""
+    output.requires_grad_(True)

@@ -19,7 +19,7 @@ state and the reference copy divide by ``plan.gpus``; data-parallel replication 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,13 +46,10 @@ GRAD_BUFFERS: dict[str, dict[str, int]] = {
 #: bytes of one optimizer-state entry per trainable parameter, in units of its own size (AdamW)
 OPTIMIZER_STATES = 2
 
-#: NPO caches ``(log π_ref, answer tokens)`` per row in host memory: about this many bytes a row
-NPO_ROW_BYTES = 64
-
 
 @dataclass(frozen=True)
 class Options:
-    """What a plan is for, beyond the config: GPUs, sharding, what-ifs (None: from the config)."""
+    """What a plan is for beyond the config: the number of GPUs and whether the states are sharded."""
 
     gpus: int = 1
     sharded: bool = False
@@ -82,7 +79,6 @@ class Plan:
     reference_kind: str
     activations: int
     activations_other: int  # with checkpointing toggled, for the table
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -179,6 +175,17 @@ def _trainable(cfg: DictConfig, model: Any, forget: Any) -> tuple[Any, list[Any]
     return model, params, kind
 
 
+def _reference(forget: Any, retain: Any, lora: bool, train_bytes: int) -> tuple[int, str]:
+    """Bytes and description of what keeps the starting model (see unlearn.training.reference)."""
+    if isinstance(retain, (KL, RMURetain)):
+        if lora:
+            return 0, "LoRA base with the adapter off (no copy)"
+        return train_bytes, f"copy of the trainable weights ({type(retain).__name__})"
+    if isinstance(forget, NPO):
+        return 0, "NPO log-prob cache: one float per forget row, host memory"
+    return 0, "none (no loss needs the starting model)"
+
+
 def step_path(cfg: DictConfig, gpus: int) -> str:
     if gpus > 1:
         return "ddp"
@@ -201,21 +208,15 @@ def make_plan(cfg: DictConfig, options: Options | None = None) -> Plan:
     train_bytes = n_train * (4 if lora else act)  # PEFT keeps the adapter in fp32
     adapter = n_train * 4 if lora else 0
     combiner = str(cfg.combiner._target_).rsplit(".", 1)[-1]
-    tasks = [t for t, comp in (("retain", retain), ("forget", forget)) if comp is not None]
     path = step_path(cfg, opt.gpus)
-    buffers = 1 if len(tasks) == 1 else GRAD_BUFFERS.get(combiner, GRAD_BUFFERS["default"])[path]
+    buffers = 1 if retain is None or forget is None else GRAD_BUFFERS.get(combiner, GRAD_BUFFERS["default"])[path]
     if OmegaConf.select(cfg, "train.retain_ema", default=None):
         buffers += 1  # the EMA of g_r
-    ref_bytes, ref_kind = 0, "none (no loss needs the starting model)"
-    if isinstance(retain, (KL, RMURetain)):
-        ref_bytes, ref_kind = (0, "LoRA base with the adapter off (no copy)") if lora else (train_bytes, f"copy of the trainable weights ({type(retain).__name__})")
-    elif isinstance(forget, NPO):
-        ref_kind = "NPO log-prob cache: one float per forget row, host memory"
+    ref_bytes, ref_kind = _reference(forget, retain, lora, train_bytes)
     bs, length = int(cfg.train.batch_size), int(cfg.train.max_length)
-    tokens = bs * length
-    n_layers = _dims(config)[3]
     group = int(smoothing.K) if getattr(smoothing, "active", False) else 1  # SGA: forget + K-1 normal rows
-    forwards = ([_component_forward(forget, tokens * group, n_layers)] if forget is not None else []) + ([_component_forward(retain, tokens, n_layers)] if retain is not None else [])
+    n_layers = _dims(config)[3]
+    forwards = [_component_forward(c, bs * length * n, n_layers) for c, n in ((forget, group), (retain, 1)) if c is not None]
     ckpt = bool(OmegaConf.select(cfg, "model.gradient_checkpointing", default=False))
     share = opt.gpus if opt.sharded else 1
     weights = params * act + adapter
@@ -235,6 +236,3 @@ def with_overrides(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
     for key, value in overrides.items():
         OmegaConf.update(out, key, value, force_add=True, merge=False)
     return out
-
-
-__all__ = ["GRAD_BUFFERS", "GiB", "Options", "Plan", "activation_bytes", "make_plan", "replace", "with_overrides"]

@@ -59,6 +59,7 @@ def job_meta(cfg: DictConfig) -> dict[str, Any]:
 def app(cfg: DictConfig) -> Any:
     from unlearn.components import make_setup
     from unlearn.pipeline import run
+    from unlearn.plan.check import check_fits
 
     meta = job_meta(cfg)
     run_dir = Path(meta["output_dir"])
@@ -69,6 +70,7 @@ def app(cfg: DictConfig) -> Any:
     try:
         write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
         setup = make_setup(cfg, run_dir)
+        check_fits(cfg, setup.device)  # on a GPU: stop before loading weights that cannot fit
         run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"]})
         results = run(setup, meta)
     except ConfigError as e:

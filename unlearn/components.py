@@ -13,6 +13,7 @@ from unlearn.combiners import Combiner
 from unlearn.config import ConfigError, build, is_nonneg_int, is_pos_int, is_pos_number, to_plain, validate
 from unlearn.data.format import PromptFormat
 from unlearn.losses.objective import Objective
+from unlearn.models.checkpointing import wanted
 from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
@@ -126,6 +127,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         dtype = resolve_dtype(str(cfg.model.get("dtype", "auto")), device)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
+    wanted(cfg)  # model.gradient_checkpointing must be a bool
     if cfg.model.get("lora"):
         from unlearn.models.lora import lora_config
 

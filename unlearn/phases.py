@@ -25,6 +25,7 @@ from unlearn.loggers import JsonlLogger
 from unlearn.losses.context import PrepareContext
 from unlearn.losses.nll import NLL
 from unlearn.losses.objective import Objective
+from unlearn.models.checkpointing import checkpointing, wanted
 from unlearn.models.load import checkpoint_fingerprint, load_checkpoint, save_checkpoint
 from unlearn.training.fit import fit, stream_length
 from unlearn.training.module import StepConfig, UnlearnModule
@@ -91,7 +92,8 @@ def finetune(s: Setup, model: Any, tok: Any, rows: Rows, log_dir: Path | None = 
     stream = PairedStream(None, enc, stream_length(steps, 1, bs), seed=seed)
     loggers = [JsonlLogger(log_dir / "metrics.jsonl", phase="finetune")] if log_dir else []
     L.seed_everything(seed, verbose=False)
-    fit(module, stream, tok.pad_token_id, bs, steps, s.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
+    with checkpointing(model, wanted(s.cfg)):  # same weights either way: not in the cache key
+        fit(module, stream, tok.pad_token_id, bs, steps, s.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
 
 
 def finetune_key(s: Setup, rows: Rows) -> dict[str, Any]:
@@ -263,5 +265,6 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
     obj.prepare(PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=encoded, batch_size=bs, seed=int(cfg.seed), rows=rows, fmt=s.fmt, max_length=max_len))
     module = UnlearnModule(model, obj, s.combiner, s.optim, s.step)
     say(f"unlearning: {len(forget_rows)} forget rows, {len(retain_rows)} retain rows, {steps} steps of batch {bs}" + (f" (resuming after step {done})" if done else ""))
-    fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers, callbacks=callbacks, default_root_dir=str(s.run.path), ckpt_path=str(resume_from) if resume_from else None)
+    with checkpointing(model, wanted(cfg)):
+        fit(module, stream, tok.pad_token_id, bs, steps, s.loop, loggers=loggers, callbacks=callbacks, default_root_dir=str(s.run.path), ckpt_path=str(resume_from) if resume_from else None)
     return module

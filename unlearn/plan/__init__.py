@@ -1,0 +1,1 @@
+"""Memory plans: what a run needs per GPU, worked out before any weight is loaded."""

@@ -114,6 +114,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         train = _plain(cfg, "train")
         step = StepConfig(
             accumulate=train.get("accumulate", 1),
+            stream=train.get("stream"),
             clip_norm=train.get("clip_norm", 1.0),
             retain_ema=train.get("retain_ema"),
             diagnostics=train.get("diagnostics", True),

@@ -202,12 +202,14 @@ def _peaks(model, stream_mode):
     return time_steps(model, built, stream, 1, plan, torch.device("cpu"), StepConfig(stream=stream_mode)).peaks
 
 
-def test_a_streaming_step_holds_one_gradient_buffer_like_plain_gd(tiny):
+def test_a_streaming_step_holds_one_gradient_buffer_like_plain_gd():
     """Batch 1×16, where gradients dominate: sum, pcgrad and sago peak at most about one tensor
-    (the largest) above a plain ``(L_f + L_r).backward()`` step; buffered, they hold ~one more
-    buffer (which guards this test's power to fail)."""
+    (the largest, 0.09 of all here) above a plain ``(L_f + L_r).backward()`` step; buffered, they
+    peak ~0.45 buffers above it (which guards this test's power to fail)."""
+    from unlearn.models.tiny import TinyLlama
+
     quiet_lightning()
-    model, _ = tiny
+    model, _ = TinyLlama(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=1024).load()  # no tensor dominates
     params = [p for p in model.parameters() if p.requires_grad]
     buffer = sum(p.numel() * p.element_size() for p in params)
     largest = max(p.numel() * p.element_size() for p in params)
@@ -216,4 +218,4 @@ def test_a_streaming_step_holds_one_gradient_buffer_like_plain_gd(tiny):
     for c in ("sum", "pcgrad", "sago"):
         extra = streaming[c] - streaming["plain"]
         assert extra <= 1.5 * largest, f"{c}: {extra / buffer:+.2f} buffers over plain (largest tensor {largest / buffer:.2f})"
-        assert buffered[c] - buffered["plain"] >= 0.7 * buffer, f"{c} buffered: {(buffered[c] - buffered['plain']) / buffer:+.2f}"
+        assert buffered[c] - buffered["plain"] >= 0.3 * buffer, f"{c} buffered: {(buffered[c] - buffered['plain']) / buffer:+.2f}"

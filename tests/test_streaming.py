@@ -182,6 +182,7 @@ def test_frozen_parameters_get_no_hook_and_stay_put(tiny, toy_splits):
     (["train.stream=true", "train.accumulate=4"], r"train\.stream=true combines .* train\.accumulate=4: set train\.stream=null .* or train\.accumulate=1"),
     (["train.stream=maybe"], r"train\.stream must be true, false or null .*, got 'maybe'"),
     (["train.stream=true", "combiner=pcgrad_global"], r"train\.stream=true cannot stream combiner PCGradGlobal"),
+    (["train.stream=true", "trainer=ddp", "trainer.devices=2"], r"train\.stream=true needs one device, but this run has 2 processes.*set train\.stream=null"),
 ])
 def test_bad_stream_settings_stop_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     from conftest import job_config

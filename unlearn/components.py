@@ -17,7 +17,7 @@ from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
-from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner
+from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner, check_stream
 from unlearn.training.optim import OptimConfig
 
 
@@ -134,6 +134,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")
     check_combiner(step, combiner)  # train.retain_ema with a combiner that would ignore it
+    check_stream(step, loop.world_size)  # train.stream=true with data parallelism
     return Setup(
         cfg=cfg,
         run=run,

@@ -102,6 +102,13 @@ def check_combiner(step: StepConfig, combiner: Combiner) -> None:
         )
 
 
+def check_stream(step: StepConfig, world: int) -> None:
+    """Refuse ``train.stream=true`` with more than one process (before training)."""
+    if step.stream and world > 1:
+        raise ConfigError(f"train.stream=true needs one device, but this run has {world} processes, whose gradients are "
+                          "all-reduced before the combine: set train.stream=null (it then buffers g_r and g_f)")
+
+
 class UnlearnModule(L.LightningModule):
     """Wraps a causal LM with an :class:`Objective` and a :class:`Combiner`.
 
@@ -166,9 +173,7 @@ class UnlearnModule(L.LightningModule):
 
     # -- the step ------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.step_cfg.stream and self.trainer.world_size > 1:
-            raise ConfigError(f"train.stream=true needs one device, but this run has {self.trainer.world_size} ranks, whose gradients "
-                              "are all-reduced before the combine: set train.stream=null")
+        check_stream(self.step_cfg, self.trainer.world_size)
 
     def streaming(self) -> bool:
         """Whether this step combines during the forget backward (see :class:`StepConfig`)."""

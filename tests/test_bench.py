@@ -45,9 +45,18 @@ def test_peak_memory_sees_a_temporary_on_cpu():
 
 @pytest.mark.slow
 def test_benchmark_command_prints_both_tables(capsys):
-    main(["--models", "tiny", "--combiners", "sago", "--batch", "2", "--seq", "16", "--warmup", "0", "--repeats", "1"])
+    main(["--models", "tiny", "--combiners", "sago", "--shapes", "1x16", "--warmup", "0", "--repeats", "1"])
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| tiny |")]
-    assert len(rows) == 4, out  # sum (always measured, the baseline) and sago, in both tables
-    step_sum = rows[0].split("|")
-    assert step_sum[3].strip() == "sum" and step_sum[5].strip() == "1.000"
+    header = next(line for line in out.splitlines() if line.startswith("| model | params |"))
+    assert "peak − plain (grad buffers)" in header and "× plain" in header
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| tiny |")]
+    assert [r[4].strip() for r in rows[:2]] == ["plain", "sago"], out  # plain (always measured, the baseline), then sago
+    assert rows[0][6].strip() == "1.000" and rows[0][8].strip() == "+0.00"
+    assert float(rows[1][8]) <= 0.2, out  # sago streams: about one tensor over plain, not a buffer
+    assert len(rows) == 3 and rows[2][2].strip() == "sago"  # the combine table
+
+
+def test_benchmark_shapes_must_be_batch_by_seq(capsys):
+    with pytest.raises(SystemExit):
+        main(["--shapes", "8by128"])
+    assert "a shape is BATCHxSEQ" in capsys.readouterr().err

@@ -203,9 +203,11 @@ def test_the_module_refuses_an_ema_its_combiner_would_ignore(tiny):
     UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), step=StepConfig(retain_ema=0.9))
 
 
-def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits):
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "buffered"])
+def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits, stream):
     """train.retain_ema: each step's conflict test sees ema <- d*ema + (1-d)*g_r (the first step
-    g_r itself), while the update is still built from the raw g_r."""
+    g_r itself), while the update is still built from the raw g_r; also when each tensor is
+    combined inside the forget backward (its EMA then updated there, tensor by tensor)."""
     from dataclasses import dataclass
 
     quiet_lightning()
@@ -214,17 +216,21 @@ def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits):
 
     @dataclass(frozen=True)
     class Spy(SAGO):
-        def combine(self, g_retain, g_forget, names=None, reference=None):
-            calls.append(([t.clone() for t in g_retain], [t.clone() for t in reference]))
-            return super().combine(g_retain, g_forget, names=names, reference=reference)
+        def _tensor(self, r, f, s, totals):
+            calls.append((r.clone(), s.clone()))
+            return super()._tensor(r, f, s, totals)
 
     decay, steps, batch = 0.5, 3, 4
-    fit(UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3), StepConfig(retain_ema=decay)),
-        _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
-    assert len(calls) == steps
+    m = copy.deepcopy(model)
+    n = sum(p.requires_grad for p in m.parameters())
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3), StepConfig(retain_ema=decay, stream=stream))
+    assert module.streaming() is stream
+    fit(module, _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
+    assert len(calls) == steps * n
     ema = None
-    for g_r, ref in calls:
+    for k in range(steps):  # tensors come in the same order every step (backward order when streaming)
+        g_r, ref = zip(*calls[k * n:(k + 1) * n])
         ema = [t.clone() for t in g_r] if ema is None else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r)]
         for e, r in zip(ema, ref):
             torch.testing.assert_close(r, e)
-    assert any(not torch.equal(r, g) for r, g in zip(calls[-1][1], calls[-1][0])), "after step 1 the reference is not g_r"
+    assert any(not torch.equal(r, g) for r, g in calls[-n:]), "after step 1 the reference is not g_r"

@@ -18,7 +18,7 @@ from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
-from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner
+from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner, check_stream
 from unlearn.training.optim import OptimConfig
 
 
@@ -116,6 +116,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         train = _plain(cfg, "train")
         step = StepConfig(
             accumulate=train.get("accumulate", 1),
+            stream=train.get("stream"),
             clip_norm=train.get("clip_norm", 1.0),
             retain_ema=train.get("retain_ema"),
             diagnostics=train.get("diagnostics", True),
@@ -136,6 +137,7 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")
     check_combiner(step, combiner)  # train.retain_ema with a combiner that would ignore it
+    check_stream(step, loop.world_size)  # train.stream=true with data parallelism
     return Setup(
         cfg=cfg,
         run=run,

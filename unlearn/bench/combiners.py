@@ -1,17 +1,22 @@
-"""``python -m unlearn.bench.combiners``: what a combiner costs on top of the plain sum.
+"""``python -m unlearn.bench.combiners``: what a combiner costs on top of plain gradient difference.
 
-For each model (``conf/model/<name>.yaml``) and each combiner (``conf/combiner/<name>.yaml``) it
-trains on synthetic token batches of one shape (forget and retain batches of ``batch × seq`` tokens,
-every token labelled) with the real :class:`~unlearn.training.module.UnlearnModule` under a
-Lightning Trainer, and reports:
+For each model (``conf/model/<name>.yaml``), each batch shape and each combiner
+(``conf/combiner/<name>.yaml``) it trains on synthetic token batches (forget and retain batches of
+``batch × seq`` tokens, every token labelled) with the real
+:class:`~unlearn.training.module.UnlearnModule` under a Lightning Trainer, beside ``plain``: plain
+GD, one ``(L_f + L_r).backward()`` into autograd's own ``.grad`` on the same batches, then the same
+clip and AdamW. It reports:
 
-- **step**: wall time of one full optimizer step (both backward passes, combine, diagnostics,
-  ``.grad``, clip, AdamW, logging), median over ``--repeats`` steps per combiner, and its ratio to
-  the ``sum`` step (target ≤ 1.10). The combiners take turns step by step in one training run, so
-  that a shared machine's changing load hits them alike;
+- **step**: wall time of one full optimizer step (backward passes, combine, diagnostics, ``.grad``,
+  clip, AdamW, logging), median over ``--repeats`` steps per row, and its ratio to the ``plain``
+  step (target ≤ 1.05 for sum, pcgrad and sago). The rows take turns step by step in one training
+  run, so that a shared machine's changing load hits them alike;
 - **peak**: peak tensor memory during one more step, above the level at the step's start (see
-  :mod:`unlearn.bench.memory`), and how much it exceeds the ``sum`` step's peak, in gradient
-  buffers (one buffer = every trainable parameter's size; target ≤ 1);
+  :mod:`unlearn.bench.memory`), and how much it exceeds the ``plain`` step's peak, in gradient
+  buffers (one buffer = every trainable parameter's size; targets with one micro-batch: ≤ +0.10
+  for sum, pcgrad and sago, which combine during the forget backward; with ``--accumulate 4``
+  ≤ +1.1, as ``g_r`` and ``g_f`` are then accumulated in two buffers). The default shapes are
+  8×128, where activations dominate, and 1×16, where gradients do;
 - **combine**: on the model's real gradients, the combiner plus the diagnostics alone, for the
   per-tensor foreach code and for the flattening alternative (:mod:`unlearn.bench.flatten`), and
   the transient memory of the combine phase beyond the update itself, in gradient buffers.
@@ -31,7 +36,7 @@ from torch import Tensor
 
 from unlearn.bench.flatten import FLAT, flat_diagnostics
 from unlearn.bench.memory import PeakMemory
-from unlearn.combiners import Combiner, gradient_diagnostics
+from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.data.paired import PairedCollate, PairedStream
 from unlearn.losses import GA, NLL, Objective
 from unlearn.training.fit import LoopConfig, fit
@@ -39,6 +44,7 @@ from unlearn.training.module import StepConfig, UnlearnModule
 from unlearn.training.optim import OptimConfig
 
 COMBINERS = ("sum", "pcgrad", "pcgrad_global", "pcgrad_symmetric", "sago", "sago_prefer_retain")
+PLAIN = "plain"
 MiB = 2**20
 
 
@@ -66,7 +72,7 @@ def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
     return model.to(device), len(tok)
 
 
-def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0) -> PairedStream:
+def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0) -> PairedStream:  # steps: micro-batches
     """Forget and retain rows of exactly ``seq`` random tokens, all labelled (no padding)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -77,26 +83,49 @@ def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0
     return PairedStream(rows(4 * batch, "f"), rows(4 * batch, "r"), steps * batch, seed=seed)
 
 
-def schedule(combiners: Sequence[str], warmup: int, repeats: int) -> list[tuple[str, str]]:
-    """``(combiner, what)`` per training step, ``what`` in warmup | time | memory.
+def schedule(rows: Sequence[str], warmup: int, repeats: int) -> list[tuple[str, str]]:
+    """``(row, what)`` per optimizer step, ``what`` in warmup | time | memory.
 
-    The combiners take turns step by step (forward order, then reverse, so that a drift in machine
+    The rows take turns step by step (forward order, then reverse, so that a drift in machine
     load over a round hits them alike): on a shared machine the load changes over minutes, and
     adjacent steps see the same load where separate runs do not.
     """
-    plan = [(combiners[i % len(combiners)], "warmup") for i in range(warmup * len(combiners))]
+    plan = [(rows[i % len(rows)], "warmup") for i in range(warmup * len(rows))]
     for k in range(repeats):
-        order = combiners if k % 2 == 0 else list(reversed(combiners))
+        order = rows if k % 2 == 0 else list(reversed(rows))
         plan += [(c, "time") for c in order]
-    return plan + [(c, "memory") for c in combiners]
+    return plan + [(c, "memory") for c in rows]
+
+
+class BenchModule(UnlearnModule):
+    """The real module, which takes the ``plain`` GD step instead while ``plain`` is set."""
+
+    plain = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if not self.plain:
+            return super().training_step(batch, batch_idx)
+        accumulate = self.step_cfg.accumulate
+        loss = sum(self.objective.loss(task, self.model, batch) for task in self.objective.tasks)
+        (loss / accumulate).backward()  # L_r + L_f: alpha = gamma = 1, as the sum combiner's defaults
+        if (batch_idx + 1) % accumulate != 0:
+            return None
+        opt = self.optimizers()
+        if self.step_cfg.clip_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.step_cfg.clip_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        self.lr_schedulers().step()
+        opt.zero_grad(set_to_none=True)
+        self.log("train/loss/plain", loss.detach(), on_step=True, on_epoch=False, batch_size=1)
+        return None
 
 
 class TurnTaking(L.Callback):
-    """Sets the module's combiner before every step by the plan; times steps, measures memory steps."""
+    """Sets the module's step before every optimizer step by the plan; times steps, measures memory steps."""
 
-    def __init__(self, built: dict[str, Combiner], plan: list[tuple[str, str]], device: torch.device) -> None:
-        self.built, self.plan, self.device = built, plan, device
-        self.times: dict[str, list[float]] = {c: [] for c in built}
+    def __init__(self, built: dict[str, Combiner], plan: list[tuple[str, str]], device: torch.device, accumulate: int = 1) -> None:
+        self.built, self.plan, self.device, self.accumulate = built, plan, device, accumulate
+        self.times: dict[str, list[float]] = {c: [] for c in [PLAIN, *built]}
         self.peaks: dict[str, int] = {}
         self._mem: PeakMemory | None = None
         self._t0 = 0.0
@@ -106,16 +135,22 @@ class TurnTaking(L.Callback):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
-        name, what = self.plan[idx]
-        module.combiner = self.built[name]  # a combiner is pure: swapping it between steps is safe
+        if idx % self.accumulate != 0:
+            return  # a later micro-batch of the same optimizer step
+        name, what = self.plan[idx // self.accumulate]
+        module.plain = name == PLAIN  # type: ignore[attr-defined]
+        if name != PLAIN:
+            module.combiner = self.built[name]  # a combiner is pure: swapping it between steps is safe
         if what == "memory":
             self._mem = PeakMemory(self.device).__enter__()
         self._sync()
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, idx: int) -> None:
+        if (idx + 1) % self.accumulate != 0:
+            return
         self._sync()
-        name, what = self.plan[idx]
+        name, what = self.plan[idx // self.accumulate]
         if what == "time":
             self.times[name].append(time.perf_counter() - self._t0)
         elif self._mem is not None:
@@ -123,10 +158,12 @@ class TurnTaking(L.Callback):
             self.peaks[name], self._mem = self._mem.peak, None
 
 
-def time_steps(model: torch.nn.Module, built: dict[str, Combiner], stream: PairedStream, batch: int, plan: list[tuple[str, str]], device: torch.device) -> TurnTaking:
-    """One training run of ``len(plan)`` steps whose combiner changes every step (see :func:`schedule`)."""
-    clock = TurnTaking(built, plan, device)
-    module = UnlearnModule(model, Objective(forget=GA(), retain=NLL()), built["sum"], OptimConfig(lr=1e-5, schedule="constant"), StepConfig())
+def time_steps(model: torch.nn.Module, built: dict[str, Combiner], stream: PairedStream, batch: int, plan: list[tuple[str, str]],
+               device: torch.device, step: StepConfig | None = None) -> TurnTaking:
+    """One training run of ``len(plan)`` optimizer steps whose row changes every step (see :func:`schedule`)."""
+    step = step if step is not None else StepConfig()
+    clock = TurnTaking(built, plan, device, step.accumulate)
+    module = BenchModule(model, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-5, schedule="constant"), step)
     loop = LoopConfig(accelerator=device.type, enable_progress_bar=False)
     fit(module, stream, pad_id=0, batch_size=batch, steps=len(plan), loop=loop, callbacks=[clock])
     return clock
@@ -192,32 +229,49 @@ def combine_costs(name: str, combiner: Combiner, grads: tuple[list[Tensor], list
     return CombineResult(combine=t["combine"], diagnostics=t["diagnostics"], flat=t.get("flat"), transient=transient)
 
 
-def run(models: Sequence[str], combiners: Sequence[str], batch: int, seq: int, warmup: int, repeats: int, device: torch.device) -> None:
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {batch}×{seq} tokens per task; "
-          f"step: median of {repeats} steps per combiner, combiners taking turns step by step after {warmup} warm-up turns\n")
+def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[int, int]], warmup: int, repeats: int,
+        device: torch.device, accumulate: int = 1) -> None:
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; train.accumulate={accumulate}; "
+          f"step: median of {repeats} steps per row, rows taking turns step by step after {warmup} warm-up turns\n")
     step_rows, combine_rows = [], []
-    plan = schedule(combiners, warmup, repeats)
+    rows = [PLAIN, *combiners]
+    plan = schedule(rows, warmup, repeats)
     for m in models:
-        model, vocab = build_model(m, device)
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        buffer = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        stream = synthetic_stream(vocab, batch, seq, len(plan))
-        built = {c: build_combiner(c) for c in combiners}
-        clock = time_steps(model, built, stream, batch, plan, device)
-        times, peaks = clock.times, clock.peaks
-        grads = task_gradients(model, stream, batch)
-        base_t, base_p = statistics.median(times["sum"]), peaks["sum"]
-        for c in combiners:
-            t = statistics.median(times[c])
-            step_rows.append([m, f"{n_params / 1e6:.1f}M", c, f"{t * 1e3:.0f}", f"{t / base_t:.3f}", f"{peaks[c] / MiB:.0f}", f"{(peaks[c] - base_p) / buffer:+.2f}"])
-            cost = combine_costs(c, built[c], grads, max(2 * repeats, 10), device)
-            ours = cost.combine + cost.diagnostics
-            flat = [f"{cost.flat * 1e3:.1f}", f"{cost.flat / ours:.1f}×"] if cost.flat else ["—", "—"]
-            combine_rows.append([m, c, f"{cost.combine * 1e3:.1f}", f"{cost.diagnostics * 1e3:.1f}", *flat, f"{cost.transient / buffer:.2f}"])
-        del model, grads
-    table(["model", "params", "combiner", "step ms", "× sum", "peak MiB", "peak − sum (grad buffers)"], step_rows)
+        for batch, seq in shapes:
+            model, vocab = build_model(m, device)
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            buffer = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+            stream = synthetic_stream(vocab, batch, seq, len(plan) * accumulate)
+            built = {c: build_combiner(c) for c in combiners}
+            clock = time_steps(model, built, stream, batch, plan, device, StepConfig(accumulate=accumulate))
+            times, peaks = clock.times, clock.peaks
+            base_t, base_p = statistics.median(times[PLAIN]), peaks[PLAIN]
+            for c in rows:
+                t = statistics.median(times[c])
+                step_rows.append([m, f"{n_params / 1e6:.1f}M", f"{batch}×{seq}", c, f"{t * 1e3:.0f}", f"{t / base_t:.3f}",
+                                  f"{peaks[c] / MiB:.0f}", f"{(peaks[c] - base_p) / buffer:+.2f}"])
+            if (batch, seq) == tuple(shapes[0]):  # the combine alone does not depend on the batch shape
+                grads = task_gradients(model, stream, batch)
+                for c in combiners:
+                    cost = combine_costs(c, built[c], grads, max(2 * repeats, 10), device)
+                    ours = cost.combine + cost.diagnostics
+                    flat = [f"{cost.flat * 1e3:.1f}", f"{cost.flat / ours:.1f}×"] if cost.flat else ["—", "—"]
+                    combine_rows.append([m, c, f"{cost.combine * 1e3:.1f}", f"{cost.diagnostics * 1e3:.1f}", *flat, f"{cost.transient / buffer:.2f}"])
+                del grads
+            del model
+    table(["model", "params", "batch", "step", "step ms", "× plain", "peak MiB", "peak − plain (grad buffers)"], step_rows)
     print()
     table(["model", "combiner", "combine ms", "diagnostics ms", "flatten ms (both)", "foreach speed-up", "combine transient (grad buffers)"], combine_rows)
+
+
+def shape(text: str) -> tuple[int, int]:
+    try:
+        batch, seq = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is BATCHxSEQ, e.g. 8x128, got {text!r}") from None
+    if batch < 1 or seq < 2:
+        raise argparse.ArgumentTypeError(f"a shape needs batch >= 1 and seq >= 2, got {text!r}")
+    return batch, seq
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -231,24 +285,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m unlearn.bench.combiners", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["tiny", "tiny_10m"], help="conf/model options (default: tiny tiny_10m)")
     p.add_argument("--combiners", nargs="+", default=list(COMBINERS), choices=COMBINERS)
-    p.add_argument("--batch", type=int, default=8, help="sequences per task per step (default 8)")
-    p.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--shapes", nargs="+", type=shape, default=[(8, 128), (1, 16)],
+                   help="BATCHxSEQ per task per micro-batch (default: 8x128, activation-dominated, and 1x16, gradient-dominated)")
+    p.add_argument("--batch", type=int, default=None, help="with --seq: one shape instead of --shapes")
+    p.add_argument("--seq", type=int, default=None, help="with --batch: one shape instead of --shapes")
+    p.add_argument("--accumulate", type=int, default=1, help="train.accumulate: micro-batches per optimizer step (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per combiner first (default 1)")
     p.add_argument("--repeats", type=int, default=8, help="timed steps per combiner; the median is reported (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
     a = p.parse_args(argv)
-    if "sum" not in a.combiners:
-        a.combiners = ["sum", *a.combiners]
-    elif a.combiners[0] != "sum":
-        a.combiners = ["sum", *[c for c in a.combiners if c != "sum"]]
+    if (a.batch is None) != (a.seq is None):
+        p.error("--batch and --seq go together (or use --shapes)")
+    shapes = [(a.batch, a.seq)] if a.batch is not None else a.shapes
+    if a.accumulate < 1:
+        p.error(f"--accumulate must be >= 1, got {a.accumulate}")
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     from unlearn.training.fit import quiet_lightning
 
     quiet_lightning()
     if a.threads:
         torch.set_num_threads(a.threads)
-    run(a.models, a.combiners, a.batch, a.seq, a.warmup, a.repeats, device)
+    run(a.models, list(dict.fromkeys(a.combiners)), shapes, a.warmup, a.repeats, device, a.accumulate)
 
 
 if __name__ == "__main__":

@@ -96,11 +96,26 @@ def weighted_sum(a: Grads, wa: Sequence[float] | float, b: Grads, wb: float) -> 
         out = torch._foreach_mul(list(a), weights)
         torch._foreach_add_(out, list(b), alpha=float(wb))
         return out
-    out = []
-    for x, y, w in zip(a, b, weights):
-        acc = x.to(acc_dtype(x), copy=True).mul_(w)  # one full-size fp32 temporary per tensor
-        out.append(acc.add_(y, alpha=float(wb)).to(x.dtype))
-    return out
+    return [axpby(x, w, (y, wb)) for x, y, w in zip(a, b, weights)]
+
+
+def axpby(a: Tensor, wa: float | Tensor, *terms: tuple[Tensor, float | Tensor]) -> Tensor:
+    """``wa * a + Σ w * b`` over ``terms = ((b, w), ...)`` for one tensor, in at least fp32 and
+    rounded once to ``a``'s dtype.
+
+    The weights may be 0-dim tensors (PCGrad's coefficient), so that a rule applied inside a
+    backward hook never waits for the device to hand a scalar back to Python.
+    """
+    acc = a.to(acc_dtype(a), copy=True).mul_(wa)  # the one full-size temporary
+    for b, w in terms:
+        if isinstance(w, Tensor):
+            acc.addcmul_(b, w)  # in acc's dtype: ``b * w`` would round to b's (bf16) first
+        else:
+            acc.add_(b, alpha=float(w))
+    return acc if acc.dtype == a.dtype else acc.to(a.dtype)
+
+
+Stats = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -114,9 +129,19 @@ class Combiner:
     conflict test and the projection use, e.g. an exponential moving average of ``g_r``.
     A combiner whose rule has no faithful reading with such a reference sets ``uses_reference``
     to False and refuses one, rather than ignoring it.
+
+    A rule is written one of two ways. **Per tensor** (the built-in combiners): ``_tensor`` maps
+    one tensor's ``(r, f, s)`` to its update and a few 0-dim statistics, ``_finish`` reduces those
+    over the tensors, and a rule that needs scalars over *all* tensors first (a global dot
+    product) sets ``needs_totals`` and computes them in ``_totals``. The training step can then
+    apply a rule without ``needs_totals`` inside the forget backward pass, as each tensor's
+    gradient is produced (:class:`~unlearn.training.gradients.StreamingCombine`), so no buffer
+    beyond ``.grad`` is held. **Whole lists**: ``_combine`` maps the lists at once (the simple
+    extension point); the step then keeps ``g_r`` and ``g_f`` in buffers and calls it.
     """
 
     uses_reference: ClassVar[bool] = True
+    needs_totals: ClassVar[bool] = False
 
     alpha: float = 1.0
     gamma: float = 1.0
@@ -130,6 +155,16 @@ class Combiner:
                 re.compile(self.select)
             except re.error as e:
                 raise ValueError(f"combiner.select must be a valid regex, got {self.select!r}: {e}") from e
+
+    @property
+    def per_tensor(self) -> bool:
+        """Whether the rule is given per tensor (``_tensor``) rather than on whole lists."""
+        return type(self)._tensor is not Combiner._tensor
+
+    @property
+    def streams(self) -> bool:
+        """Whether the rule can be applied to each tensor as soon as its gradients exist."""
+        return self.per_tensor and not self.needs_totals
 
     def __call__(self, g_retain: Grads, g_forget: Grads) -> list[Tensor]:
         return self.combine(g_retain, g_forget).update
@@ -145,15 +180,18 @@ class Combiner:
         check_pair(g_retain, g_forget)
         ref = g_retain if reference is None else reference
         if reference is not None:
-            if not self.uses_reference:
-                raise ValueError(f"{type(self).__name__} takes no reference gradient: set train.retain_ema=null with this combiner")
+            self.check_reference()
             check_pair(g_retain, reference)
+        if names is not None and len(names) != len(g_retain):
+            raise ValueError(f"got {len(names)} parameter names for {len(g_retain)} gradient tensors")
+        if self.per_tensor:
+            run = self.start(names, len(g_retain))
+            run.set_totals(g_retain, g_forget, ref)
+            update = [run.tensor(i, r, f, s) for i, (r, f, s) in enumerate(zip(g_retain, g_forget, ref))]
+            return Combination(update, run.stats())
         if self.select is None or names is None:
             return self._combine(list(g_retain), list(g_forget), list(ref))
-        if len(names) != len(g_retain):
-            raise ValueError(f"got {len(names)} parameter names for {len(g_retain)} gradient tensors")
-        pattern = re.compile(self.select)
-        chosen = [i for i, n in enumerate(names) if pattern.search(n)]
+        chosen = [i for i, m in enumerate(self.selection(names, len(names))) if m]
         chosen_set = set(chosen)
         rest = [i for i in range(len(names)) if i not in chosen_set]
         out: list[Tensor] = [g_retain[0]] * len(names)  # every slot is overwritten below
@@ -167,5 +205,66 @@ class Combiner:
         stats["selected_frac"] = torch.tensor(len(chosen) / max(len(names), 1))
         return Combination(out, stats)
 
+    def check_reference(self) -> None:
+        if not self.uses_reference:
+            raise ValueError(f"{type(self).__name__} takes no reference gradient: set train.retain_ema=null with this combiner")
+
+    def selection(self, names: Sequence[str] | None, n: int) -> list[bool]:
+        """Which of ``n`` tensors the rule applies to (all of them without ``select`` or names)."""
+        if self.select is None or names is None:
+            return [True] * n
+        pattern = re.compile(self.select)
+        return [bool(pattern.search(name)) for name in names]
+
+    def start(self, names: Sequence[str] | None, n: int) -> "TensorCombine":
+        """A per-tensor combination of ``n`` tensors, fed one tensor at a time (any order)."""
+        if not self.per_tensor:
+            raise TypeError(f"{type(self).__name__} implements _combine on whole lists, not a per-tensor rule")
+        return TensorCombine(self, self.selection(names, n), report_selected=self.select is not None and names is not None)
+
+    # -- the rule: per tensor, or on whole lists ------------------------------------------------
+    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
+        """Scalars over every selected tensor that ``_tensor`` needs (``needs_totals`` rules)."""
+        return {}
+
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+        """One tensor's update from its ``g_r``, ``g_f`` and reference, and its 0-dim statistics."""
+        raise NotImplementedError
+
+    def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
+        """The logged statistics from the per-tensor ones (in parameter order)."""
+        return {}
+
     def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
         raise NotImplementedError
+
+
+class TensorCombine:
+    """One step's per-tensor combination: the update of tensor ``i`` as its gradients arrive.
+
+    A throwaway accumulator of the per-tensor statistics (the combiner itself stays stateless).
+    Unselected tensors (``select``) get the plain weighted sum and no statistics.
+    """
+
+    def __init__(self, combiner: Combiner, selected: list[bool], report_selected: bool) -> None:
+        self.combiner, self.selected, self.report_selected = combiner, selected, report_selected
+        self.totals: Stats = {}
+        self.parts: dict[int, Stats] = {}
+
+    def set_totals(self, g_r: Grads, g_f: Grads, ref: Grads) -> None:
+        if self.combiner.needs_totals:
+            pick = [i for i, m in enumerate(self.selected) if m]
+            self.totals = self.combiner._totals([g_r[i] for i in pick], [g_f[i] for i in pick], [ref[i] for i in pick])
+
+    def tensor(self, i: int, r: Tensor, f: Tensor, s: Tensor) -> Tensor:
+        c = self.combiner
+        if not self.selected[i]:
+            return axpby(r, c.alpha, (f, c.gamma))
+        update, self.parts[i] = c._tensor(r, f, s, self.totals)
+        return update
+
+    def stats(self) -> Stats:
+        stats = dict(self.combiner._finish([self.parts[i] for i in sorted(self.parts)], self.totals))
+        if self.report_selected:
+            stats["selected_frac"] = torch.tensor(sum(self.selected) / max(len(self.selected), 1))
+        return stats

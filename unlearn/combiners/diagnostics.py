@@ -1,11 +1,20 @@
-"""Diagnostics shared by every combiner: norms and cosines between g_r, g_f and the update."""
+"""Diagnostics shared by every combiner: norms and cosines between g_r, g_f and the update.
+
+They are sums over tensors, so they are computed per tensor (:func:`tensor_diagnostics`, a few
+0-dim values) and reduced once (:func:`finish_diagnostics`): the training step can take each
+tensor's share as soon as its update exists and keep no gradient tensor for them.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Grads, acc_dtype, dots, sq_norms
+from unlearn.combiners.base import Grads, Stats, acc_dtype, dot, sq_norms
+
+KEYS = ("conflict_frac", "norm_retain", "norm_forget", "norm_update", "cos_forget_retain", "cos_update_retain", "cos_update_forget")
 
 
 def _cos(d: Tensor, na2: Tensor, nb2: Tensor) -> Tensor:
@@ -13,17 +22,39 @@ def _cos(d: Tensor, na2: Tensor, nb2: Tensor) -> Tensor:
     return torch.where(denom > 0, d / denom.clamp_min(1e-30), torch.zeros_like(d))
 
 
-def _dot_and_conflicts(g_f: Grads, g_r: Grads) -> tuple[Tensor, Tensor]:
-    """``<g_f, g_r>`` (fp32) and the number of coordinates where ``g_f·g_r < 0``, from one product
-    per tensor (the only temporary, freed before the next tensor). The product is taken in fp32:
-    a bf16 product would round every term of the dot product to 8 significant bits."""
-    d = torch.zeros((), dtype=torch.float32, device=g_f[0].device)
-    n = torch.zeros((), dtype=torch.int64, device=g_f[0].device)
-    for f, r in zip(g_f, g_r):
-        p = f * r if f.dtype == acc_dtype(f) else f.to(acc_dtype(f)).mul_(r)
-        d += p.sum(dtype=torch.float32)
-        n += torch.count_nonzero(p < 0)  # not (p < 0).sum(): that casts the mask to int64 first
-    return d, n
+def tensor_diagnostics(r: Tensor, f: Tensor, u: Tensor) -> Stats:
+    """One tensor's share of :func:`gradient_diagnostics`: squared norms, inner products, conflicts.
+
+    ``<g_f, g_r>`` and the coordinates where ``g_f·g_r < 0`` come from one product (the only
+    temporary), taken in fp32: a bf16 product would round every term to 8 significant bits.
+    """
+    p = f * r if f.dtype == acc_dtype(f) else f.to(acc_dtype(f)).mul_(r)
+    nr2, nf2, nu2 = sq_norms([r, f, u]).unbind()
+    return {
+        "nr2": nr2, "nf2": nf2, "nu2": nu2,
+        "d_fr": p.sum(dtype=torch.float32),
+        "n_conflict": torch.count_nonzero(p < 0),  # not (p < 0).sum(): that casts the mask to int64 first
+        "d_ur": dot(u, r), "d_uf": dot(u, f),
+        "numel": torch.tensor(f.numel()),
+    }
+
+
+def finish_diagnostics(parts: Sequence[Stats]) -> dict[str, Tensor]:
+    """The logged diagnostics from the per-tensor shares (summed in the order given)."""
+    if not parts:
+        zero = torch.zeros(())
+        return {k: zero for k in KEYS}
+    t = {k: torch.stack([p[k] for p in parts]).sum() for k in parts[0] if k != "numel"}
+    n_total = max(sum(int(p["numel"]) for p in parts), 1)
+    return {
+        "conflict_frac": t["n_conflict"].float() / n_total,
+        "norm_retain": torch.sqrt(t["nr2"]),
+        "norm_forget": torch.sqrt(t["nf2"]),
+        "norm_update": torch.sqrt(t["nu2"]),
+        "cos_forget_retain": _cos(t["d_fr"], t["nf2"], t["nr2"]),
+        "cos_update_retain": _cos(t["d_ur"], t["nu2"], t["nr2"]),
+        "cos_update_forget": _cos(t["d_uf"], t["nu2"], t["nf2"]),
+    }
 
 
 def gradient_diagnostics(g_r: Grads, g_f: Grads, update: Grads) -> dict[str, Tensor]:
@@ -32,22 +63,6 @@ def gradient_diagnostics(g_r: Grads, g_f: Grads, update: Grads) -> dict[str, Ten
     ``conflict_frac`` is the fraction of coordinates where ``g_f`` and ``g_r`` have opposite signs.
 
     All values are 0-dim fp32 tensors so that logging them does not force a device sync. Work is
-    per tensor (foreach norms, one product per tensor), with no whole-model temporaries.
+    per tensor, with no whole-model temporaries.
     """
-    if not g_f:
-        zero = torch.zeros(())
-        return {k: zero for k in ("conflict_frac", "norm_retain", "norm_forget", "norm_update", "cos_forget_retain", "cos_update_retain", "cos_update_forget")}
-    nr2, nf2, nu2 = sq_norms(g_r).sum(), sq_norms(g_f).sum(), sq_norms(update).sum()
-    d_fr, n_conflict = _dot_and_conflicts(g_f, g_r)
-    d_ur = dots(update, g_r).sum()
-    d_uf = dots(update, g_f).sum()
-    n_total = max(sum(f.numel() for f in g_f), 1)
-    return {
-        "conflict_frac": n_conflict.float() / n_total,
-        "norm_retain": torch.sqrt(nr2),
-        "norm_forget": torch.sqrt(nf2),
-        "norm_update": torch.sqrt(nu2),
-        "cos_forget_retain": _cos(d_fr, nf2, nr2),
-        "cos_update_retain": _cos(d_ur, nu2, nr2),
-        "cos_update_forget": _cos(d_uf, nu2, nf2),
-    }
+    return finish_diagnostics([tensor_diagnostics(r, f, u) for r, f, u in zip(g_r, g_f, update)])

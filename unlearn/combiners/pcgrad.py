@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Combination, Combiner, dots, sq_norms, weighted_sum
+from unlearn.combiners.base import Combiner, Stats, axpby, dot, dots, sq_norms
 
 
 def _check_eps(eps: float) -> None:
@@ -44,47 +44,53 @@ class PCGrad(Combiner):
         super().__post_init__()
         _check_eps(self.eps)
 
-    def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        if not g_r:
-            return Combination([])
-        d = dots(g_f, ref)
-        n2 = sq_norms(ref)
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+        d, n2 = dot(f, s), sq_norms([s])[0]
         coef = torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
-        # g̃_f = g_f - coef*ref, so the update is alpha*g_r + gamma*g_f - gamma*coef*ref: with
-        # ref = g_r that is a per-tensor weight on g_r, and no tensor beyond the update is allocated.
-        c = coef.tolist()
-        if all(s is r for s, r in zip(ref, g_r)):
-            update = weighted_sum(g_r, [self.alpha - self.gamma * cj for cj in c], g_f, self.gamma)
+        # g̃_f = g_f - coef*s, so the update is alpha*g_r + gamma*g_f - gamma*coef*s: with s = g_r
+        # that is one weight on g_r, and no tensor beyond the update is allocated.
+        if s is r:
+            update = axpby(r, self.alpha - self.gamma * coef, (f, self.gamma))
         else:
-            update = weighted_sum(g_r, self.alpha, g_f, self.gamma)
-            for u, s, cj in zip(update, ref, c):
-                if cj:
-                    u.add_(s, alpha=-self.gamma * cj)
-        removed = self.gamma * torch.sqrt((coef**2 * n2).sum())
-        return Combination(update, {"conflict_frac_tensor": (d < 0).float().mean(), "proj_norm": removed})
+            update = axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef))
+        return update, {"conflict": (d < 0).float(), "removed2": coef**2 * n2}
+
+    def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
+        if not parts:
+            return {}
+        removed = self.gamma * torch.sqrt(torch.stack([p["removed2"] for p in parts]).sum())
+        return {"conflict_frac_tensor": torch.stack([p["conflict"] for p in parts]).mean(), "proj_norm": removed}
 
 
 @dataclass(frozen=True)
 class PCGradGlobal(Combiner):
-    """One projection over all parameters at once. Guarantee: ``<update, g_r> >= 0`` globally."""
+    """One projection over all parameters at once. Guarantee: ``<update, g_r> >= 0`` globally.
 
+    Its coefficient needs ``<g_f, r>`` over every tensor before any update (``needs_totals``).
+    """
+
+    needs_totals: ClassVar[bool] = True
     eps: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_eps(self.eps)
 
-    def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        if not g_r:
-            return Combination([])
-        d = dots(g_f, ref).sum()
-        n2 = sq_norms(ref).sum()
-        coef = float(_ratio(d, n2, self.eps)) if d < 0 else 0.0
-        update = weighted_sum(g_r, self.alpha, g_f, self.gamma)
-        if coef != 0.0:
-            torch._foreach_add_(update, ref, alpha=-self.gamma * coef)
-        removed = self.gamma * abs(coef) * torch.sqrt(n2)
-        return Combination(update, {"conflict_frac_tensor": (d < 0).float(), "proj_norm": removed})
+    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
+        d, n2 = dots(g_f, ref).sum(), sq_norms(ref).sum()
+        return {"d": d, "n2": n2, "coef": torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))}
+
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+        coef = totals["coef"]
+        if s is r:
+            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma)), {}
+        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef)), {}
+
+    def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
+        if not parts:
+            return {}
+        removed = self.gamma * totals["coef"].abs() * torch.sqrt(totals["n2"])
+        return {"conflict_frac_tensor": (totals["d"] < 0).float(), "proj_norm": removed}
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class PCGradSymmetric(Combiner):
     """
 
     uses_reference: ClassVar[bool] = False
+    needs_totals: ClassVar[bool] = True
 
     eps: float = 0.0
 
@@ -110,16 +117,22 @@ class PCGradSymmetric(Combiner):
         super().__post_init__()
         _check_eps(self.eps)
 
-    def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        if not g_r:
-            return Combination([])
+    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
         d = dots(g_f, g_r).sum()
         nr2, nf2 = sq_norms(g_r).sum(), sq_norms(g_f).sum()
-        if d < 0:
-            cr, cf = float(_ratio(d, nf2, self.eps)), float(_ratio(d, nr2, self.eps))
-        else:
-            cr = cf = 0.0
+        zero = torch.zeros_like(d)
+        cr = torch.where(d < 0, _ratio(d, nf2, self.eps), zero)
+        cf = torch.where(d < 0, _ratio(d, nr2, self.eps), zero)
+        return {"d": d, "nr2": nr2, "nf2": nf2, "cr": cr, "cf": cf}
+
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
         # alpha*(g_r - cr*g_f) + gamma*(g_f - cf*g_r) = (alpha - gamma*cf)*g_r + (gamma - alpha*cr)*g_f
-        update = weighted_sum(g_r, self.alpha - self.gamma * cf, g_f, self.gamma - self.alpha * cr)
-        removed = torch.sqrt((self.gamma * cf) ** 2 * nr2 + (self.alpha * cr) ** 2 * nf2)
-        return Combination(update, {"conflict_frac_tensor": (d < 0).float(), "proj_norm": removed})
+        cr, cf = totals["cr"], totals["cf"]
+        return axpby(r, self.alpha - self.gamma * cf, (f, self.gamma - self.alpha * cr)), {}
+
+    def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
+        if not parts:
+            return {}
+        t = totals
+        removed = torch.sqrt((self.gamma * t["cf"]) ** 2 * t["nr2"] + (self.alpha * t["cr"]) ** 2 * t["nf2"])
+        return {"conflict_frac_tensor": (t["d"] < 0).float(), "proj_norm": removed}

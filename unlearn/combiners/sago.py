@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Combination, Combiner
+from unlearn.combiners.base import Combiner, Stats
 
 _GATES = ("hard", "soft", "soft_raw")
 
@@ -60,25 +60,24 @@ class SAGO(Combiner):
         if not self.kappa > 0:
             raise ValueError(f"combiner.kappa must be > 0, got {self.kappa!r}")
 
-    def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        # One tensor at a time: the temporaries (the product, the gate) are the size of the largest
-        # parameter, never of the whole model, and freed before the next tensor.
-        update: list[Tensor] = []
-        n_gated = torch.zeros((), dtype=torch.float64, device=g_r[0].device if g_r else None)
-        n_total = 0
-        for r, f, s in zip(g_r, g_f, ref):
-            if self.gate == "hard":
-                conflict = (f * s) < 0
-                u = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
-                n_gated += torch.count_nonzero(conflict)
-            else:
-                w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft").to(f.dtype)
-                u = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
-                n_gated += (1 - w).double().sum()
-            n_total += f.numel()
-            update.append(u)
-        frac = (n_gated / max(n_total, 1)).float()
-        return Combination(update, {"gated_frac": frac})
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+        # The temporaries (the product, the gate) are the size of this tensor, never of the model.
+        if self.gate == "hard":
+            conflict = (f * s) < 0
+            update = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
+            gated = torch.count_nonzero(conflict).double()
+        else:
+            w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft").to(f.dtype)
+            update = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
+            gated = (1 - w).double().sum()
+        return update, {"gated": gated, "numel": torch.tensor(f.numel())}
+
+    def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
+        if not parts:
+            return {"gated_frac": torch.zeros(())}
+        n_gated = torch.stack([p["gated"] for p in parts]).sum()
+        n_total = sum(int(p["numel"]) for p in parts)
+        return {"gated_frac": (n_gated / max(n_total, 1)).float()}
 
     def _keep(self, r: Tensor, f: Tensor) -> Tensor:
         """The update where there is no conflict: ``gamma*g_f`` (+ ``alpha*g_r`` with prefer_retain)."""

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from unlearn.combiners.base import Combination, Combiner, weighted_sum
+from unlearn.combiners.base import Combiner, Stats, axpby
 
 
 @dataclass(frozen=True)
 class Sum(Combiner):
     """``update = alpha * g_r + gamma * g_f``; equals ``∇(gamma·L_f + alpha·L_r)``. No guarantee."""
 
-    def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        return Combination(weighted_sum(g_r, self.alpha, g_f, self.gamma))
+    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+        return axpby(r, self.alpha, (f, self.gamma)), {}

@@ -3,15 +3,30 @@
 This is the only place that moves gradients around; the math lives in :mod:`unlearn.combiners`.
 The order (spec §1) is: accumulate each task's gradient over the micro-batches in its own buffer,
 all-reduce (mean) the buffers across ranks, and only then combine once.
+
+Every task gradient comes from ``loss.backward()`` with a post-accumulate hook on each trainable
+tensor that takes the gradient out of ``.grad`` as soon as autograd has produced it
+(:meth:`TaskGradients.backward`). So accumulating adds one tensor at a time into the task's
+buffer, and with one micro-batch on one device the combined update of a tensor can be formed
+during the forget backward itself, from the retain buffer and the fresh forget gradient, and the
+retain tensor freed at once (:class:`TensorwiseUpdate`): the step then holds one gradient buffer,
+like a plain backward of ``L_f + L_r``. (The idea of working from backward hooks layer by layer is
+TorchJD's ``autogram``.) A sharded (FSDP) path would replace the buffers and the hook's tensor by
+the local shards; the per-tensor rules are elementwise or need only scalars, so they carry over.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from unlearn.combiners.base import Grads, TensorCombine, sq_norms
+from unlearn.combiners.diagnostics import finish_diagnostics, tensor_diagnostics
+
+Sink = Callable[[int, Tensor], None]
 
 
 def world_size() -> int:
@@ -52,16 +67,50 @@ class TaskGradients:
 
     def accumulate(self, task: str, loss: Tensor, scale: float = 1.0) -> None:
         """Add ``scale * ∇loss`` to the task's buffer (the first call takes the gradients as is)."""
-        if not loss.requires_grad:  # a loss that does not touch the trainable parameters
-            grads: Sequence[Tensor | None] = [None] * len(self.params)
-        else:
-            grads = torch.autograd.grad(loss * scale, self.params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
-        buf = self.buffers.get(task)
-        if buf is None:
-            self.buffers[task] = list(grads)
-        else:
-            torch._foreach_add_(buf, list(grads))
+        buf = self.buffers.setdefault(task, [None] * len(self.params))  # type: ignore[list-item]
+
+        def add(i: int, g: Tensor) -> None:
+            if buf[i] is None:
+                buf[i] = g
+            else:
+                buf[i].add_(g)
+
+        self.backward(loss * scale if scale != 1.0 else loss, add)
+
+    def backward(self, loss: Tensor, sink: Sink, once: bool = False) -> None:
+        """``loss.backward()``, handing each trainable tensor's gradient to ``sink(i, g)`` as soon as
+        autograd has produced it and leaving ``.grad`` as the sink sets it; then ``sink(i, zeros)``
+        for each tensor the loss does not reach. The hooks exist only during this call, so no other
+        backward pass (evaluation, SGA's probe) sees them.
+
+        ``once``: a tensor whose gradient arrives in two pieces (a weight tied across a reentrant
+        checkpoint) is an error, for a sink that cannot add a second piece to what it wrote.
+        """
+        for n, p in zip(self.names, self.params):
+            if p.grad is not None:
+                raise RuntimeError(f"{n}.grad must be empty before a task's backward pass (it would be mixed into the task gradient)")
+        seen = [False] * len(self.params)
+
+        def hook(i: int) -> Callable[[Tensor], None]:
+            def take(p: Tensor) -> None:
+                if seen[i] and once:
+                    raise RuntimeError(f"{self.names[i]} received its gradient in two pieces in one backward pass (a weight tied "
+                                       "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false")
+                seen[i] = True
+                g, p.grad = p.grad, None
+                sink(i, g)
+            return take
+
+        handles = [p.register_post_accumulate_grad_hook(hook(i)) for i, p in enumerate(self.params)]
+        try:
+            if loss.requires_grad:  # else a loss that does not touch the trainable parameters
+                loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        for i, p in enumerate(self.params):
+            if not seen[i]:
+                sink(i, torch.zeros_like(p))
 
     def all_reduce(self) -> None:
         """Average every buffer across data-parallel ranks (a no-op in one process)."""
@@ -76,8 +125,52 @@ class TaskGradients:
         for p, u in zip(self.params, update):
             p.grad = u if u.dtype == p.dtype else u.to(p.dtype)
 
+    def drain(self, task: str, sink: Sink) -> None:
+        """Hand the task's buffer to ``sink`` tensor by tensor, dropping each tensor after it."""
+        buf = self.buffers[task]
+        for i in range(len(buf)):
+            g, buf[i] = buf[i], None  # type: ignore[call-overload]
+            sink(i, g)
+
     def reset(self) -> None:
         self.buffers.clear()
+
+
+class TensorwiseUpdate:
+    """A sink that turns tensor ``i``'s forget gradient into its update, written to ``.grad``.
+
+    ``update_i = rule(g_r[i], g_f[i], ref_i)`` (``run`` is the combiner's per-tensor combination);
+    ``g_r[i]`` is dropped from the retain buffer at once, so the buffer shrinks as ``.grad`` fills.
+    ``ref_i`` is ``ref[i]`` when given, else the retain EMA updated for this tensor, else
+    ``g_r[i]``. Diagnostics are kept as each tensor's few 0-dim shares, reduced in :meth:`stats`.
+    """
+
+    def __init__(self, grads: TaskGradients, run: TensorCombine, *, ema: "GradientEMA | None" = None,
+                 ref: Grads | None = None, diagnostics: bool = True) -> None:
+        self.grads, self.run, self.ema, self.ref, self.diagnostics = grads, run, ema, ref, diagnostics
+        self.retain = grads.buffers["retain"]
+        self.parts: dict[int, dict[str, Tensor]] = {}
+
+    def __call__(self, i: int, f: Tensor) -> None:
+        r = self.retain[i]
+        if self.ref is not None:
+            s = self.ref[i]
+        else:
+            s = self.ema.update_tensor(i, r, len(self.retain)) if self.ema is not None else r
+        u = self.run.tensor(i, r, f, s)
+        self.parts[i] = tensor_diagnostics(r, f, u) if self.diagnostics else {"nu2": sq_norms([u])[0]}
+        self.retain[i] = None  # type: ignore[call-overload]
+        p = self.grads.params[i]
+        p.grad = u if u.dtype == p.dtype else u.to(p.dtype)
+
+    def stats(self) -> dict[str, Tensor]:
+        stats = self.run.stats()
+        parts = [self.parts[i] for i in sorted(self.parts)]
+        if self.diagnostics:
+            stats.update(finish_diagnostics(parts))
+        else:
+            stats["norm_update"] = torch.sqrt(torch.stack([p["nu2"] for p in parts]).sum())
+        return stats
 
 
 class GradientEMA:
@@ -94,9 +187,17 @@ class GradientEMA:
         self.value: list[Tensor] | None = None
 
     def update(self, g: Sequence[Tensor]) -> list[Tensor]:
+        for i, t in enumerate(g):
+            self.update_tensor(i, t, len(g))
+        assert self.value is not None
+        return self.value  # type: ignore[return-value]
+
+    def update_tensor(self, i: int, g: Tensor, n: int) -> Tensor:
+        """Update tensor ``i`` of ``n`` alone (inside a backward hook): the same arithmetic."""
         if self.value is None:
-            self.value = [t.detach().clone() for t in g]
+            self.value = [None] * n  # type: ignore[list-item]
+        if self.value[i] is None:
+            self.value[i] = g.detach().clone()
         else:
-            torch._foreach_mul_(self.value, self.decay)
-            torch._foreach_add_(self.value, list(g), alpha=1.0 - self.decay)
-        return self.value
+            self.value[i].mul_(self.decay).add_(g, alpha=1.0 - self.decay)
+        return self.value[i]

@@ -2,6 +2,12 @@
 
 Manual optimisation, because the forget and retain gradients must be computed and accumulated
 separately and combined once per optimizer step, after any all-reduce.
+
+With one micro-batch per step on one device and a per-tensor combiner (``train.stream``, on by
+default there), the forget backward is run last and each tensor's update is formed as soon as its
+forget gradient exists (:class:`~unlearn.training.gradients.TensorwiseUpdate`): one gradient
+buffer, as in a plain ``(L_f + L_r).backward()``. Otherwise ``g_r`` and ``g_f`` are accumulated
+(and all-reduced) in two buffers and combined tensor by tensor, freeing both as ``.grad`` fills.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.combiners.base import sq_norms
 from unlearn.config import ConfigError
 from unlearn.losses.objective import Objective
-from unlearn.training.gradients import GradientEMA, TaskGradients, mean_over_ranks
+from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, mean_over_ranks, world_size
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 
@@ -48,17 +54,31 @@ class DivergenceGuard:
 
 @dataclass
 class StepConfig:
-    """How one optimizer step is taken: micro-batches to accumulate, clipping, the EMA of g_r."""
+    """How one optimizer step is taken: micro-batches to accumulate, clipping, the EMA of g_r.
+
+    ``stream``: combine during the forget backward (one gradient buffer). ``None`` does so whenever
+    it can (one micro-batch, one device, a per-tensor combiner) and buffers otherwise; ``True``
+    insists (and refuses a setting that cannot stream); ``False`` always buffers ``g_r`` and ``g_f``.
+    """
 
     accumulate: int = 1
     clip_norm: float | None = 1.0
     retain_ema: float | None = None
     diagnostics: bool = True
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
+    stream: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.accumulate, bool) or not isinstance(self.accumulate, int) or self.accumulate < 1:
             raise ValueError(f"train.accumulate must be an integer >= 1, got {self.accumulate!r}")
+        if self.stream not in (None, True, False):
+            raise ValueError(f"train.stream must be true, false or null (stream whenever possible), got {self.stream!r}")
+        if self.stream and self.accumulate > 1:
+            raise ValueError(
+                f"train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
+                f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across micro-batches) "
+                "or train.accumulate=1"
+            )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"train.clip_norm must be > 0 or null, got {self.clip_norm!r}")
         ema = self.retain_ema
@@ -67,12 +87,26 @@ class StepConfig:
 
 
 def check_combiner(step: StepConfig, combiner: Combiner) -> None:
-    """Refuse ``train.retain_ema`` with a combiner that would not use the EMA (before training)."""
+    """Refuse ``train.retain_ema`` with a combiner that would not use the EMA, and ``train.stream``
+    with one whose rule cannot stream (before training)."""
+    if step.stream and not combiner.streams:
+        why = "needs scalars over all tensors before any update" if combiner.per_tensor else "implements _combine on whole lists"
+        raise ConfigError(
+            f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set train.stream=null "
+            "(it then buffers g_r and g_f) or choose sum, pcgrad or sago"
+        )
     if step.retain_ema and not combiner.uses_reference:  # 0 / null: the module keeps no EMA
         raise ConfigError(
             f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes no "
             "reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
         )
+
+
+def check_stream(step: StepConfig, world: int) -> None:
+    """Refuse ``train.stream=true`` with more than one process (before training)."""
+    if step.stream and world > 1:
+        raise ConfigError(f"train.stream=true needs one device, but this run has {world} processes, whose gradients are "
+                          "all-reduced before the combine: set train.stream=null (it then buffers g_r and g_f)")
 
 
 class UnlearnModule(L.LightningModule):
@@ -138,24 +172,31 @@ class UnlearnModule(L.LightningModule):
                 c.load_state_dict(state["components"][str(i)])
 
     # -- the step ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        check_stream(self.step_cfg, self.trainer.world_size)
+
+    def streaming(self) -> bool:
+        """Whether this step combines during the forget backward (see :class:`StepConfig`)."""
+        cfg = self.step_cfg
+        can = cfg.accumulate == 1 and world_size() == 1 and self.combiner.streams and len(self.objective.tasks) == 2
+        return can and cfg.stream is not False
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         cfg = self.step_cfg
         if batch_idx % cfg.accumulate == 0:
             self.objective.before_step(self.global_step, self.model, batch)  # e.g. SGA's rate: auto
-        for task in self.objective.tasks:
-            loss = self.objective.loss(task, self.model, batch)
-            self.grads.accumulate(task, loss, scale=1.0 / cfg.accumulate)
-            self._losses[task] = self._losses.get(task, 0.0) + loss.detach() / cfg.accumulate
+        forget_loss = self._accumulate(batch)
         if (batch_idx + 1) % cfg.accumulate != 0:
             return  # more micro-batches to accumulate before this optimizer step
 
         self.grads.all_reduce()
         self._losses = mean_over_ranks(self._losses)  # so every rank logs and guards the same values
-        update, stats = self._combine()
-        if self._diverging(stats):
+        if self._diverging({}):  # the losses, before any backward of the forget loss when streaming
             return
-        self.grads.write(update)
-        self.grads.reset()  # free g_r and g_f before the optimizer allocates its temporaries
+        stats = self._combine(forget_loss)  # the update, in .grad
+        if self._diverging(stats):  # a non-finite update is in .grad but never reaches the optimizer
+            return
+        self.grads.reset()
         opt = self.optimizers()
         if cfg.clip_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=cfg.clip_norm, gradient_clip_algorithm="norm")
@@ -166,24 +207,57 @@ class UnlearnModule(L.LightningModule):
         self._log_step(stats)
         self._losses = {}
 
-    def _combine(self) -> tuple[list[Tensor], dict[str, Tensor]]:
-        g_r, g_f = self.grads.get("retain"), self.grads.get("forget")
-        if g_r is None or g_f is None:
-            task, only, weight = ("forget", g_f, self.combiner.gamma) if g_r is None else ("retain", g_r, self.combiner.alpha)
-            assert only is not None
-            update = torch._foreach_mul(only, weight)
-            stats = {"norm_update": _norm(update)}
-            if self.step_cfg.diagnostics:
-                stats[f"norm_{task}"] = _norm(only)  # the key the two-task diagnostics use
-            return update, stats
-        ref = self._ema.update(g_r) if self._ema is not None else None
-        result = self.combiner.combine(g_r, g_f, names=self.grads.names, reference=ref)
-        stats = dict(result.stats)
-        if self.step_cfg.diagnostics:
-            stats.update(gradient_diagnostics(g_r, g_f, result.update))
-        else:
-            stats["norm_update"] = _norm(result.update)
-        return result.update, stats
+    def _accumulate(self, batch: Mapping[str, Any]) -> Tensor | None:
+        """Each task's loss, and its gradient into its buffer; when streaming, the forget loss
+        is returned with its backward not yet run (the retain task comes first)."""
+        scale = 1.0 / self.step_cfg.accumulate
+        for task in self.objective.tasks:
+            loss = self.objective.loss(task, self.model, batch)
+            self._losses[task] = self._losses.get(task, 0.0) + loss.detach() * scale
+            if task == "forget" and self.streaming():
+                return loss
+            self.grads.accumulate(task, loss, scale=scale)
+        return None
+
+    def _combine(self, forget_loss: Tensor | None) -> dict[str, Tensor]:
+        """Write the update into ``.grad`` and return the step's statistics."""
+        grads, diagnostics = self.grads, self.step_cfg.diagnostics
+        if len(self.objective.tasks) == 1:
+            return self._single_task()
+        if not self.combiner.per_tensor:  # a whole-list rule: g_r, g_f and the update at once
+            g_r, g_f = grads.get("retain"), grads.get("forget")
+            ref = self._ema.update(g_r) if self._ema is not None else None
+            result = self.combiner.combine(g_r, g_f, names=grads.names, reference=ref)
+            grads.write(result.update)
+            stats = dict(result.stats)
+            stats.update(gradient_diagnostics(g_r, g_f, result.update) if diagnostics else {"norm_update": _norm(result.update)})
+            return stats
+        run = self.combiner.start(grads.names, len(grads.params))
+        if self._ema is not None:
+            self.combiner.check_reference()
+        if forget_loss is not None:  # streaming: each tensor is combined as the forget backward produces it
+            update = TensorwiseUpdate(grads, run, ema=self._ema, diagnostics=diagnostics)
+            grads.backward(forget_loss, update, once=True)
+            return update.stats()
+        g_r, g_f = grads.get("retain"), grads.get("forget")
+        ref = None
+        if self.combiner.needs_totals:  # its scalars need the whole reference before any update
+            ref = self._ema.update(g_r) if self._ema is not None else g_r
+            run.set_totals(g_r, g_f, ref)
+        update = TensorwiseUpdate(grads, run, ema=self._ema, ref=ref, diagnostics=diagnostics)
+        grads.drain("forget", update)  # frees g_r[i] and g_f[i] as .grad[i] is written
+        return update.stats()
+
+    def _single_task(self) -> dict[str, Tensor]:
+        """Retain ``none`` or fine-tuning: the update is that task's gradient times its weight."""
+        task = self.objective.tasks[0]
+        only = self.grads.get(task)
+        weight = self.combiner.gamma if task == "forget" else self.combiner.alpha
+        stats = {f"norm_{task}": _norm(only)} if self.step_cfg.diagnostics else {}  # the two-task diagnostics' key
+        torch._foreach_mul_(only, weight)  # in place: the buffer becomes the update
+        stats["norm_update"] = _norm(only)
+        self.grads.write(only)
+        return stats
 
     def _log_step(self, stats: Mapping[str, Tensor]) -> None:
         metrics: dict[str, Tensor | float] = {f"train/loss/{k}": v for k, v in self._losses.items()}
@@ -196,7 +270,8 @@ class UnlearnModule(L.LightningModule):
 
     def _diverging(self, stats: Mapping[str, Tensor]) -> bool:
         watched = {f"train/loss/{k}": v for k, v in self._losses.items()}
-        watched["train/grad/norm_update"] = stats["norm_update"]
+        if "norm_update" in stats:
+            watched["train/grad/norm_update"] = stats["norm_update"]
         if not self.step_cfg.guard.check(self.global_step, watched):
             return False
         self.diverged = True

@@ -132,7 +132,7 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
         finetune(s, model.to(s.device), tok, rows, log_dir=tmp)
         save_checkpoint(model, tok, tmp)
 
-    path, hit = s.cache.directory("models", key, build)
+    path, hit = s.cache.directory("models", key, build, label=f"the {role} model")
     if hit:
         say(f"{role} model: cached at {path}")
     return ModelRef({"finetuned": digest(key)}, path)
@@ -180,7 +180,7 @@ def cached_evaluation(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], role:
         model, tok = ref.load(s)
         return evaluate(s, model, tok, splits, oracle)
 
-    record, hit = s.cache.json("evals", key, compute)
+    record, hit = s.cache.json("evals", key, compute, label=f"the {role} model's evaluation")
     if hit:
         say(f"{role} evaluation: cached")
     return record

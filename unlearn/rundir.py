@@ -1,7 +1,7 @@
 """The run directory: composed config, provenance and results, all written atomically as JSON.
 
 ``results.json`` is a flat map of metric name to number plus ``status`` ("running", "ok",
-"diverged", "failed") and ``reason``. It is rewritten after every phase, so an interrupted run
+"diverged", "failed", "interrupted" by Ctrl-C) and ``reason``. It is rewritten after every phase, so an interrupted run
 keeps what it had computed.
 """
 
@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-STATUSES = ("running", "ok", "diverged", "failed")
+STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
 PACKAGES = ("unlearn", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "peft", "datasets", "wandb", "tokenizers")
 
 

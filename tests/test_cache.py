@@ -35,7 +35,7 @@ class HitCache:
     def __init__(self, root: Path) -> None:
         self.root, self.keys = root, []
 
-    def directory(self, kind: str, key: Any, build: Any) -> tuple[Path, bool]:
+    def directory(self, kind: str, key: Any, build: Any, label: str | None = None) -> tuple[Path, bool]:
         self.keys.append(key)
         return self.root, True
 

@@ -23,38 +23,72 @@ def _weights(run):
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, cache_dir):
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    proc = run_cli(ARGS, cwd=whole, cache=cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _results(run):
+    return json.loads((run / "results.json").read_text())
 
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    proc = run_cli([*ARGS, "train.callbacks=[{_target_:killers.KillAt,step:5}]"], cwd=cut, cache=cache_dir)
-    assert proc.returncode == 3, "the run should have been killed at step 5"
-    assert (cut / "run" / "checkpoints" / "last.ckpt").exists()
-    assert json.loads((cut / "run" / "results.json").read_text())["status"] == "running"
 
-    proc = run_cli(ARGS, cwd=cut, cache=cache_dir)
+def _steps(run):
+    return [(r["step"], r["train/loss/forget"]) for r in read_metrics(run / "metrics.jsonl") if r["phase"] == "unlearn" and "train/loss/forget" in r]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, cache_dir):
+    """The uninterrupted run every interrupted one must equal."""
+    cwd = tmp_path_factory.mktemp("whole")
+    proc = run_cli(ARGS, cwd=cwd, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming after step 4" in proc.stderr
-    res = json.loads((cut / "run" / "results.json").read_text())
+    return cwd / "run"
+
+
+# (the interruption, the step whose checkpoint the next run resumes after). With 8 steps and a
+# checkpoint every 2: before half-way (the run used to stop at 8 - 2 = 6 steps and call it ok),
+# at half-way, past it, during the unlearned model's evaluation (after the step-8 checkpoint).
+CASES = {
+    "kill9_step3": ("{_target_:killers.KillAt,step:3}", 2),
+    "kill9_step5": ("{_target_:killers.KillAt,step:5}", 4),
+    "kill9_step7": ("{_target_:killers.KillAt,step:7}", 6),
+    "kill9_in_eval": ("{_target_:killers.KillInEvaluation}", 8),
+    "ctrlc_step3": ("{_target_:killers.KillAt,step:3,action:sigint}", 2),
+    "ctrlc_in_eval": ("{_target_:killers.KillInEvaluation,action:sigint}", 8),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(case, whole, tmp_path, cache_dir):
+    killer, resumed_after = CASES[case]
+    proc = run_cli([*ARGS, f"train.callbacks=[{killer}]"], cwd=tmp_path, cache=cache_dir)
+    cut = tmp_path / "run"
+    assert (cut / "checkpoints" / "last.ckpt").exists()
+    if case.startswith("ctrlc"):
+        # recorded and reported, without a traceback
+        assert proc.returncode == 130, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr, proc.stderr[-3000:]
+        assert _results(cut)["status"] == "interrupted"
+    else:
+        assert proc.returncode == 3, f"the run should have been killed: {proc.stderr[-3000:]}"
+        assert _results(cut)["status"] == "running"
+
+    proc = run_cli(ARGS, cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming after step {resumed_after}" in " ".join(proc.stderr.split())
+    res, ref = _results(cut), _results(whole)
     assert res["status"] == "ok" and res["train/steps_done"] == 8
-    assert not (cut / "run" / "checkpoints").exists(), "checkpoints are dropped after success"
+    assert not (cut / "checkpoints").exists(), "checkpoints are dropped after success"
+    # every result but wall-clock times equals the uninterrupted run's
+    differ = {k for k in ref.keys() | res.keys() if not k.startswith("time/") and res.get(k) != ref.get(k)}
+    assert not differ, {k: (res.get(k), ref.get(k)) for k in sorted(differ)}
 
-    a, b = _weights(whole / "run"), _weights(cut / "run")
+    a, b = _weights(whole), _weights(cut)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
     # the local metrics hold every step once, with the uninterrupted run's values
-    def steps(run):
-        return [(r["step"], r["train/loss/forget"]) for r in read_metrics(run / "metrics.jsonl") if r["phase"] == "unlearn" and "train/loss/forget" in r]
-
-    assert [s for s, _ in steps(cut / "run")] == [s for s, _ in steps(whole / "run")]
-    for (_, x), (_, y) in zip(steps(cut / "run"), steps(whole / "run")):
+    assert [s for s, _ in _steps(cut)] == [s for s, _ in _steps(whole)]
+    for (_, x), (_, y) in zip(_steps(cut), _steps(whole)):
         assert x == pytest.approx(y, rel=1e-5)
+
+    assert "already complete" in run_cli(ARGS, cwd=tmp_path, cache=cache_dir).stderr
 
 
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, cache_dir):
@@ -92,3 +126,31 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_changed_ones(tmp_path,
     assert proc.returncode == 0 and "already complete" not in proc.stderr
     rerun = {p.name: (p / "results.json").stat().st_mtime_ns for p in jobs}
     assert all(rerun[k] != changed[k] for k in rerun), "resume=false reruns every job"
+
+
+class _Payload:
+    """Unpickling this opens (creates) ``path``: stands for any code a planted pickle could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_checkpoint_does_not_run_code(tmp_path, cache_dir):
+    args = ["experiment=smoke", "train.steps=2", "train.checkpoint_every=1", "hydra.run.dir=run"]
+    proc = run_cli([*args, "train.callbacks=[{_target_:killers.KillAt,step:2}]"], cwd=tmp_path, cache=cache_dir)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists() and (ckpt.parent / "config_hash").exists()
+    marker = tmp_path / "payload-ran"
+    torch.save({"global_step": 1, "state_dict": {}, "x": _Payload(marker)}, ckpt)  # beside the run's own config_hash
+
+    proc = run_cli(args, cwd=tmp_path, cache=cache_dir)
+    assert not marker.exists(), "unpickling the planted checkpoint ran its payload"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = " ".join(proc.stderr.split())
+    assert "cannot resume from" in err and "resuming after" not in err
+    res = _results(tmp_path / "run")
+    assert res["status"] == "ok" and res["train/steps_done"] == 2

@@ -79,6 +79,10 @@ def app(cfg: DictConfig) -> Any:
         if meta["multirun"]:
             return _objective(cfg, {})
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: recorded, the checkpoints kept for the next run to resume
+        run_dir.status("interrupted", "KeyboardInterrupt (Ctrl-C)")
+        print(f"[unlearn] interrupted; the same command resumes {run_dir.path} from its last checkpoint", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:  # a failed job is recorded; in a sweep the others go on
         (run_dir.file("traceback.txt")).write_text(traceback.format_exc())
         run_dir.status("failed", f"{type(e).__name__}: {e}")

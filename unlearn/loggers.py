@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,21 +15,22 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 class JsonlLogger(Logger):
-    """Appends ``{"step": n, "phase": ..., metric: value, ...}`` lines to ``metrics.jsonl``."""
+    """Appends ``{"step": n, "phase": ..., "time": unix_seconds, metric: value, ...}`` lines to
+    ``metrics.jsonl``; ``time`` is the wall clock when the row was logged, so slow steps show."""
 
     def __init__(self, path: str | Path, phase: str = "unlearn", start_step: int = 0) -> None:
         super().__init__()
         self.path = Path(path)
         self.phase = phase
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if start_step > 0:
+        if self.path.exists():
             self._truncate(start_step)
 
     def _truncate(self, start_step: int) -> None:
-        """A run resumed after ``start_step`` optimizer steps logs those steps again: drop this
-        phase's rows from there on (an interrupted run may have logged past its last checkpoint),
-        so every step appears once. Rewritten atomically."""
-        keep = [r for r in read_metrics(self.path) if r.get("phase") != self.phase or not isinstance(r.get("step"), int) or r["step"] < start_step]
+        """This phase logs its steps from ``start_step`` on (0: a fresh start): drop its rows from
+        there on, which an earlier, interrupted attempt wrote (a resumed one may have logged past
+        its last checkpoint), so every step appears once. Rewritten atomically."""
+        keep = [r for r in read_metrics(self.path) if r.get("phase") != self.phase or (isinstance(r.get("step"), int) and r["step"] < start_step)]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, self.path)
@@ -47,7 +49,7 @@ class JsonlLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        row: dict[str, Any] = {"step": step, "phase": self.phase}
+        row: dict[str, Any] = {"step": step, "phase": self.phase, "time": round(time.time(), 3)}
         for k, v in metrics.items():
             v = float(v)
             row[k] = v if math.isfinite(v) else str(v)

@@ -19,7 +19,7 @@ from unlearn import resume
 from unlearn.cache import RECIPE_VERSION, digest
 from unlearn.components import Setup
 from unlearn.config import ConfigError, to_plain
-from unlearn.data.format import encode_rows
+from unlearn.data.format import encode_rows, prompt_length
 from unlearn.data.paired import PairedStream
 from unlearn.loggers import JsonlLogger
 from unlearn.losses.context import PrepareContext
@@ -81,12 +81,27 @@ class ModelRef:
         return model.to(s.device), tok
 
 
+def require_labels(tok: Any, fmt: Any, rows: Rows, enc: Sequence[Mapping[str, Any]], max_length: int, key: str, what: str) -> None:
+    """Stop before training when no row of ``what`` keeps a predicted answer token within
+    ``max_length``: every gradient would be zero and the run would still look fine. (A label
+    counts from the second position on: the first token is never predicted.)"""
+    if not enc or any(lab != -100 for e in enc for lab in e["labels"][1:]):
+        return
+    shortest = min(prompt_length(tok, fmt, r) for r in rows)
+    raise ConfigError(
+        f"{key}={max_length} leaves no answer token to train on in any of the {len(rows)} {what} rows: "
+        f"the shortest prompt is {shortest} tokens, so {key} must be at least {max(shortest + 1, 2)}"
+    )
+
+
 def finetune(s: Setup, model: Any, tok: Any, rows: Rows, log_dir: Path | None = None) -> None:
     """Plain NLL fine-tuning on ``rows`` with the benchmark's ``finetune`` recipe (in place)."""
     r = s.finetune  # the effective recipe, checked by make_setup (unlearn.components.finetune_recipe)
     optim = OptimConfig(lr=r["lr"], weight_decay=r["weight_decay"], schedule=r["schedule"], warmup_ratio=r["warmup_ratio"])
     bs, epochs, seed = int(r["batch_size"]), float(r["epochs"]), int(r["seed"])
     enc = encode_rows(tok, s.fmt, rows, int(r["max_length"]))
+    key = "benchmark.finetune.max_length" if OmegaConf.select(s.cfg, "benchmark.finetune.max_length") is not None else "train.max_length"
+    require_labels(tok, s.fmt, rows, enc, int(r["max_length"]), key, "fine-tuning")
     steps = max(1, int(epochs * len(enc) / bs))
     module = UnlearnModule(model, Objective(forget=None, retain=NLL()), optim=optim, step=StepConfig(clip_norm=1.0, diagnostics=False))
     stream = PairedStream(None, enc, stream_length(steps, 1, bs), seed=seed)
@@ -137,7 +152,7 @@ def reference_model(s: Setup, splits: Mapping[str, Rows], role: str) -> ModelRef
         finetune(s, model.to(s.device), tok, rows, log_dir=tmp)
         save_checkpoint(model, tok, tmp)
 
-    path, hit = s.cache.directory("models", key, build)
+    path, hit = s.cache.directory("models", key, build, label=f"the {role} model")
     if hit:
         say(f"{role} model: cached at {path}")
     return ModelRef({"finetuned": digest(key)}, path)
@@ -189,7 +204,7 @@ def cached_evaluation(s: Setup, ref: ModelRef, splits: Mapping[str, Rows], role:
         model, tok = ref.load(s)
         return evaluate(s, model, tok, splits, oracle)
 
-    record, hit = s.cache.json("evals", key, compute)
+    record, hit = s.cache.json("evals", key, compute, label=f"the {role} model's evaluation")
     if hit:
         say(f"{role} evaluation: cached")
     return record
@@ -239,6 +254,8 @@ def unlearn(s: Setup, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
         raise ConfigError("benchmark.roles.forget selects no rows: nothing to unlearn")
     encoded: dict[str, Any] = {"forget": encode_rows(tok, s.fmt, forget_rows, max_len), "retain": encode_rows(tok, s.fmt, retain_rows, max_len)}
     rows: dict[str, Any] = {"forget": forget_rows, "retain": retain_rows}
+    for task in ("forget", "retain"):
+        require_labels(tok, s.fmt, rows[task], encoded[task], max_len, "train.max_length", task)
     groups = None
     if obj.smoothing.active:
         pool_rows = gather(splits, to_plain(roles.normal_pool), "benchmark.roles.normal_pool")

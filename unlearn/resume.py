@@ -5,7 +5,9 @@ A job is identified by the hash of its resolved config, minus keys that cannot c
 same sweep: `sweep=NAME`, or the same `hydra.run.dir`) then
 
 - skips it when ``results.json`` there is complete (status ``ok`` or ``diverged``) for that hash;
-- resumes it from ``checkpoints/last.ckpt`` when the checkpoint was written for that hash;
+- resumes it from ``checkpoints/last.ckpt`` when the checkpoint was written for that hash (and
+  loads with ``weights_only=True``: a checkpoint is a pickle, and only tensors and plain
+  containers are let through, so a planted one cannot run code);
 - starts it afresh otherwise (a checkpoint of another config is removed).
 """
 
@@ -20,10 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearn.cache import digest
 from unlearn.rundir import read_json
+from unlearn.utils.progress import say
 
 #: keys that do not influence a job's results
 IGNORED = ("group", "logger", "paths", "resume", "sweep", "objective_metric", "trainer.enable_progress_bar",
-           "trainer.log_every_n_steps", "train.checkpoint_every", "train.keep_checkpoint", "train.callbacks")
+           "trainer.log_every_n_steps", "train.checkpoint_every", "train.keep_checkpoint", "train.callbacks", "plan")
 COMPLETE = ("ok", "collapsed", "diverged")
 CKPT_DIR = "checkpoints"
 
@@ -59,13 +62,18 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def resumable(run_dir: Path, h: str) -> Path | None:
-    """``last.ckpt`` of an interrupted run of this config; stale checkpoints are removed."""
+    """``last.ckpt`` of an interrupted run of this config; stale checkpoints are removed, and so
+    is one that does not load as plain tensors and containers (torn by a kill, or planted)."""
     d = checkpoint_dir(run_dir)
     ckpt, stamp = d / "last.ckpt", d / "config_hash"
     if not ckpt.exists():
         return None
     if stamp.exists() and stamp.read_text().strip() == h:
-        return ckpt
+        try:
+            checkpoint_step(ckpt)
+            return ckpt
+        except Exception as e:  # noqa: BLE001  (any unreadable checkpoint: start afresh)
+            say(f"cannot resume from {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); starting afresh")
     shutil.rmtree(d, ignore_errors=True)
     return None
 
@@ -82,12 +90,16 @@ def drop_checkpoints(run_dir: Path) -> None:
 
 
 def checkpoint_step(ckpt: Path | None) -> int:
-    """Optimizer steps done when ``ckpt`` was written (0 for a fresh start)."""
+    """Optimizer steps done when ``ckpt`` was written (0 for a fresh start).
+
+    Loaded with ``weights_only=True``: unpickling a checkpoint may otherwise call anything, so a
+    file planted in the run folder would run code. Lightning's own load of it is as restricted
+    (:func:`unlearn.training.fit.fit` passes ``weights_only=True``)."""
     if ckpt is None:
         return 0
     import torch
 
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:

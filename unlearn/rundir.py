@@ -2,7 +2,7 @@
 
 ``results.json`` is a flat map of metric name to number plus ``status`` ("running", "ok",
 "collapsed" (finished, but the unlearned model is destroyed: see unlearn/eval/collapse.py),
-"diverged", "failed") and ``reason``. It is rewritten after every phase, so an interrupted run
+"diverged", "failed", "interrupted" by Ctrl-C) and ``reason``. It is rewritten after every phase, so an interrupted run
 keeps what it had computed.
 """
 
@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-STATUSES = ("running", "ok", "collapsed", "diverged", "failed")
+STATUSES = ("running", "ok", "collapsed", "diverged", "failed", "interrupted")
 PACKAGES = ("unlearn", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "peft", "datasets", "wandb", "tokenizers")
 
 

@@ -65,6 +65,13 @@ def encode_qa(tokenizer: Any, fmt: PromptFormat, question: str, answer: str, max
     return {"input_ids": full, "labels": labels}
 
 
+def prompt_length(tokenizer: Any, fmt: PromptFormat, row: Row) -> int:
+    """Tokens before the first answer token of ``row`` (0 for a plain text row)."""
+    if "question" not in row:
+        return 0
+    return len(_ids(tokenizer, fmt.prompt(row["question"], tokenizer), not fmt.chat))
+
+
 def encode_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
     """Token ids of a plain text; every token is a label (language-modelling rows)."""
     ids = _ids(tokenizer, text, True)[:max_length]

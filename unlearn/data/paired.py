@@ -3,8 +3,10 @@
 Index ``k`` runs over the whole training run (``steps × accumulate × batch × world`` items):
 virtual epoch ``k // n`` visits the ``n`` forget samples in a seeded permutation, and the retain
 partner of item ``k`` is drawn from a generator seeded by ``(seed, k)``. Everything is a pure
-function of ``k``, so runs are reproducible, resumable and split cleanly across DDP ranks; a resumed run starts the stream at the
-first item after its checkpoint (``start``) and sees exactly the items an uninterrupted run would.
+function of ``k``, so runs are reproducible, resumable and split cleanly across DDP ranks. A resumed
+run keeps the whole stream (its length counts the steps done before the checkpoint, as Lightning's
+restored epoch position does) and reads it from the first item after its checkpoint (``start``, see
+:func:`unlearn.training.fit.fit`), so it sees exactly the items an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -54,17 +56,17 @@ class PairedStream(Dataset):
         self.start = int(start)
 
     def __len__(self) -> int:
-        return self.length - self.start
+        return self.length
 
     @lru_cache(maxsize=4)
     def _perm(self, n: int, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.seed, epoch)).permutation(n)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.item(self.start + i)
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return self.item(k)
 
     def item(self, k: int) -> dict[str, Any]:
-        """Item ``k`` of the whole run (``__getitem__`` counts from ``start``, for resumed runs)."""
+        """Item ``k`` of the whole run."""
         if self.forget is None:
             assert self.retain is not None
             n = len(self.retain)

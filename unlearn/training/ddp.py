@@ -19,6 +19,8 @@ the ranks' micro-batches together are exactly one process's batches at ``w`` tim
 
 from __future__ import annotations
 
+import itertools
+
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.strategies import DDPStrategy
@@ -42,11 +44,15 @@ class InOrderSampler(DistributedSampler):
 
     The data loader is built before Lightning starts the worker processes, when no process group
     exists yet; each worker iterates its pickled copy and takes items ``rank, rank+world, ...``.
+
+    ``skip`` items of this rank's share are passed over (a resumed run's, done before its
+    checkpoint); the length stays the whole share, see :class:`unlearn.training.fit.ResumeSampler`.
     """
 
-    def __init__(self, dataset: Dataset, world: int) -> None:
+    def __init__(self, dataset: Dataset, world: int, skip: int = 0) -> None:
         super().__init__(dataset, num_replicas=world, rank=0, shuffle=False, drop_last=True)
+        self.skip = skip
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return super().__iter__()
+        return itertools.islice(super().__iter__(), self.skip, None)

@@ -9,7 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
+from lightning.pytorch.trainer.states import TrainerStatus
+from torch.utils.data import DataLoader, Sampler
 
 from unlearn.data.paired import PairedCollate, PairedStream
 from unlearn.training.ddp import InOrderSampler
@@ -74,7 +75,29 @@ def quiet_lightning() -> None:
     # checkpoints hold the state after each optimizer step, which is what resuming needs
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    # the stream is a pure function of the item index and a resumed loader starts at the item
+    # after the checkpoint (ResumeSampler), which is what Lightning means by a resumable loader
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not used.*")
+
+
+class ResumeSampler(Sampler[int]):
+    """Indices ``start, start+1, ..., n-1`` with the length ``n`` of the whole stream.
+
+    Lightning restores a resumed run's position inside its one epoch (the batches done before the
+    checkpoint) and ends the epoch when that count reaches ``len(loader)``; a loader of only the
+    items left would end it early (after ``n - 2·start`` more batches, not ``n - start``). So the
+    loader counts the whole run and yields what is left.
+    """
+
+    def __init__(self, n: int, start: int = 0) -> None:
+        self.n, self.start = n, start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(self.start, self.n))
 
 
 def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) -> int:
@@ -82,9 +105,15 @@ def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) 
 
 
 def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: int, steps: int, loop: LoopConfig, loggers: Sequence[Any] = (), callbacks: Sequence[Any] = (), default_root_dir: str | None = None, ckpt_path: str | None = None) -> L.Trainer:
-    """Train ``module`` for ``steps`` optimizer steps on ``stream``; returns the Trainer."""
+    """Train ``module`` for ``steps`` optimizer steps on ``stream``; returns the Trainer.
+
+    With ``ckpt_path`` (a checkpoint of this run) training continues after the checkpoint's step,
+    on the stream's items from ``stream.start``. Ctrl-C raises ``KeyboardInterrupt`` (Lightning
+    would turn it into ``SystemExit(1)``, indistinguishable from other exits)."""
     quiet_lightning()
-    sampler = InOrderSampler(stream, loop.world_size) if loop.world_size > 1 else None
+    start = int(getattr(stream, "start", 0))
+    world = loop.world_size
+    sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)  # type: ignore[arg-type]
     loader = DataLoader(stream, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=True, collate_fn=PairedCollate(pad_id), num_workers=loop.num_workers)
     strategy = instantiate(loop.strategy) if isinstance(loop.strategy, Mapping) else loop.strategy
     trainer = L.Trainer(
@@ -104,5 +133,11 @@ def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: in
         default_root_dir=default_root_dir,
         **loop.extra,
     )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    try:
+        # weights_only: unpickling the checkpoint cannot call code (see unlearn.resume.checkpoint_step)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except SystemExit:
+        if trainer.state.status == TrainerStatus.INTERRUPTED:
+            raise KeyboardInterrupt from None
+        raise
     return trainer

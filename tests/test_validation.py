@@ -94,6 +94,7 @@ BAD = [
     (["paths.cache_dir={tmp}/a_file/cache"], r"paths\.cache_dir: .*a_file/cache cannot be a folder: .*a_file is a file"),
     # presets that fit one benchmark say so
     (["experiment=smoke", "benchmark=tofu"], r"preset\.benchmark: experiment=smoke is for benchmark=toy .*got benchmark=tofu"),
+    (["experiment=sga/tofu", "benchmark=toy"], r"preset\.benchmark: experiment=sga/tofu is for benchmark=tofu .*got benchmark=toy"),
 ]
 
 

@@ -53,3 +53,19 @@ class MemorizerLM(nn.Module):
                 for t in range(len(seq) - 1):
                     logits[b, t, seq[t + 1]] = 30.0
         return type("Output", (), {"logits": logits})()
+
+
+def fake_model_folder(path: Any) -> Any:
+    """A folder shaped like a Hugging Face checkpoint (config, one safetensors file, tokenizer
+    files) that passes the validation pass's form checks; nothing here can be loaded as a model."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"w": torch.zeros(2)}, str(path / "model.safetensors"))
+    (path / "tokenizer_config.json").write_text("{}")
+    return path

@@ -105,7 +105,7 @@ BAD = [
     (["smoothing.K=1"], "smoothing.K must be an integer >= 2"),
     (["model.dtype=fp8"], "model.dtype must be"),
     (["trainer.precision=16-mixed"], "trainer.precision=16-mixed is not supported"),
-    (["+combiner.beta=2"], "combiner: .*beta"),
+    (["+combiner.beta=2"], r"combiner\.beta: SAGO takes no argument 'beta' \(it takes: alpha, gamma"),
 ]
 
 
@@ -177,6 +177,11 @@ def test_a_bad_finetune_recipe_names_the_key_before_any_model_is_built(tmp_path,
     (["benchmark.target.finetune_on=null", "benchmark.oracle.finetune_on=null"], False),
 ])
 def test_the_finetune_recipe_is_checked_only_where_it_is_used(tmp_path, no_model_build, overrides, used):
+    from _stubs import fake_model_folder
+
+    fake_model_folder(tmp_path / "m")
+    (tmp_path / "e.json").write_text("{}")
+    overrides = [o.replace("=/m", f"={tmp_path}/m").replace("=/e.json", f"={tmp_path}/e.json") for o in overrides]
     cfg = job_config([*overrides, "benchmark.finetune.batch_size=0", f"paths.cache_dir={tmp_path}"])
     if used:
         with pytest.raises(ConfigError, match="benchmark.finetune.batch_size"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from unlearn.config import ConfigError
 from unlearn.resume import completed, config_hash
 from unlearn.rundir import RunDir, write_json
+from unlearn.sweepnames import job_dirname, safe_name
 
 
 def conf_dir() -> str:
@@ -27,12 +27,6 @@ def conf_dir() -> str:
     raise RuntimeError(f"no conf/config.yaml next to {here}")
 
 
-def safe_name(text: str, limit: int = 120) -> str:
-    """A folder-safe, bounded version of an override string (paths and quotes become '_')."""
-    s = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", str(text)).strip("_")
-    return (s[:limit] or "default")
-
-
 def sweep_group(sweep_dir: str) -> str:
     """The W&B group of a sweep: its folder below ``multirun/`` (``2026-11-22_08-13-25``, ``rate_grid``)."""
     parts = Path(sweep_dir).parts
@@ -42,6 +36,8 @@ def sweep_group(sweep_dir: str) -> str:
 
 if not OmegaConf.has_resolver("safe"):
     OmegaConf.register_new_resolver("safe", safe_name)
+if not OmegaConf.has_resolver("job_dirname"):
+    OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
 def job_meta(cfg: DictConfig) -> dict[str, Any]:
@@ -57,7 +53,6 @@ def job_meta(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def app(cfg: DictConfig) -> Any:
-    from unlearn.components import make_setup
     from unlearn.pipeline import run
     from unlearn.plan.check import check_fits
 
@@ -69,9 +64,8 @@ def app(cfg: DictConfig) -> Any:
     run_dir = RunDir(run_dir)
     try:
         write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
-        setup = make_setup(cfg, run_dir)
+        setup = start(cfg, run_dir, meta)
         check_fits(cfg, setup.device)  # on a GPU: stop before loading weights that cannot fit
-        run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"]})
         results = run(setup, meta)
     except ConfigError as e:
         run_dir.status("failed", f"{e.kind}: {e}")
@@ -91,6 +85,19 @@ def app(cfg: DictConfig) -> Any:
         print(f"[unlearn] job failed ({type(e).__name__}: {e}); see {run_dir.file('traceback.txt')}", file=sys.stderr)
         return _objective(cfg, {})
     return _objective(cfg, results)
+
+
+def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:
+    """Validate and set up the job, set torch's threads (``trainer.threads``), write provenance.json."""
+    import torch
+
+    from unlearn.components import make_setup
+
+    setup = make_setup(cfg, run_dir)
+    if setup.loop.threads is not None:
+        torch.set_num_threads(int(setup.loop.threads))
+    run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"], "threads": setup.loop.threads})
+    return setup
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearn.cache import Cache
 from unlearn.combiners import Combiner
-from unlearn.config import ConfigError, build, is_nonneg_int, is_pos_int, is_pos_number, to_plain, validate
+from unlearn.config import ConfigError, build, is_nonneg_int, is_pos_int, is_pos_number, to_plain
 from unlearn.data.format import PromptFormat
 from unlearn.losses.objective import Objective
 from unlearn.models.checkpointing import wanted
@@ -18,7 +18,8 @@ from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
-from unlearn.training.module import DivergenceGuard, StepConfig, check_combiner, check_stream
+from unlearn.training.module import DivergenceGuard, StepConfig, check_stream
+from unlearn.validation import SEED_MAX, Problems, check_step_together, validate
 from unlearn.training.optim import OptimConfig
 
 
@@ -70,7 +71,7 @@ _FINETUNE_CHECKS = {
     "batch_size": (is_pos_int, "an integer > 0"),
     "epochs": (is_pos_number, "a number > 0"),
     "max_length": (is_pos_int, "an integer > 0 (tokens)"),
-    "seed": (is_nonneg_int, "an integer >= 0"),
+    "seed": (lambda v: is_nonneg_int(v) and v <= SEED_MAX, f"an integer in [0, {SEED_MAX}] (numpy's seed range)"),
 }
 
 
@@ -108,52 +109,61 @@ def finetune_recipe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
-    """Validate the config and build the components; raises :class:`ConfigError` on bad input."""
-    validate(cfg)
-    finetune = finetune_recipe(cfg)
-    try:
-        optim = OptimConfig(**_plain(cfg, "optim"))
-        train = _plain(cfg, "train")
-        step = StepConfig(
-            accumulate=train.get("accumulate", 1),
-            stream=train.get("stream"),
-            clip_norm=train.get("clip_norm", 1.0),
-            retain_ema=train.get("retain_ema"),
-            diagnostics=train.get("diagnostics", True),
-            guard=DivergenceGuard(max_abs_loss=train.get("max_abs_loss", 1e4)),  # it checks the value and names the key
-        )
-        loop = LoopConfig(**_plain(cfg, "trainer"))
-        fmt = PromptFormat(**_plain(cfg, "model.prompt"))
-        device = resolve_device(str(cfg.model.get("device", "auto")))
-        dtype = resolve_dtype(str(cfg.model.get("dtype", "auto")), device)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-    wanted(cfg)  # model.gradient_checkpointing must be a bool
+    """Validate the config and build the components; raises one :class:`ConfigError` that lists
+    every problem (the config-level checks of :mod:`unlearn.validation` and the constructors')."""
+    problems = validate(cfg, Problems())
+    built: dict[str, Any] = {}
+
+    def make(name: str, fn: Any, key: str | None = None) -> None:
+        with problems.collect(key):
+            built[name] = fn()
+
+    make("finetune", lambda: finetune_recipe(cfg), "benchmark.finetune")
+    make("optim", lambda: OptimConfig(**_plain(cfg, "optim")), "optim")
+    train = _plain_or_empty(cfg, "train")
+    make("step", lambda: StepConfig(
+        accumulate=train.get("accumulate", 1),
+        stream=train.get("stream"),
+        clip_norm=train.get("clip_norm", 1.0),
+        retain_ema=train.get("retain_ema"),
+        diagnostics=train.get("diagnostics", True),
+        guard=DivergenceGuard(max_abs_loss=train.get("max_abs_loss", 1e4)),  # it checks the value and names the key
+    ), "train")
+    make("loop", lambda: LoopConfig(**_plain(cfg, "trainer")), "trainer")
+    make("fmt", lambda: PromptFormat(**_plain(cfg, "model.prompt")), "model.prompt")
+    make("device", lambda: resolve_device(str(cfg.model.get("device", "auto"))), "model.device")
+    make("dtype", lambda: resolve_dtype(str(cfg.model.get("dtype", "auto")), built.get("device", torch.device("cpu"))), "model.dtype")
     if cfg.model.get("lora"):
         from unlearn.models.lora import lora_config
 
-        lora_config(cfg.model.lora)  # bad adapter settings fail here, before any model is built
+        with problems.collect("model.lora"):
+            lora_config(cfg.model.lora)  # bad adapter settings fail here, before any model is built
+    with problems.collect("model.gradient_checkpointing"):
+        wanted(cfg)  # must be a bool
+    make("combiner", lambda: _combiner(cfg), "combiner")
+    make("spec", lambda: build(cfg, "model.spec"), "model.spec")
+    make("data", lambda: build(cfg, "benchmark.data"), "benchmark.data")
+    make("evaluator", lambda: build(cfg, "benchmark.eval"), "benchmark.eval")
+    make("collapse", lambda: build(cfg, "benchmark.collapse"), "benchmark.collapse")
+    make("objective", lambda: _objective(cfg) if cfg.task == "unlearn" else None)
+    make("callbacks", lambda: [build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))], "train.callbacks")
+    check_step_together(built.get("step"), built.get("combiner"), built.get("objective"), problems)
+    if "step" in built and "loop" in built:
+        with problems.collect():
+            check_stream(built["step"], built["loop"].world_size)  # train.stream=true with data parallelism
+    problems.raise_if_any()
+    return Setup(cfg=cfg, run=run, cache=Cache(cfg.paths.cache_dir), **built)  # type: ignore[arg-type]
+
+
+def _plain_or_empty(cfg: DictConfig, key: str) -> dict[str, Any]:
+    try:
+        return _plain(cfg, key)
+    except Exception:  # an unresolvable value: the validation pass has named it
+        return {}
+
+
+def _combiner(cfg: DictConfig) -> Combiner:
     combiner = build(cfg, "combiner")
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")
-    check_combiner(step, combiner)  # train.retain_ema with a combiner that would ignore it
-    check_stream(step, loop.world_size)  # train.stream=true with data parallelism
-    return Setup(
-        cfg=cfg,
-        run=run,
-        spec=build(cfg, "model.spec"),
-        fmt=fmt,
-        data=build(cfg, "benchmark.data"),
-        evaluator=build(cfg, "benchmark.eval"),
-        collapse=build(cfg, "benchmark.collapse"),
-        objective=_objective(cfg) if cfg.task == "unlearn" else None,
-        combiner=combiner,
-        optim=optim,
-        step=step,
-        loop=loop,
-        finetune=finetune,
-        cache=Cache(cfg.paths.cache_dir),
-        device=device,
-        dtype=dtype,
-        callbacks=[build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))],
-    )
+    return combiner

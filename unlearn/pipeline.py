@@ -22,6 +22,7 @@ from unlearn.models.load import save_checkpoint
 from unlearn.rundir import write_json
 from unlearn.summary import print_table
 from unlearn.utils.progress import say
+from unlearn.validation import check_splits
 
 
 def namespaced(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -33,6 +34,7 @@ def _load_splits(s: Setup) -> dict[str, list[dict[str, Any]]]:
     splits = s.data.build()
     say(f"benchmark {s.bench}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f" ({time.perf_counter() - t:.1f}s)")
     phases.check_roles(s, splits)  # before any fine-tuning: a typo in benchmark.roles costs seconds
+    check_splits(s.evaluator, splits)  # and an empty holdout or forget split, too
     return splits
 
 

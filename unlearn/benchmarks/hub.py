@@ -64,10 +64,15 @@ def _read_json_rows(path: Path, split: str) -> list[Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        try:
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise DataUnavailable(f"{path}: neither JSON nor JSON lines ({e})") from None
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:  # each line is parsed alone: its own "line 1" is not the file's
+                raise DataUnavailable(f"{path}:{n}: neither JSON nor JSON lines (line {n}: {e.msg} at column {e.colno}: {line[:80]!r})") from None
+        return rows
     if isinstance(data, dict):
         return list(data.get(split, data.get("data", [data])))
     return list(data) if isinstance(data, list) else [data]

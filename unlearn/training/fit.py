@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -35,6 +37,8 @@ class LoopConfig:
     num_workers: int = 0
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
+    progress_every: int = 10     # optimizer steps between progress lines when stdout is not a terminal
+    threads: int | None = None   # torch threads (torch.set_num_threads); None = torch's choice
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,6 +52,10 @@ class LoopConfig:
                 f"trainer.devices={self.devices!r} needs a data-parallel strategy that all-reduces the per-task gradients "
                 f"before the combiner: use trainer=ddp (strategy._target_: unlearn.training.ddp.TaskDDPStrategy), got strategy {self.strategy!r}"
             )
+
+    def live_bar(self) -> bool:
+        """Lightning's bar only on a terminal: redirected, it would reach the log only at the end."""
+        return self.enable_progress_bar and sys.stdout.isatty()
 
     def _devices(self) -> int:
         if isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1:
@@ -100,6 +108,24 @@ class ResumeSampler(Sampler[int]):
         return iter(range(self.start, self.n))
 
 
+class ProgressLines(L.Callback):
+    """One line per ``every`` optimizer steps on stdout, flushed, when stdout is not a terminal
+    (a redirected log, a SLURM output file), so progress is visible while the job runs."""
+
+    def __init__(self, every: int, total: int) -> None:
+        self.every, self.total, self.last = every, total, -1
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        done = int(getattr(module, "steps_done", trainer.global_step))
+        if not trainer.is_global_zero or done == self.last or not (done % self.every == 0 or done == self.total):
+            return
+        self.last = done
+        losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss/") and v.numel() == 1}
+        shown = " ".join(f"{k.removeprefix('train/')}={v:.4g}" for k, v in sorted(losses.items()))
+        print(f"[unlearn] step {done}/{self.total} {shown} ({time.perf_counter() - self.start:.1f}s)".replace("  ", " "), flush=True)
+
+
 def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) -> int:
     return steps * accumulate * batch_size * world
 
@@ -116,6 +142,8 @@ def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: in
     sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)  # type: ignore[arg-type]
     loader = DataLoader(stream, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=True, collate_fn=PairedCollate(pad_id), num_workers=loop.num_workers)
     strategy = instantiate(loop.strategy) if isinstance(loop.strategy, Mapping) else loop.strategy
+    if not sys.stdout.isatty():
+        callbacks = [*callbacks, ProgressLines(loop.progress_every, steps)]
     trainer = L.Trainer(
         accelerator=loop.accelerator,
         devices=loop.devices,
@@ -126,7 +154,7 @@ def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: in
         logger=list(loggers) if loggers else False,
         callbacks=list(callbacks),
         enable_checkpointing=bool(callbacks) and any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
-        enable_progress_bar=loop.enable_progress_bar,
+        enable_progress_bar=loop.live_bar(),
         enable_model_summary=False,
         log_every_n_steps=loop.log_every_n_steps,
         num_sanity_val_steps=0,

@@ -177,7 +177,7 @@ def test_plan_cli_prints_a_sharded_plan(tmp_path):
     assert not list(Path(tmp_path).iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("override,message", [("plan.gpus=0", "plan.gpus must be an integer >= 1"), ("plan.sharded=maybe", "plan.sharded must be true or false"), ("plan.headroom=1.5", "plan.headroom must be a fraction in [0, 1)")])
+@pytest.mark.parametrize("override,message", [("plan.gpus=0", "plan.gpus must be an integer > 0"), ("plan.sharded=maybe", "plan.sharded must be true or false"), ("plan.headroom=1.5", "plan.headroom must be a number in [0, 1)")])
 def test_bad_plan_keys_are_errors_before_any_model_even_on_cpu(override, message, no_model_build):
     from unlearn.config import ConfigError
 

@@ -202,12 +202,12 @@ RULES: dict[str, Rule] = {
     "benchmark.finetune.max_length": ANY,
     "benchmark.finetune.seed": ANY,
     "benchmark.report": ANY,  # read by unlearn.report
-    "plan.gpus": ANY,  # the plan's keys are checked by unlearn.plan (even on CPU)
-    "plan.sharded": ANY,
-    "plan.gpu_memory_gb": ANY,
-    "plan.headroom": ANY,
-    "plan.config": ANY,
-    "plan.check": ANY,
+    "plan.gpus": integer(1, null=True, what="GPUs to plan for; null: trainer.devices"),
+    "plan.sharded": BOOL,
+    "plan.gpu_memory_gb": num(0, lo_open=True, null=True, what="GiB per GPU; null: the GPU's own"),
+    "plan.headroom": num(0, 1, hi_open=True, what="the fraction of GPU memory left free"),
+    "plan.config": kind(str, what="a config.json or model folder", null=True),
+    "plan.check": BOOL,
 }
 #: sections whose keys are checked against RULES (a ``_target_`` node is checked against its signature)
 SECTIONS = {"", "plan", "paths", "train", "optim", "trainer", "model", "method", "logger", "preset", "benchmark", "benchmark.roles", "benchmark.target", "benchmark.oracle", "benchmark.finetune"}
@@ -565,3 +565,12 @@ def check_splits(evaluator: Any, splits: Mapping[str, Any]) -> None:
             if name in splits and len(splits[name]) == 0:
                 problems.add(f"benchmark.eval.{attr}: split {name!r} is empty, so its metrics cannot be computed (check benchmark.data: e.g. n_holdout, forget_fraction)")
     problems.raise_if_any()
+
+
+def require(cfg: DictConfig, key: str) -> Any:
+    """``cfg.<key>``, checked by its rule in :data:`RULES` (for code that runs without the whole pass,
+    e.g. ``python -m unlearn.plan``); the error names the key and what is allowed."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if not RULES[key].ok(value):
+        raise ConfigError(f"{key} must be {RULES[key].allowed}, got {value!r}")
+    return value

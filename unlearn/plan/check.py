@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from unlearn.config import ConfigError, is_pos_int, require
+from unlearn.config import ConfigError, is_pos_int
+from unlearn.validation import require
 from unlearn.plan.budget import GiB, Options, Plan, make_plan, with_overrides
 
 
@@ -36,19 +37,17 @@ def options(cfg: DictConfig) -> Options:
         devices = OmegaConf.select(cfg, "trainer.devices", default=1)
         gpus = devices if is_pos_int(devices) else len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else 1
     else:
-        require(cfg, "plan.gpus", is_pos_int, "an integer >= 1 or null (trainer.devices)")
-    sharded = OmegaConf.select(cfg, "plan.sharded", default=False)
-    if not isinstance(sharded, bool):
-        raise ConfigError(f"plan.sharded must be true or false, got {sharded!r}")
+        require(cfg, "plan.gpus")
+    sharded = bool(require(cfg, "plan.sharded"))
     return Options(gpus=int(gpus), sharded=sharded)
 
 
 def budget(cfg: DictConfig, device: torch.device) -> tuple[int, int] | None:
     """``(total, usable)`` bytes per GPU (``plan.gpu_memory_gb`` or the device's), None: no check."""
-    headroom = require(cfg, "plan.headroom", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "a fraction in [0, 1)")
+    headroom = require(cfg, "plan.headroom")
     given = OmegaConf.select(cfg, "plan.gpu_memory_gb", default=None)
     if given is not None:
-        require(cfg, "plan.gpu_memory_gb", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number of GiB > 0 or null (the GPU's own)")
+        require(cfg, "plan.gpu_memory_gb")
         total = int(float(given) * GiB)
     else:
         total = device_memory(device)

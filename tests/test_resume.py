@@ -49,6 +49,7 @@ CASES = {
     "kill9_step7": ("{_target_:killers.KillAt,step:7}", 6),
     "kill9_in_eval": ("{_target_:killers.KillInEvaluation}", 8),
     "ctrlc_step3": ("{_target_:killers.KillAt,step:3,action:sigint}", 2),
+    "ctrlc_step5": ("{_target_:killers.KillAt,step:5,action:sigint}", 4),
     "ctrlc_in_eval": ("{_target_:killers.KillInEvaluation,action:sigint}", 8),
 }
 

@@ -96,7 +96,7 @@ def test_multirun_gives_every_job_its_own_directory(smoke_run, tmp_path, cache_d
 def test_bad_value_fails_fast_with_the_key_named(tmp_path, cache_dir):
     proc = run_cli(["method=sga", "optim.lr=-1", "hydra.run.dir=run"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 2
-    assert "optim.lr must be a number > 0, got -1" in proc.stderr
+    assert "optim.lr must be a number > 0 (finite), got -1" in proc.stderr
     assert "fine-tuning" not in proc.stderr and "Traceback" not in proc.stderr
     assert _results(tmp_path / "run")["status"] == "failed"
     # the failed job's config is resolved, so a report files it under its own cell (rate -1)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -413,8 +414,8 @@ def check_writable_dir(path: str | Path, key: str) -> str | None:
     return None
 
 
-class RunDirCheck:
-    """A Hydra callback: the run (or sweep) folder must be possible before Hydra creates it, which
+class RunDirCheck(Callback):
+    """A Hydra callback (the base class gives the hooks it does not use, as no-ops): the run (or sweep) folder must be possible before Hydra creates it, which
     it does before the job starts; an impossible one is a config error, exit status 2."""
 
     def _check(self, config: DictConfig, key: str) -> None:

@@ -154,7 +154,7 @@ RULES: dict[str, Rule] = {
     "train.max_length": integer(1, what="tokens"),
     "train.retain_ema": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "a decay in [0, 1) or null"),
     "train.diagnostics": BOOL,
-    "train.stream": kind(bool, what="true (insist on streaming), false (buffer)", null=True),
+    "train.stream": Rule(lambda v: v is None or isinstance(v, bool), "true, false or null (true insists on streaming, false buffers, null streams when possible)"),
     "train.max_abs_loss": num(0, lo_open=True, inf_ok=True, what=".inf disables the limit"),
     "train.checkpoint_every": integer(0, what="optimizer steps; 0 = none"),
     "train.keep_checkpoint": BOOL,

@@ -161,6 +161,10 @@ def test_collapse_floor_is_chance_on_multiple_choice_and_loops_count():
     wmdp = build(job_config(["benchmark=wmdp_bio"]), "benchmark.collapse")
     assert wmdp.limit({"metrics": {"mmlu_acc": 0.55}}) == pytest.approx(0.28)
     assert wmdp.reasons({"metrics": {"mmlu_acc": 0.26}}, {"metrics": {"mmlu_acc": 0.55}})
+    # a target at or under chance has no margin to lose: the unchanged model is not "collapsed"
+    for at_chance in (0.25, 0.1667):
+        assert wmdp.limit({"metrics": {"mmlu_acc": at_chance}}) is None
+        assert not wmdp.reasons({"metrics": {"mmlu_acc": at_chance}}, {"metrics": {"mmlu_acc": at_chance}})
     muse = CollapseCheck(utility="knowmem_r", generated=("knowmem_r_generated",))
     assert "repetition" in muse.reasons({"metrics": {"knowmem_r": 0.4}, "arrays": {"knowmem_r_generated": ["the the the the the the"]}})
     with pytest.raises(ConfigError, match=r"benchmark.collapse.min_fraction must be in \[0, 1\), got 1.5"):

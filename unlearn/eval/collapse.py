@@ -7,7 +7,8 @@ not see it and the run would end ``ok``. :class:`CollapseCheck` looks at an eval
 - ``nonfinite``: a metric is NaN or infinite;
 - ``utility``: the benchmark's utility metric fell below ``floor + min_fraction × (target − floor)``
   (``floor``: what a model that knows nothing scores, e.g. 0.25 on 4-choice MMLU), i.e. it kept
-  less than ``min_fraction`` of the target model's margin over the floor;
+  less than ``min_fraction`` of the target model's margin over the floor (no check when the target
+  has no margin: a model at chance cannot lose what it never had);
 - ``repetition``: the generations under ``generated`` (array keys) degenerate into loops (mean
   repeated-3-gram fraction above ``max_repetition``).
 
@@ -51,9 +52,13 @@ class CollapseCheck:
             raise ValueError(f"benchmark.collapse.floor must be a finite number, got {self.floor!r}")
 
     def limit(self, target: Mapping[str, Any] | None) -> float | None:
-        """The utility value beyond which the model counts as collapsed (``None``: no target value)."""
+        """The utility value beyond which the model counts as collapsed (``None``: no target value,
+        or a target that is itself no better than ``floor``, e.g. at chance on multiple choice: there
+        is no margin to lose, and a limit above the target would call the unchanged model collapsed)."""
         base = (target or {}).get("metrics", {}).get(self.utility) if self.utility else None
         if base is None or not math.isfinite(base):
+            return None
+        if (float(base) <= self.floor) if self.higher_is_better else (float(base) >= self.floor):
             return None
         return self.floor + self.min_fraction * (float(base) - self.floor)
 

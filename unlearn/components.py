@@ -18,6 +18,7 @@ from unlearn.models.load import resolve_device, resolve_dtype
 from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
+from unlearn.training.fsdp import check_sharded, is_sharded
 from unlearn.training.module import DivergenceGuard, StepConfig, check_stream
 from unlearn.validation import SEED_MAX, Problems, check_step_together, validate
 from unlearn.training.optim import OptimConfig
@@ -151,6 +152,10 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
     if "step" in built and "loop" in built:
         with problems.collect():
             check_stream(built["step"], built["loop"].world_size)  # train.stream=true with data parallelism
+    if "loop" in built and is_sharded(built["loop"].strategy) and cfg.task == "unlearn":
+        rate = cfg.smoothing.get("rate") if cfg.get("smoothing") else None
+        for msg in check_sharded(built.get("combiner"), built.get("objective"), bool(cfg.model.get("lora")), rate):
+            problems.add(msg)
     problems.raise_if_any()
     return Setup(cfg=cfg, run=run, cache=Cache(cfg.paths.cache_dir), **built)  # type: ignore[arg-type]
 

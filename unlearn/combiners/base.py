@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
@@ -130,14 +130,19 @@ class Combiner:
     A combiner whose rule has no faithful reading with such a reference sets ``uses_reference``
     to False and refuses one, rather than ignoring it.
 
-    A rule is written one of two ways. **Per tensor** (the built-in combiners): ``_tensor`` maps
-    one tensor's ``(r, f, s)`` to its update and a few 0-dim statistics, ``_finish`` reduces those
-    over the tensors, and a rule that needs scalars over *all* tensors first (a global dot
-    product) sets ``needs_totals`` and computes them in ``_totals``. The training step can then
-    apply a rule without ``needs_totals`` inside the forget backward pass, as each tensor's
-    gradient is produced (:class:`~unlearn.training.gradients.StreamingCombine`), so no buffer
-    beyond ``.grad`` is held. **Whole lists**: ``_combine`` maps the lists at once (the simple
-    extension point); the step then keeps ``g_r`` and ``g_f`` in buffers and calls it.
+    A rule is written one of two ways. **Per tensor** (the built-in combiners): ``_sums`` gives
+    the 0-dim sums over one tensor's coordinates that its rule needs (PCGrad: ``<g_f, s>`` and
+    ``‖s‖²``), ``_tensor`` maps the tensor's ``(r, f, s)`` and those sums to its update and a few
+    0-dim statistics that are themselves sums over coordinates (counts), ``_finish`` reduces the
+    statistics over the tensors (each part holds the tensor's sums too), and a rule that needs
+    scalars over *all* tensors first (a global dot product) sets ``needs_totals`` and computes
+    them from every tensor's sums in ``_totals``. The training step can then apply a rule without
+    ``needs_totals`` inside the forget backward pass, as each tensor's gradient is produced
+    (:class:`~unlearn.training.gradients.TensorwiseUpdate`), so no buffer beyond ``.grad`` is
+    held; and on sharded gradients (FSDP) it sums every tensor's sums over the shards in one
+    collective before any update, and the statistics in one after, so the rule is the same as on
+    the whole tensors. **Whole lists**: ``_combine`` maps the lists at once (the simple extension
+    point); the step then keeps ``g_r`` and ``g_f`` in buffers and calls it (not on shards).
     """
 
     uses_reference: ClassVar[bool] = True
@@ -186,7 +191,8 @@ class Combiner:
             raise ValueError(f"got {len(names)} parameter names for {len(g_retain)} gradient tensors")
         if self.per_tensor:
             run = self.start(names, len(g_retain))
-            run.set_totals(g_retain, g_forget, ref)
+            if self.needs_totals:
+                run.prepare(g_retain, g_forget, ref)
             update = [run.tensor(i, r, f, s) for i, (r, f, s) in enumerate(zip(g_retain, g_forget, ref))]
             return Combination(update, run.stats())
         if self.select is None or names is None:
@@ -222,17 +228,31 @@ class Combiner:
             raise TypeError(f"{type(self).__name__} implements _combine on whole lists, not a per-tensor rule")
         return TensorCombine(self, self.selection(names, n), report_selected=self.select is not None and names is not None)
 
+    @property
+    def needs_sums(self) -> bool:
+        """Whether the rule reads per-tensor sums (``_sums``), which shards must add up first."""
+        return type(self)._sums is not Combiner._sums
+
     # -- the rule: per tensor, or on whole lists ------------------------------------------------
-    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
-        """Scalars over every selected tensor that ``_tensor`` needs (``needs_totals`` rules)."""
+    def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
+        """0-dim sums over this tensor's coordinates that ``_tensor`` (and ``_totals``) read:
+        on a shard they are the shard's share, and the step adds the shards' before the rule."""
+        return {}
+
+    def _totals(self, sums: list[Stats]) -> Stats:
+        """Scalars over every selected tensor that ``_tensor`` needs (``needs_totals`` rules),
+        from each selected tensor's ``_sums`` (in parameter order)."""
         return {}
 
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
-        """One tensor's update from its ``g_r``, ``g_f`` and reference, and its 0-dim statistics."""
+        """One tensor's update from its ``g_r``, ``g_f`` and reference, and its 0-dim statistics
+        (sums over its coordinates, so that shards' statistics add up). ``totals`` holds this
+        tensor's ``_sums`` and the ``_totals``."""
         raise NotImplementedError
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
-        """The logged statistics from the per-tensor ones (in parameter order)."""
+        """The logged statistics from the per-tensor ones (in parameter order; each part holds the
+        tensor's ``_sums`` and its ``_tensor`` statistics)."""
         return {}
 
     def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
@@ -244,27 +264,50 @@ class TensorCombine:
 
     A throwaway accumulator of the per-tensor statistics (the combiner itself stays stateless).
     Unselected tensors (``select``) get the plain weighted sum and no statistics.
+
+    :meth:`prepare` computes every selected tensor's sums first (and the totals from them):
+    ``needs_totals`` rules need it, and so does a sharded step, whose ``reduce`` adds the sums
+    over the shards in one collective. Without it, :meth:`tensor` takes each tensor's sums from
+    the tensor itself, so the rule can run inside a backward hook.
     """
 
     def __init__(self, combiner: Combiner, selected: list[bool], report_selected: bool) -> None:
         self.combiner, self.selected, self.report_selected = combiner, selected, report_selected
         self.totals: Stats = {}
+        self.sums: dict[int, Stats] = {}
         self.parts: dict[int, Stats] = {}
 
-    def set_totals(self, g_r: Grads, g_f: Grads, ref: Grads) -> None:
-        if self.combiner.needs_totals:
-            pick = [i for i, m in enumerate(self.selected) if m]
-            self.totals = self.combiner._totals([g_r[i] for i in pick], [g_f[i] for i in pick], [ref[i] for i in pick])
+    def prepare(self, g_r: Grads, g_f: Grads, ref: Grads, reduce: "Callable[[list[Stats]], list[Stats]] | None" = None) -> None:
+        """Every selected tensor's sums (``reduce``: summed over the ranks' shards), then the totals."""
+        c = self.combiner
+        pick = [i for i, m in enumerate(self.selected) if m]
+        sums = [c._sums(g_r[i], g_f[i], ref[i]) for i in pick]
+        if reduce is not None and c.needs_sums:
+            sums = reduce(sums)
+        self.sums = dict(zip(pick, sums))
+        if c.needs_totals:
+            self.totals = c._totals(sums)
 
     def tensor(self, i: int, r: Tensor, f: Tensor, s: Tensor) -> Tensor:
         c = self.combiner
         if not self.selected[i]:
             return axpby(r, c.alpha, (f, c.gamma))
-        update, self.parts[i] = c._tensor(r, f, s, self.totals)
+        sums = self.sums[i] if i in self.sums else self.sums.setdefault(i, c._sums(r, f, s))
+        update, own = c._tensor(r, f, s, {**sums, **self.totals})
+        self.parts[i] = {**sums, **own}
         return update
 
-    def stats(self) -> Stats:
-        stats = dict(self.combiner._finish([self.parts[i] for i in sorted(self.parts)], self.totals))
+    def part_stats(self) -> list[Stats]:
+        """Each tensor's ``_tensor`` statistics (the ones a sharded step sums over the ranks)."""
+        return [{k: v for k, v in self.parts[i].items() if k not in self.sums.get(i, {})} for i in sorted(self.parts)]
+
+    def stats(self, reduced: list[Stats] | None = None) -> Stats:
+        """The logged statistics; ``reduced``: :meth:`part_stats` summed over the ranks."""
+        order = sorted(self.parts)
+        parts = [self.parts[i] for i in order]
+        if reduced is not None:
+            parts = [{**self.sums.get(i, {}), **r} for i, r in zip(order, reduced)]
+        stats = dict(self.combiner._finish(parts, self.totals))
         if self.report_selected:
             stats["selected_frac"] = torch.tensor(sum(self.selected) / max(len(self.selected), 1))
         return stats

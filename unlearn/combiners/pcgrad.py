@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Combiner, Stats, axpby, dot, dots, sq_norms
+from unlearn.combiners.base import Combiner, Stats, axpby, dot, sq_norms
 
 
 def _check_eps(eps: float) -> None:
@@ -27,6 +27,11 @@ def _ratio(num: Tensor, den: Tensor, eps: float) -> Tensor:
     to project onto). With ``eps = 0`` (default) the projection is exact, which the guarantee needs."""
     den = den + eps
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def _total(sums: list[Stats], key: str) -> Tensor:
+    """One per-tensor sum added over the tensors (in parameter order)."""
+    return torch.stack([t[key] for t in sums]).sum() if sums else torch.zeros(())
 
 
 @dataclass(frozen=True)
@@ -44,22 +49,26 @@ class PCGrad(Combiner):
         super().__post_init__()
         _check_eps(self.eps)
 
+    def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
+        return {"d": dot(f, s), "n2": sq_norms([s])[0]}
+
+    def _coef(self, d: Tensor, n2: Tensor) -> Tensor:
+        return torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
+
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
-        d, n2 = dot(f, s), sq_norms([s])[0]
-        coef = torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
+        coef = self._coef(totals["d"], totals["n2"])
         # g̃_f = g_f - coef*s, so the update is alpha*g_r + gamma*g_f - gamma*coef*s: with s = g_r
         # that is one weight on g_r, and no tensor beyond the update is allocated.
         if s is r:
-            update = axpby(r, self.alpha - self.gamma * coef, (f, self.gamma))
-        else:
-            update = axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef))
-        return update, {"conflict": (d < 0).float(), "removed2": coef**2 * n2}
+            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma)), {}
+        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef)), {}
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         if not parts:
             return {}
-        removed = self.gamma * torch.sqrt(torch.stack([p["removed2"] for p in parts]).sum())
-        return {"conflict_frac_tensor": torch.stack([p["conflict"] for p in parts]).mean(), "proj_norm": removed}
+        removed2 = torch.stack([self._coef(p["d"], p["n2"]) ** 2 * p["n2"] for p in parts]).sum()
+        conflict = torch.stack([(p["d"] < 0).float() for p in parts]).mean()
+        return {"conflict_frac_tensor": conflict, "proj_norm": self.gamma * torch.sqrt(removed2)}
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,11 @@ class PCGradGlobal(Combiner):
         super().__post_init__()
         _check_eps(self.eps)
 
-    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
-        d, n2 = dots(g_f, ref).sum(), sq_norms(ref).sum()
+    def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
+        return {"d_j": dot(f, s), "n2_j": sq_norms([s])[0]}
+
+    def _totals(self, sums: list[Stats]) -> Stats:
+        d, n2 = _total(sums, "d_j"), _total(sums, "n2_j")
         return {"d": d, "n2": n2, "coef": torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))}
 
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
@@ -117,9 +129,12 @@ class PCGradSymmetric(Combiner):
         super().__post_init__()
         _check_eps(self.eps)
 
-    def _totals(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Stats:
-        d = dots(g_f, g_r).sum()
-        nr2, nf2 = sq_norms(g_r).sum(), sq_norms(g_f).sum()
+    def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
+        nr2, nf2 = sq_norms([r, f]).unbind()
+        return {"d_j": dot(f, r), "nr2_j": nr2, "nf2_j": nf2}
+
+    def _totals(self, sums: list[Stats]) -> Stats:
+        d, nr2, nf2 = _total(sums, "d_j"), _total(sums, "nr2_j"), _total(sums, "nf2_j")
         zero = torch.zeros_like(d)
         cr = torch.where(d < 0, _ratio(d, nf2, self.eps), zero)
         cf = torch.where(d < 0, _ratio(d, nr2, self.eps), zero)

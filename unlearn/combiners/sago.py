@@ -17,7 +17,7 @@ from unlearn.combiners.base import Combiner, Stats
 _GATES = ("hard", "soft", "soft_raw")
 
 
-def _soft_gate(f: Tensor, r: Tensor, kappa: float, normalise: bool = True) -> Tensor:
+def _soft_gate(f: Tensor, r: Tensor, kappa: float, normalise: bool = True, scale: Tensor | None = None) -> Tensor:
     """``σ(κ·p̂)`` with ``p̂ = (g_f⊙r) / mean|g_f⊙r|`` (``gate: soft``), or spec §2's literal
     ``σ(κ·g_f⊙r)`` with ``normalise=False`` (``gate: soft_raw``).
 
@@ -26,11 +26,13 @@ def _soft_gate(f: Tensor, r: Tensor, kappa: float, normalise: bool = True) -> Te
     formula one ``kappa`` is either ~0 everywhere (``w ≈ 1/2``: a plain average, no gating) or must
     be tuned per model, layer and step. Normalising per tensor makes ``kappa`` a unitless
     sharpness, the gate invariant to rescaling the gradients, and ``kappa → ∞`` the hard gate.
+
+    ``scale``: the whole tensor's mean ``|g_f⊙r|`` when ``f`` and ``r`` are one shard of it.
     """
     p = f.float() * r.float()
     if not normalise:
         return torch.sigmoid(kappa * p)
-    scale = p.abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
+    scale = (p.abs().mean() if scale is None else scale).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.sigmoid(kappa * p / scale)
 
 
@@ -60,6 +62,16 @@ class SAGO(Combiner):
         if not self.kappa > 0:
             raise ValueError(f"combiner.kappa must be > 0, got {self.kappa!r}")
 
+    @property
+    def needs_sums(self) -> bool:
+        return self.gate == "soft"  # its per-tensor scale; the hard gate and soft_raw are element-wise
+
+    def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
+        """The normalised soft gate's scale is the tensor's mean ``|g_f⊙s|``: its sum and count."""
+        if self.gate != "soft":
+            return {}
+        return {"abs_fs": (f.float() * s.float()).abs().sum(), "numel_fs": torch.tensor(float(f.numel()), dtype=torch.float64)}
+
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
         # The temporaries (the product, the gate) are the size of this tensor, never of the model.
         if self.gate == "hard":
@@ -67,7 +79,8 @@ class SAGO(Combiner):
             update = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
             gated = torch.count_nonzero(conflict).double()
         else:
-            w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft").to(f.dtype)
+            scale = (totals["abs_fs"] / totals["numel_fs"]).float() if self.gate == "soft" else None
+            w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft", scale=scale).to(f.dtype)
             update = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
             gated = (1 - w).double().sum()
         return update, {"gated": gated, "numel": torch.tensor(f.numel())}

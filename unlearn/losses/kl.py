@@ -31,6 +31,8 @@ class KL:
     ``[B, T, V]`` reference logits.
     """
 
+    runs_reference = True  # runs the frozen starting model during training (see unlearn.training.fsdp.check_sharded)
+
     def __init__(self) -> None:
         self._reference: Any = None
 

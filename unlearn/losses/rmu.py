@@ -138,6 +138,8 @@ class RMURetain:
     frozen starting model (:class:`~unlearn.training.reference.Reference`: a copy of the few
     trained tensors, or the LoRA base). ``layer`` defaults to the forget loss's layer in config."""
 
+    runs_reference = True  # runs the frozen starting model during training (see unlearn.training.fsdp.check_sharded)
+
     def __init__(self, layer: int | None = None) -> None:
         if layer is None:
             raise ValueError("retain.layer must be set to a decoder layer index (retain=rmu reads forget.layer when forget=rmu)")

@@ -11,8 +11,14 @@ buffer, and with one micro-batch on one device the combined update of a tensor c
 during the forget backward itself, from the retain buffer and the fresh forget gradient, and the
 retain tensor freed at once (:class:`TensorwiseUpdate`): the step then holds one gradient buffer,
 like a plain backward of ``L_f + L_r``. (The idea of working from backward hooks layer by layer is
-TorchJD's ``autogram``.) A sharded (FSDP) path would replace the buffers and the hook's tensor by
-the local shards; the per-tensor rules are elementwise or need only scalars, so they carry over.
+TorchJD's ``autogram``.)
+
+Sharded (FSDP2, ``trainer=fsdp``): the parameters are DTensors and FSDP's own reduce-scatter
+averages each task's gradient over the ranks and fires the same post-accumulate hooks with the
+rank's shard. The buffers then hold the local shards (``to_local()``: half the size on two
+ranks), nothing is all-reduced here, and the per-tensor sums a rule needs (PCGrad's ⟨g_f, g_r⟩
+and ‖g_r‖²), and afterwards the statistics and diagnostics, are added over the shards in one
+collective each (:func:`sum_over_ranks`), so the rule is the one on whole tensors.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from unlearn.combiners.base import Grads, TensorCombine, sq_norms
 from unlearn.combiners.diagnostics import finish_diagnostics, tensor_diagnostics
@@ -45,6 +52,54 @@ def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(zip(keys, (stacked / world).unbind()))
 
 
+def sum_over_ranks(parts: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Add per-tensor 0-dim values over the ranks in one collective (fp64, so counts stay exact).
+
+    Every rank holds the same tensors and keys (its shard's share of each); the dtypes come back.
+    """
+    parts = [dict(p) for p in parts]
+    if world_size() == 1:
+        return parts
+    slots = [(i, k) for i, p in enumerate(parts) for k in sorted(p)]
+    if not slots:
+        return parts
+    flat = torch.stack([parts[i][k].detach().reshape(()).to(torch.float64) for i, k in slots])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for (i, k), v in zip(slots, flat.unbind()):
+        parts[i][k] = v.to(parts[i][k].dtype)
+    return parts
+
+
+def local(t: Tensor) -> Tensor:
+    """The rank's shard of a DTensor (FSDP), else the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def full_tensor(shard: Tensor, like: Tensor) -> Tensor:
+    """The whole tensor of which ``shard`` is this rank's part, sharded as the DTensor ``like``
+    (a collective); ``shard`` itself when ``like`` is not sharded."""
+    if not isinstance(like, DTensor):
+        return shard
+    return DTensor.from_local(shard, like.device_mesh, like.placements, run_check=False, shape=like.shape, stride=like.stride()).full_tensor()
+
+
+def shard_of(whole: Tensor, like: Tensor) -> Tensor:
+    """This rank's part of ``whole``, sharded as the DTensor ``like`` (no communication)."""
+    if not isinstance(like, DTensor) or isinstance(whole, DTensor):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole.to(like.device), like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+def set_grad(p: Tensor, u: Tensor) -> None:
+    """``p.grad = u`` in ``p``'s dtype; ``u`` a local shard when ``p`` is a sharded DTensor."""
+    u = u if u.dtype == p.dtype else u.to(p.dtype)
+    if isinstance(p, DTensor) and not isinstance(u, DTensor):
+        u = DTensor.from_local(u, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+    p.grad = u
+
+
 def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
     """Average each tensor in place across data-parallel ranks (a no-op in one process)."""
     world = world_size()
@@ -64,6 +119,7 @@ class TaskGradients:
         self.params = list(params)
         self.names = list(names)
         self.buffers: dict[str, list[Tensor]] = {}
+        self.sharded = any(isinstance(p, DTensor) for p in self.params)  # FSDP: buffers hold local shards
 
     def accumulate(self, task: str, loss: Tensor, scale: float = 1.0) -> None:
         """Add ``scale * ∇loss`` to the task's buffer (the first call takes the gradients as is)."""
@@ -98,7 +154,7 @@ class TaskGradients:
                                        "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false")
                 seen[i] = True
                 g, p.grad = p.grad, None
-                sink(i, g)
+                sink(i, local(g))
             return take
 
         handles = [p.register_post_accumulate_grad_hook(hook(i)) for i, p in enumerate(self.params)]
@@ -110,10 +166,13 @@ class TaskGradients:
                 h.remove()
         for i, p in enumerate(self.params):
             if not seen[i]:
-                sink(i, torch.zeros_like(p))
+                sink(i, torch.zeros_like(local(p)))
 
     def all_reduce(self) -> None:
-        """Average every buffer across data-parallel ranks (a no-op in one process)."""
+        """Average every buffer across data-parallel ranks (a no-op in one process, and when
+        sharded: FSDP's reduce-scatter has averaged each shard already)."""
+        if self.sharded:
+            return
         for task in sorted(self.buffers):  # same order on every rank
             all_reduce_mean(self.buffers[task])
 
@@ -123,7 +182,7 @@ class TaskGradients:
     def write(self, update: Sequence[Tensor]) -> None:
         """Make ``update`` the parameters' ``.grad`` (ready for clipping and the optimizer step)."""
         for p, u in zip(self.params, update):
-            p.grad = u if u.dtype == p.dtype else u.to(p.dtype)
+            set_grad(p, u)
 
     def drain(self, task: str, sink: Sink) -> None:
         """Hand the task's buffer to ``sink`` tensor by tensor, dropping each tensor after it."""
@@ -160,12 +219,18 @@ class TensorwiseUpdate:
         u = self.run.tensor(i, r, f, s)
         self.parts[i] = tensor_diagnostics(r, f, u) if self.diagnostics else {"nu2": sq_norms([u])[0]}
         self.retain[i] = None  # type: ignore[call-overload]
-        p = self.grads.params[i]
-        p.grad = u if u.dtype == p.dtype else u.to(p.dtype)
+        set_grad(self.grads.params[i], u)
 
     def stats(self) -> dict[str, Tensor]:
-        stats = self.run.stats()
+        """The combiner's statistics and the diagnostics; sharded, their per-tensor shares are
+        first added over the ranks, all in one collective."""
         parts = [self.parts[i] for i in sorted(self.parts)]
+        if not self.grads.sharded:
+            stats = self.run.stats()
+        else:
+            own = self.run.part_stats()
+            summed = sum_over_ranks([*own, *parts])
+            stats, parts = self.run.stats(summed[: len(own)]), summed[len(own):]
         if self.diagnostics:
             stats.update(finish_diagnostics(parts))
         else:

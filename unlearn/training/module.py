@@ -24,7 +24,7 @@ from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.combiners.base import sq_norms
 from unlearn.config import ConfigError
 from unlearn.losses.objective import Objective
-from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, mean_over_ranks, world_size
+from unlearn.training.gradients import GradientEMA, full_tensor, TaskGradients, TensorwiseUpdate, mean_over_ranks, sum_over_ranks, world_size
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 
@@ -158,8 +158,11 @@ class UnlearnModule(L.LightningModule):
 
     # -- state beyond the weights and the optimizer, for exact resumption -----------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ema = self._ema.value if self._ema is not None else None
+        if ema is not None and self.grads.sharded:  # every rank's shards into whole tensors (all ranks take part)
+            ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params)]
         checkpoint["unlearn"] = {
-            "ema": self._ema.value if self._ema is not None else None,
+            "ema": ema,
             "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components()) if hasattr(c, "state_dict")},
         }
 
@@ -224,7 +227,7 @@ class UnlearnModule(L.LightningModule):
         grads, diagnostics = self.grads, self.step_cfg.diagnostics
         if len(self.objective.tasks) == 1:
             return self._single_task()
-        if not self.combiner.per_tensor:  # a whole-list rule: g_r, g_f and the update at once
+        if not self.combiner.per_tensor:  # a whole-list rule: g_r, g_f and the update at once (never sharded: check_sharded)
             g_r, g_f = grads.get("retain"), grads.get("forget")
             ref = self._ema.update(g_r) if self._ema is not None else None
             result = self.combiner.combine(g_r, g_f, names=grads.names, reference=ref)
@@ -241,9 +244,9 @@ class UnlearnModule(L.LightningModule):
             return update.stats()
         g_r, g_f = grads.get("retain"), grads.get("forget")
         ref = None
-        if self.combiner.needs_totals:  # its scalars need the whole reference before any update
+        if self.combiner.needs_totals or grads.sharded:  # every tensor's sums before any update (added over the shards)
             ref = self._ema.update(g_r) if self._ema is not None else g_r
-            run.set_totals(g_r, g_f, ref)
+            run.prepare(g_r, g_f, ref, reduce=sum_over_ranks if grads.sharded else None)
         update = TensorwiseUpdate(grads, run, ema=self._ema, ref=ref, diagnostics=diagnostics)
         grads.drain("forget", update)  # frees g_r[i] and g_f[i] as .grad[i] is written
         return update.stats()
@@ -253,9 +256,10 @@ class UnlearnModule(L.LightningModule):
         task = self.objective.tasks[0]
         only = self.grads.get(task)
         weight = self.combiner.gamma if task == "forget" else self.combiner.alpha
-        stats = {f"norm_{task}": _norm(only)} if self.step_cfg.diagnostics else {}  # the two-task diagnostics' key
+        sharded = self.grads.sharded
+        stats = {f"norm_{task}": _norm(only, sharded)} if self.step_cfg.diagnostics else {}  # the two-task diagnostics' key
         torch._foreach_mul_(only, weight)  # in place: the buffer becomes the update
-        stats["norm_update"] = _norm(only)
+        stats["norm_update"] = _norm(only, sharded)
         self.grads.write(only)
         return stats
 
@@ -291,6 +295,10 @@ class UnlearnModule(L.LightningModule):
         self.step_cfg.guard.reason, self.step_cfg.guard.step = state["reason"], state["diverged_at"]
 
 
-def _norm(ts: list[Tensor]) -> Tensor:
-    """Global L2 norm of a list of tensors, accumulated in fp32 one tensor at a time."""
-    return torch.sqrt(sq_norms(ts).sum())
+def _norm(ts: list[Tensor], sharded: bool = False) -> Tensor:
+    """Global L2 norm of a list of tensors, accumulated in fp32 one tensor at a time (``sharded``:
+    of the whole tensors whose local shards these are)."""
+    total = sq_norms(ts).sum()
+    if sharded:
+        total = sum_over_ranks([{"n2": total}])[0]["n2"]
+    return torch.sqrt(total)

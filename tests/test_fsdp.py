@@ -1,0 +1,184 @@
+"""Sharded data parallelism (``trainer=fsdp``, FSDP2 over gloo on CPU): two processes, each holding
+half of every gradient, must end with the same parameters and log the same diagnostics as one
+process trained on the union of their batches, for every combiner the issue names, with and
+without accumulation. The per-tensor sums of PCGrad (and the diagnostics) are added over the
+shards; taking them on each rank's shard alone (what a ZeRO-3 port does) would change the rule."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import lightning as L
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from unlearn.combiners import PCGrad, PCGradGlobal, PCGradSymmetric, SAGO, Sum
+from unlearn.data.format import PromptFormat, encode_rows
+from unlearn.data.paired import PairedStream
+from unlearn.loggers import read_metrics
+from unlearn.losses import GA, NLL, Objective
+from unlearn.training.fit import LoopConfig, fit, quiet_lightning, stream_length
+from unlearn.training.module import StepConfig, UnlearnModule
+from unlearn.training.optim import OptimConfig
+
+FSDP = {"_target_": "unlearn.training.fsdp.TaskFSDPStrategy", "start_method": "spawn", "process_group_backend": "gloo"}
+STEPS, BATCH, WORLD = 3, 2, 2
+COMBINERS = {
+    "sum": Sum(),
+    "pcgrad": PCGrad(),
+    "pcgrad_global": PCGradGlobal(),
+    "sago": SAGO(),
+    "sago_prefer_retain": SAGO(prefer_retain=True),
+    "pcgrad_symmetric": PCGradSymmetric(),
+    "sago_soft": SAGO(gate="soft"),  # its per-tensor scale is a sum over the shards too
+}
+
+
+def _stream(tok, splits, batch: int, accumulate: int, world: int = 1) -> PairedStream:
+    fmt = PromptFormat()
+    f, r = encode_rows(tok, fmt, splits["forget"], 64), encode_rows(tok, fmt, splits["retain"], 64)
+    return PairedStream(f, r, stream_length(STEPS, accumulate, batch, world), seed=0)
+
+
+def _run(model, tok, splits, combiner, accumulate: int, world: int, tmp_path):
+    m = copy.deepcopy(model)
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), combiner, OptimConfig(lr=1e-3, schedule="constant"),
+                           StepConfig(accumulate=accumulate, stream=False))
+    loop = LoopConfig(accelerator="cpu", devices=world, strategy=FSDP if world > 1 else "auto", enable_progress_bar=False)
+    trainer = fit(module, _stream(tok, splits, BATCH * (WORLD // world), accumulate, world), tok.pad_token_id,
+                  BATCH * (WORLD // world), STEPS, loop, default_root_dir=str(tmp_path / f"w{world}"))
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/grad/")}
+    return module, {n: p.detach().clone() for n, p in m.named_parameters()}, logged
+
+
+def _shards(ts, k=2):
+    return [list(t.chunk(k)) for t in ts]  # FSDP2 splits dim 0 the same way
+
+
+def _sharded_combine(c, g_r, g_f):
+    """The sharded step's arithmetic in one process: each "rank" combines its chunks, with the
+    per-tensor sums and statistics added over the ranks (what sum_over_ranks does)."""
+    r_sh, f_sh = _shards(g_r), _shards(g_f)
+    runs = [c.start(None, len(g_r)) for _ in range(2)]
+    local = [[c._sums(r[k], f[k], r[k]) for r, f in zip(r_sh, f_sh)] for k in range(2)]
+    added = [{key: a[key] + b[key] for key in a} for a, b in zip(*local)]
+    for k, run in enumerate(runs):
+        run.prepare([r[k] for r in r_sh], [f[k] for f in f_sh], [r[k] for r in r_sh], reduce=lambda sums: added)
+    ups = [[run.tensor(i, r_sh[i][k], f_sh[i][k], r_sh[i][k]) for i in range(len(g_r))] for k, run in enumerate(runs)]
+    parts = [run.part_stats() for run in runs]
+    summed = [{key: a[key] + b[key] for key in a} for a, b in zip(*parts)]
+    return [torch.cat([ups[0][i], ups[1][i]]) for i in range(len(g_r))], runs[0].stats(summed)
+
+
+@pytest.mark.parametrize("name", list(COMBINERS))
+def test_sums_over_shards_give_the_whole_tensor_rule(name):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 4), (5, 3), (7,)]  # odd first dimensions: unequal shards
+    g_r = [torch.randn(s, generator=g) for s in shapes]
+    g_f = [torch.randn(s, generator=g) - 0.5 * r for s, r in zip(shapes, g_r)]
+    c = COMBINERS[name]
+    whole = c.combine(g_r, g_f)
+    update, stats = _sharded_combine(c, g_r, g_f)
+    for u, w in zip(update, whole.update):
+        torch.testing.assert_close(u, w, rtol=1e-6, atol=1e-6)
+    assert stats.keys() == whole.stats.keys()
+    for k in stats:
+        torch.testing.assert_close(stats[k].float(), whole.stats[k].float(), rtol=1e-6, atol=1e-6, msg=k)
+
+
+def test_shard_local_pcgrad_is_a_different_rule():
+    """Guards the tests here: PCGrad with each shard's own dot products (a ZeRO-3 port) differs."""
+    g = torch.Generator().manual_seed(1)
+    g_r = [torch.randn(8, 4, generator=g)]
+    g_f = [torch.cat([-g_r[0][:4] + 0.1 * torch.randn(4, 4, generator=g), g_r[0][4:] + torch.randn(4, 4, generator=g)])]
+    whole = PCGrad()(g_r, g_f)[0]
+    local = torch.cat([PCGrad()([r], [f])[0] for r, f in zip(g_r[0].chunk(2), g_f[0].chunk(2))])
+    assert float((whole - local).abs().max()) > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("name", list(COMBINERS))
+def test_two_sharded_processes_equal_one_process(tiny, toy_splits, tmp_path, name, accumulate):
+    quiet_lightning()
+    model, tok = tiny
+    one, a, log_a = _run(model, tok, toy_splits, COMBINERS[name], accumulate, 1, tmp_path)
+    two, b, log_b = _run(model, tok, toy_splits, COMBINERS[name], accumulate, WORLD, tmp_path)
+    assert two.steps_done == STEPS and not two.diverged
+    start = {n: p for n, p in model.named_parameters()}
+    assert all(not torch.equal(start[n], b[n]) for n in b), "the gathered weights must reach the main process"
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=f"{name}: {n} differs")
+    assert set(log_a) == set(log_b) and log_a
+    for k in log_a:  # the last step's diagnostics, from the whole tensors on both sides
+        assert log_b[k] == pytest.approx(log_a[k], rel=1e-4, abs=1e-6), f"{name}: {k}"
+
+
+class GradSizes(L.Callback):
+    """Logs, before each optimizer step, how many gradient elements this rank holds (local shards)
+    and how many the whole model has; the workers' logs reach the main process."""
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        grads = [p.grad for p in module.grads.params]
+        held = sum((g.to_local() if isinstance(g, DTensor) else g).numel() for g in grads)
+        # the buffers are the shards the hooks handed over: every one was a local tensor
+        module.log("test/held", float(held), batch_size=1)
+        module.log("test/whole", float(sum(p.numel() for p in module.grads.params)), batch_size=1)
+        module.log("test/buffer_dtensors", float(sum(isinstance(g, DTensor) for b in module.grads.buffers.values() for g in b if g is not None)), batch_size=1)
+
+
+@pytest.mark.slow
+def test_each_rank_holds_half_of_every_gradient(tiny, toy_splits, tmp_path):
+    quiet_lightning()
+    model, tok = tiny
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), PCGrad(), OptimConfig(lr=1e-3), StepConfig(accumulate=2))
+    loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=FSDP, enable_progress_bar=False)
+    trainer = fit(module, _stream(tok, toy_splits, BATCH, 2, WORLD), tok.pad_token_id, BATCH, STEPS, loop,
+                  callbacks=[GradSizes()], default_root_dir=str(tmp_path))
+    m = trainer.callback_metrics
+    assert float(m["test/whole"]) == sum(p.numel() for p in model.parameters())
+    # FSDP2 splits each tensor's first dimension, rank 0 taking the larger part when it is odd
+    rank0 = sum(-(-p.shape[0] // WORLD) * (p.numel() // p.shape[0]) for p in model.parameters())
+    assert float(m["test/held"]) == rank0 and rank0 <= 1.01 * float(m["test/whole"]) / WORLD
+    assert float(m["test/buffer_dtensors"]) == 0
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    return a == b
+
+
+# -- the whole job under trainer=fsdp: checkpoints, the EMA state, resuming, saving the model --------
+CLI = ["experiment=smoke", "trainer=fsdp", "train.steps=6", "train.checkpoint_every=2", "train.retain_ema=0.9", "save_model=true", "hydra.run.dir=run"]
+
+
+@pytest.mark.slow
+def test_cli_fsdp_run_killed_mid_training_resumes_and_equals_the_uninterrupted_run(tmp_path, cache_dir):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    proc = run_cli(CLI, cwd=whole, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = json.loads((whole / "run" / "results.json").read_text())
+    assert ref["status"] == "ok" and ref["train/steps_done"] == 6
+    assert ref["eval/toy/forget_prob"] < ref["target/toy/forget_prob"]
+    steps = [r["step"] for r in read_metrics(whole / "run" / "metrics.jsonl") if r.get("phase") == "unlearn"]
+    assert steps == list(range(6)), "one metrics row per step: only rank 0 logs"
+
+    proc = run_cli([*CLI, "train.callbacks=[{_target_:killers.KillAt,step:3}]"], cwd=cut, cache=cache_dir)
+    assert proc.returncode != 0 and (cut / "run" / "checkpoints" / "last.ckpt").exists()
+    proc = run_cli(CLI, cwd=cut, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming after step 2" in " ".join(proc.stderr.split())
+    res = json.loads((cut / "run" / "results.json").read_text())
+    differ = {k for k in ref.keys() | res.keys() if not k.startswith("time/") and not _same(res.get(k), ref.get(k))}
+    assert not differ, {k: (res.get(k), ref.get(k)) for k in sorted(differ)}
+    a, b = load_file(str(whole / "run" / "model" / "model.safetensors")), load_file(str(cut / "run" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(not isinstance(t, DTensor) for t in a.values())
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=n)

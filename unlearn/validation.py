@@ -204,7 +204,7 @@ RULES: dict[str, Rule] = {
     "benchmark.finetune.seed": ANY,
     "benchmark.report": ANY,  # read by unlearn.report
     "plan.gpus": integer(1, null=True, what="GPUs to plan for; null: trainer.devices"),
-    "plan.sharded": BOOL,
+    "plan.sharded": kind(bool, null=True, what="true or false (null: as the trainer, true under trainer=fsdp)"),
     "plan.gpu_memory_gb": num(0, lo_open=True, null=True, what="GiB per GPU; null: the GPU's own"),
     "plan.headroom": num(0, 1, hi_open=True, what="the fraction of GPU memory left free"),
     "plan.config": kind(str, what="a config.json or model folder", null=True),

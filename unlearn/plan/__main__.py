@@ -52,8 +52,6 @@ def app(cfg: DictConfig) -> None:
             print(f"on a {total / GiB:.0f} GiB GPU ({usable / GiB:.1f} GiB usable): {'fits' if fits else 'does NOT fit'}")
             if not fits:
                 print("options that would make it fit:\n" + "\n".join(alternatives(cfg, usable, opt)))
-        if opt.sharded:
-            print("note: sharding models trainer=fsdp, which unlearn does not implement yet (future work)")
     except ConfigError as e:
         print(f"{e.kind}: {e}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,7 @@ that train (all of them, a LoRA adapter, RMU's few down-projections); the rest i
   LoRA: the reference is the base with the adapter off); NPO keeps one float per forget row.
 - **activations**: see :func:`activation_bytes` (an estimate; with and without checkpointing).
 
-With ``plan.sharded`` (FSDP-style, ``trainer=fsdp``, future work) weights, gradients, optimizer
+With ``plan.sharded`` (``trainer=fsdp``) weights, gradients, optimizer
 state and the reference copy divide by ``plan.gpus``; data-parallel replication keeps them whole.
 """
 

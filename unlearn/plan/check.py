@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from unlearn.config import ConfigError, is_pos_int
+from unlearn.config import ConfigError, is_pos_int, to_plain
 from unlearn.validation import require
 from unlearn.plan.budget import GiB, Options, Plan, make_plan, with_overrides
 
@@ -38,7 +38,12 @@ def options(cfg: DictConfig) -> Options:
         gpus = devices if is_pos_int(devices) else len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else 1
     else:
         require(cfg, "plan.gpus")
-    sharded = bool(require(cfg, "plan.sharded"))
+    sharded = require(cfg, "plan.sharded")
+    if sharded is None:  # follow the trainer: trainer=fsdp shards
+        from unlearn.training.fsdp import is_sharded
+
+        sharded = is_sharded(to_plain(OmegaConf.select(cfg, "trainer.strategy", default=None)))
+    sharded = bool(sharded)
     return Options(gpus=int(gpus), sharded=sharded)
 
 
@@ -108,7 +113,7 @@ def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
         except ConfigError as e:
             out.append(f"  model.lora={_show(lora)}: not applicable here ({e})")
     found = _fsdp(cfg, usable, opt)
-    out.append(line(f"trainer=fsdp on {found[0]} GPUs (plan.gpus={found[0]} plan.sharded=true)" if found else "trainer=fsdp (sharding over up to 64 GPUs)", found[1] if found else None, "; the fsdp trainer is future work, not in unlearn yet"))
+    out.append(line(f"trainer=fsdp trainer.devices={found[0]}" if found else "trainer=fsdp (sharding over up to 64 GPUs)", found[1] if found else None))
     small = _smaller_batch(cfg, usable, opt)
     out.append(line(small[0] if small else "a smaller train.batch_size (down to 1, more train.accumulate)", small[1] if small else None, " (same effective batch)" if small else ""))
     if not any(", fits" in o for o in out) and not (cfg.model.get("gradient_checkpointing") or cfg.model.get("lora")):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from unlearn.config import ConfigError
 from unlearn.resume import completed, config_hash
 from unlearn.rundir import RunDir, write_json
+from unlearn.training.launch import from_rank0
 from unlearn.sweepnames import job_dirname, safe_name
 
 
@@ -57,13 +58,16 @@ def app(cfg: DictConfig) -> Any:
     from unlearn.plan.check import check_fits
 
     meta = job_meta(cfg)
-    run_dir = Path(meta["output_dir"])
-    if cfg.get("resume", True) and (done := _finished(run_dir, cfg)) is not None:
-        print(f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)", file=sys.stderr)
+    run_dir, rank0 = _launched_run_dir(Path(meta["output_dir"]))
+    done = from_rank0(_finished(run_dir, cfg) if cfg.get("resume", True) and rank0 else None)
+    if done is not None:
+        if rank0:
+            print(f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)", file=sys.stderr)
         return _objective(cfg, done)
-    run_dir = RunDir(run_dir)
+    run_dir = RunDir(run_dir, writes=rank0)
     try:
-        write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
+        if rank0:
+            write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
         setup = start(cfg, run_dir, meta)
         check_fits(cfg, setup.device)  # on a GPU: stop before loading weights that cannot fit
         results = run(setup, meta)
@@ -85,6 +89,21 @@ def app(cfg: DictConfig) -> Any:
         print(f"[unlearn] job failed ({type(e).__name__}: {e}); see {run_dir.file('traceback.txt')}", file=sys.stderr)
         return _objective(cfg, {})
     return _objective(cfg, results)
+
+
+def _launched_run_dir(own: Path) -> tuple[Path, bool]:
+    """This job's run directory and whether this process writes it: rank 0's folder on every rank of
+    a job started by torchrun or srun (:mod:`unlearn.training.launch`), else Hydra's."""
+    from unlearn.training import launch
+
+    started = launch.launched()
+    if started is None:
+        return own, True
+    launch.init(started)
+    path = Path(launch.from_rank0(str(own)))
+    if started.rank != 0:
+        launch.drop_stray_dir(own, path)
+    return path, started.rank == 0
 
 
 def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:

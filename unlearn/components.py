@@ -19,6 +19,7 @@ from unlearn.rundir import RunDir
 from unlearn.smoothing.sga import NoSmoothing
 from unlearn.training.fit import LoopConfig
 from unlearn.training.fsdp import check_sharded, is_sharded
+from unlearn.training.launch import launched
 from unlearn.training.module import DivergenceGuard, StepConfig, check_stream
 from unlearn.validation import SEED_MAX, Problems, check_step_together, validate
 from unlearn.training.optim import OptimConfig
@@ -131,6 +132,9 @@ def make_setup(cfg: DictConfig, run: RunDir) -> Setup:
         guard=DivergenceGuard(max_abs_loss=train.get("max_abs_loss", 1e4)),  # it checks the value and names the key
     ), "train")
     make("loop", lambda: LoopConfig(**_plain(cfg, "trainer")), "trainer")
+    if "loop" in built and (started := launched()) is not None:  # torchrun / srun: one device per process
+        with problems.collect():
+            built["loop"] = built["loop"].launched_as(started)
     make("fmt", lambda: PromptFormat(**_plain(cfg, "model.prompt")), "model.prompt")
     make("device", lambda: resolve_device(str(cfg.model.get("device", "auto"))), "model.device")
     make("dtype", lambda: resolve_dtype(str(cfg.model.get("dtype", "auto")), built.get("device", torch.device("cpu"))), "model.dtype")

@@ -20,6 +20,7 @@ from unlearn.eval.collapse import collapse_reason
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
 from unlearn.rundir import write_json
+from unlearn.training.launch import from_rank0
 from unlearn.summary import print_table
 from unlearn.utils.progress import say
 from unlearn.validation import check_splits
@@ -59,24 +60,37 @@ def _loggers(s: Setup, meta: Mapping[str, Any]) -> list[Any]:
     return out
 
 
+def _trained_model(s: Setup, target: Any, lora: Any) -> tuple[Any, Any]:
+    model, tok = target.load(s)
+    if lora:
+        from unlearn.models.lora import apply_lora
+
+        model = apply_lora(model, lora)
+    return model, tok
+
+
 def run_unlearn(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     splits = _load_splits(s)
     target = phases.reference_model(s, splits, "target")
     assert target is not None
+    if not s.run.writes:  # a non-zero rank of a launched job: it only trains
+        model, tok = _trained_model(s, target, s.cfg.model.get("lora"))
+        phases.unlearn(s, model, tok, splits, [], _callbacks(s), resume_from=meta.get("resume_from"))
+        return {}
     oracle = phases.oracle_record(s, splits)
     cols = {"oracle": _record(s, "oracle", oracle)} if oracle else {}
     target_rec = phases.cached_evaluation(s, target, splits, "target", oracle)
     cols = {"target": _record(s, "target", target_rec), **cols}
-    model, tok = target.load(s)
-    if s.cfg.model.get("lora"):
-        from unlearn.models.lora import apply_lora
-
-        model = apply_lora(model, s.cfg.model.lora)
+    model, tok = _trained_model(s, target, s.cfg.model.get("lora"))
     loggers = _loggers(s, meta)
     status = "failed"
     try:
         t = time.perf_counter()
         module = phases.unlearn(s, model, tok, splits, loggers, _callbacks(s), resume_from=meta.get("resume_from"))
+        if getattr(module, "gathered", None) is not None:  # trained sharded in this process (FSDP under torchrun)
+            model, tok = _trained_model(s, target, s.cfg.model.get("lora"))
+            model.load_state_dict(module.gathered)
+            module.gathered = None
         s.run.update({"time/unlearn_s": round(time.perf_counter() - t, 2), "train/steps_done": module.steps_done})
         reason = s.step.guard.reason if module.diverged else None
         if module.diverged:
@@ -156,7 +170,9 @@ def _callbacks(s: Setup) -> list[Any]:
     if every > 0:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        d = resume.stamp_checkpoints(s.run.path, s.run.results["config_hash"])
+        d = resume.checkpoint_dir(s.run.path)
+        if s.run.writes:
+            d = resume.stamp_checkpoints(s.run.path, s.run.results["config_hash"])
         out.append(ModelCheckpoint(dirpath=str(d), every_n_train_steps=every, save_last=True, save_top_k=0))
     return out
 
@@ -164,9 +180,12 @@ def _callbacks(s: Setup) -> list[Any]:
 def run(s: Setup, meta: Mapping[str, Any]) -> dict[str, Any]:
     """Run the configured task; resume from this run directory's checkpoint when it has one."""
     h = resume.config_hash(s.cfg)
-    ckpt = resume.resumable(s.run.path, h) if s.cfg.get("resume", True) else None
-    if ckpt is None:
-        resume.drop_checkpoints(s.run.path)
+    ckpt = None
+    if s.run.writes:  # rank 0 of a launched job decides, the other ranks resume from the same checkpoint
+        ckpt = resume.resumable(s.run.path, h) if s.cfg.get("resume", True) else None
+        if ckpt is None:
+            resume.drop_checkpoints(s.run.path)
+    ckpt = from_rank0(ckpt)
     s.run.update(config_hash=h)
     s.run.status("running")
     return TASKS[str(s.cfg.task)](s, {**meta, "resume_from": ckpt})

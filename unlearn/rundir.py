@@ -107,11 +107,17 @@ def device_info() -> dict[str, Any]:
 
 
 class RunDir:
-    """One job's output folder (Hydra's ``runtime.output_dir``)."""
+    """One job's output folder (Hydra's ``runtime.output_dir``).
 
-    def __init__(self, path: str | Path) -> None:
+    ``writes=False``: a non-zero rank of a launched job (``torchrun``/``srun``), which reads the
+    folder (its checkpoints) but leaves every file to rank 0; results are kept in memory only.
+    """
+
+    def __init__(self, path: str | Path, writes: bool = True) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.writes = writes
+        if writes:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.results: dict[str, Any] = {}
         self.started = time.time()
 
@@ -129,7 +135,8 @@ class RunDir:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             **(extra or {}),
         }
-        write_json(self.file("provenance.json"), prov)
+        if self.writes:
+            write_json(self.file("provenance.json"), prov)
         return prov
 
     def update(self, values: Mapping[str, Any] | None = None, **fields: Any) -> None:
@@ -137,7 +144,8 @@ class RunDir:
         self.results.update(values or {})
         self.results.update(fields)
         self.results["time/elapsed_s"] = round(time.time() - self.started, 2)
-        write_json(self.file("results.json"), self.results)
+        if self.writes:
+            write_json(self.file("results.json"), self.results)
 
     def status(self, status: str, reason: str | None = None) -> None:
         if status not in STATUSES:

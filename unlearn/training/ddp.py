@@ -34,6 +34,15 @@ class TaskDDPStrategy(DDPStrategy):
     DDP wrapper options (``find_unused_parameters``, comm hooks) have no effect.
     """
 
+    def _configure_launcher(self) -> None:
+        """Spawn the workers from inside the job, unless a launcher (torchrun, srun) already
+        started one process per device: then each process trains as it is."""
+        assert self.cluster_environment is not None
+        if self.cluster_environment.creates_processes_externally:
+            self._launcher = None
+            return
+        super()._configure_launcher()
+
     def configure_ddp(self) -> None:
         assert self.model is not None
         _sync_module_states(self.model)  # every rank starts from rank 0's weights and buffers

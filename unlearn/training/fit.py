@@ -69,6 +69,16 @@ class LoopConfig:
         """Processes that split the training stream (each takes every ``world_size``-th item)."""
         return self._devices() * int(self.extra.get("num_nodes", 1)) if isinstance(self.strategy, Mapping) else 1
 
+    def launched_as(self, launch: Any) -> "LoopConfig":
+        """The settings for a job started as ``launch.world`` processes by torchrun or srun: each
+        process is one device of the data-parallel strategy (``trainer.devices`` per node)."""
+        if not isinstance(self.strategy, Mapping):
+            raise ValueError(
+                f"trainer.strategy: this job was started as {launch.world} processes (torchrun or srun), which need a data-parallel "
+                f"strategy, got {self.strategy!r}: add trainer=ddp or trainer=fsdp (or start one process)"
+            )
+        return replace(self, devices=launch.local_world, extra={**self.extra, "num_nodes": launch.nodes})
+
     def single_process(self) -> "LoopConfig":
         """The same settings in one process (for recipes whose result must not depend on the trainer)."""
         return replace(self, devices=1, strategy="auto", extra={k: v for k, v in self.extra.items() if k != "num_nodes"})

@@ -105,6 +105,16 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         if ema is not None:  # restored from a checkpoint as whole tensors: keep this rank's shards
             module._ema.value = [shard_of(v, p) for v, p in zip(ema, module.grads.params)]
 
+    def teardown(self) -> None:
+        """Launched by torchrun/srun the trained model stays in this process, sharded: rank 0
+        gathers the whole weights (every rank takes part) for the job to evaluate and save."""
+        module = self.lightning_module
+        env = self.cluster_environment
+        if module is not None and env is not None and env.creates_processes_externally and module._grads is not None and module._grads.sharded:
+            full = get_model_state_dict(module.model, options=FULL)
+            module.gathered = full if self.global_rank == 0 else None
+        super().teardown()
+
     # -- checkpoints hold full tensors (collectives: every rank takes part) ---------------------
     def lightning_module_state_dict(self) -> dict[str, Any]:
         return get_model_state_dict(self.lightning_module, options=FULL)

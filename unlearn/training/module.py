@@ -137,6 +137,7 @@ class UnlearnModule(L.LightningModule):
         self._ema = GradientEMA(self.step_cfg.retain_ema) if self.step_cfg.retain_ema else None
         self.diverged = False
         self.steps_done = 0
+        self.gathered: dict[str, Tensor] | None = None  # the whole trained weights, when FSDP trained them in this process (torchrun)
         self._losses: dict[str, Tensor] = {}
 
     # -- setup ---------------------------------------------------------------------------------

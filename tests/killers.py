@@ -14,6 +14,10 @@ def _die() -> None:
 
 
 def _ctrl_c() -> None:
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored; a
+    # terminal's Ctrl-C reaches Python's default handler, so restore that one first
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     os.kill(os.getpid(), signal.SIGINT)  # the real signal, as a terminal sends it
 
 

@@ -1,4 +1,4 @@
-"""The performance benchmark (``python -m unlearn.bench.combiners``) measures what it says: its
+"""The performance benchmark (``python -m unlearn.perf.combiners``) measures what it says: its
 flattening baseline computes the same update and diagnostics as the real combiners (so the
 foreach-vs-flatten comparison is like for like), its memory meter sees allocations, and the
 command runs end to end."""
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn.bench.combiners import main
-from unlearn.bench.flatten import FLAT, flat_diagnostics
-from unlearn.bench.memory import PeakMemory
+from unlearn.perf.combiners import main
+from unlearn.perf.flatten import FLAT, flat_diagnostics
+from unlearn.perf.memory import PeakMemory
 from unlearn.combiners import PCGrad, SAGO, Sum, gradient_diagnostics
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (11,)]

@@ -123,7 +123,7 @@ def test_buffers_by_step_path_and_sharding():
 def test_activation_estimate_is_near_a_measured_step(ckpt):
     """tiny_10m, one GA step at 8x128 in fp32: the plan's activations plus one gradient buffer
     against the peak tensor memory of the forward and backward pass (CPU profiler)."""
-    from unlearn.bench.memory import PeakMemory
+    from unlearn.perf.memory import PeakMemory
     from unlearn.config import build
     from unlearn.losses import GA
     from unlearn.models.checkpointing import checkpointing

@@ -195,7 +195,7 @@ def test_bad_stream_settings_stop_before_any_model_is_built(tmp_path, no_model_b
 
 # -- memory ---------------------------------------------------------------------------------------
 def _peaks(model, stream_mode):
-    from unlearn.bench.combiners import PLAIN, build_combiner, schedule, synthetic_stream, time_steps
+    from unlearn.perf.combiners import PLAIN, build_combiner, schedule, synthetic_stream, time_steps
 
     built = {c: build_combiner(c) for c in ("sum", "pcgrad", "sago")}
     plan = schedule([PLAIN, *built], warmup=1, repeats=0)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.smoothing.sga import optimal_rate
-from unlearn.training.gradients import all_reduce_mean
+from unlearn.distributed import all_reduce_mean
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter], keep: bool) -> list[Tensor]:

@@ -24,7 +24,8 @@ from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.combiners.base import sq_norms
 from unlearn.config import ConfigError
 from unlearn.losses.objective import Objective
-from unlearn.training.gradients import GradientEMA, full_tensor, TaskGradients, TensorwiseUpdate, mean_over_ranks, sum_over_ranks, world_size
+from unlearn.distributed import mean_over_ranks, sum_over_ranks, world_size
+from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, full_tensor
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 

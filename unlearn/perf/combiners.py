@@ -1,4 +1,4 @@
-"""``python -m unlearn.bench.combiners``: what a combiner costs on top of plain gradient difference.
+"""``python -m unlearn.perf.combiners``: what a combiner costs on top of plain gradient difference.
 
 For each model (``conf/model/<name>.yaml``), each batch shape and each combiner
 (``conf/combiner/<name>.yaml``) it trains on synthetic token batches (forget and retain batches of
@@ -12,13 +12,13 @@ clip and AdamW. It reports:
   step (target ≤ 1.05 for sum, pcgrad and sago). The rows take turns step by step in one training
   run, so that a shared machine's changing load hits them alike;
 - **peak**: peak tensor memory during one more step, above the level at the step's start (see
-  :mod:`unlearn.bench.memory`), and how much it exceeds the ``plain`` step's peak, in gradient
+  :mod:`unlearn.perf.memory`), and how much it exceeds the ``plain`` step's peak, in gradient
   buffers (one buffer = every trainable parameter's size; targets with one micro-batch: ≤ +0.10
   for sum, pcgrad and sago, which combine during the forget backward; with ``--accumulate 4``
   ≤ +1.1, as ``g_r`` and ``g_f`` are then accumulated in two buffers). The default shapes are
   8×128, where activations dominate, and 1×16, where gradients do;
 - **combine**: on the model's real gradients, the combiner plus the diagnostics alone, for the
-  per-tensor foreach code and for the flattening alternative (:mod:`unlearn.bench.flatten`), and
+  per-tensor foreach code and for the flattening alternative (:mod:`unlearn.perf.flatten`), and
   the transient memory of the combine phase beyond the update itself, in gradient buffers.
 """
 
@@ -34,8 +34,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from unlearn.bench.flatten import FLAT, flat_diagnostics
-from unlearn.bench.memory import PeakMemory
+from unlearn.perf.flatten import FLAT, flat_diagnostics
+from unlearn.perf.memory import PeakMemory
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.data.paired import PairedCollate, PairedStream
 from unlearn.losses import GA, NLL, Objective
@@ -282,7 +282,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m unlearn.bench.combiners", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m unlearn.perf.combiners", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["tiny", "tiny_10m"], help="conf/model options (default: tiny tiny_10m)")
     p.add_argument("--combiners", nargs="+", default=list(COMBINERS), choices=COMBINERS)
     p.add_argument("--shapes", nargs="+", type=shape, default=[(8, 128), (1, 16)],

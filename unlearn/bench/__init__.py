@@ -1,1 +1,0 @@
-"""Performance benchmarks: ``python -m unlearn.bench.combiners`` (the README's Performance section)."""

@@ -13,6 +13,12 @@ retain tensor freed at once (:class:`TensorwiseUpdate`): the step then holds one
 like a plain backward of ``L_f + L_r``. (The idea of working from backward hooks layer by layer is
 TorchJD's ``autogram``.)
 
+Replicated (DDP, ``trainer=ddp``): each task's buffer is a few flat buckets
+(:class:`~unlearn.distributed.BucketedMean`), and on a step's last micro-batch a bucket's
+all-reduce is launched from the backward hooks as soon as its tensors are final, so the retain
+gradient is being averaged while the forget pass runs; the combine waits for them. A step issues
+one collective per bucket per task and one for the logged losses.
+
 Sharded (FSDP2, ``trainer=fsdp``): the parameters are DTensors and FSDP's own reduce-scatter
 averages each task's gradient over the ranks and fires the same post-accumulate hooks with the
 rank's shard. The buffers then hold the local shards (``to_local()``: half the size on two
@@ -31,7 +37,7 @@ from torch.distributed.tensor import DTensor
 
 from unlearn.combiners.base import Grads, TensorCombine, sq_norms
 from unlearn.combiners.diagnostics import finish_diagnostics, tensor_diagnostics
-from unlearn.distributed import all_reduce_mean, sum_over_ranks
+from unlearn.distributed import BucketedMean, sum_over_ranks, world_size
 
 Sink = Callable[[int, Tensor], None]
 
@@ -76,17 +82,30 @@ class TaskGradients:
         self.params = list(params)
         self.names = list(names)
         self.buffers: dict[str, list[Tensor]] = {}
+        self.reducing: dict[str, BucketedMean] = {}  # several unsharded ranks: the buffers' buckets, being averaged
         self.sharded = any(isinstance(p, DTensor) for p in self.params)  # FSDP: buffers hold local shards
 
-    def accumulate(self, task: str, loss: Tensor, scale: float = 1.0) -> None:
-        """Add ``scale * ∇loss`` to the task's buffer (the first call takes the gradients as is)."""
+    def accumulate(self, task: str, loss: Tensor, scale: float = 1.0, last: bool = True) -> None:
+        """Add ``scale * ∇loss`` to the task's buffer (the first call takes the gradients as is).
+
+        With several (unsharded) ranks the buffer is a :class:`~unlearn.distributed.BucketedMean`'s
+        flat buckets, and on the step's ``last`` micro-batch each bucket's all-reduce is launched
+        during this backward pass, as soon as its tensors are final; :meth:`all_reduce` waits.
+        """
         buf = self.buffers.setdefault(task, [None] * len(self.params))  # type: ignore[list-item]
+        buckets = self.reducing.get(task)
+        if buckets is None and world_size() > 1 and not self.sharded:
+            buckets = self.reducing[task] = BucketedMean(self.params)
 
         def add(i: int, g: Tensor) -> None:
-            if buf[i] is None:
-                buf[i] = g
-            else:
+            if buf[i] is not None:
                 buf[i].add_(g)
+            elif buckets is not None:
+                buf[i] = buckets.views[i].copy_(g)
+            else:
+                buf[i] = g
+            if buckets is not None and last:
+                buckets.ready(i)
 
         self.backward(loss * scale if scale != 1.0 else loss, add)
 
@@ -126,12 +145,11 @@ class TaskGradients:
                 sink(i, torch.zeros_like(local(p)))
 
     def all_reduce(self) -> None:
-        """Average every buffer across data-parallel ranks (a no-op in one process, and when
-        sharded: FSDP's reduce-scatter has averaged each shard already)."""
-        if self.sharded:
-            return
-        for task in sorted(self.buffers):  # same order on every rank
-            all_reduce_mean(self.buffers[task])
+        """Average every buffer across data-parallel ranks: wait for the bucketed all-reduces that
+        :meth:`accumulate` launched (nothing in one process, and nothing when sharded: FSDP's
+        reduce-scatter has averaged each shard already)."""
+        for task in sorted(self.reducing):  # same order on every rank
+            self.reducing.pop(task).wait()
 
     def get(self, task: str) -> list[Tensor] | None:
         return self.buffers.get(task)
@@ -150,6 +168,7 @@ class TaskGradients:
 
     def reset(self) -> None:
         self.buffers.clear()
+        self.reducing.clear()
 
 
 class TensorwiseUpdate:

@@ -190,8 +190,9 @@ class UnlearnModule(L.LightningModule):
         cfg = self.step_cfg
         if batch_idx % cfg.accumulate == 0:
             self.objective.before_step(self.global_step, self.model, batch)  # e.g. SGA's rate: auto
-        forget_loss = self._accumulate(batch)
-        if (batch_idx + 1) % cfg.accumulate != 0:
+        last = (batch_idx + 1) % cfg.accumulate == 0
+        forget_loss = self._accumulate(batch, last)
+        if not last:
             return  # more micro-batches to accumulate before this optimizer step
 
         self.grads.all_reduce()
@@ -212,16 +213,17 @@ class UnlearnModule(L.LightningModule):
         self._log_step(stats)
         self._losses = {}
 
-    def _accumulate(self, batch: Mapping[str, Any]) -> Tensor | None:
-        """Each task's loss, and its gradient into its buffer; when streaming, the forget loss
-        is returned with its backward not yet run (the retain task comes first)."""
+    def _accumulate(self, batch: Mapping[str, Any], last: bool) -> Tensor | None:
+        """Each task's loss, and its gradient into its buffer (``last``: the step's last
+        micro-batch, whose backward starts the all-reduce); when streaming, the forget loss is
+        returned with its backward not yet run (the retain task comes first)."""
         scale = 1.0 / self.step_cfg.accumulate
         for task in self.objective.tasks:
             loss = self.objective.loss(task, self.model, batch)
             self._losses[task] = self._losses.get(task, 0.0) + loss.detach() * scale
             if task == "forget" and self.streaming():
                 return loss
-            self.grads.accumulate(task, loss, scale=scale)
+            self.grads.accumulate(task, loss, scale=scale, last=last)
         return None
 
     def _combine(self, forget_loss: Tensor | None) -> dict[str, Tensor]:

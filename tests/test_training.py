@@ -234,3 +234,25 @@ def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits, stre
         for e, r in zip(ema, ref):
             torch.testing.assert_close(r, e)
     assert any(not torch.equal(r, g) for r, g in calls[-n:]), "after step 1 the reference is not g_r"
+
+
+def test_diagnostics_are_computed_on_the_logged_steps_only(tiny, toy_splits, tmp_path, monkeypatch):
+    """trainer.log_every_n_steps=2: the diagnostics (several passes over every gradient) run on
+    steps 2 and 4 alone, the ones written to metrics.jsonl, and every logged row has them."""
+    from dataclasses import replace
+
+    from unlearn.loggers import JsonlLogger, read_metrics
+    from unlearn.training import gradients
+
+    calls = []
+    real = gradients.tensor_diagnostics
+    monkeypatch.setattr(gradients, "tensor_diagnostics", lambda r, f, u: calls.append(1) or real(r, f, u))
+    quiet_lightning()
+    model, tok = tiny
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, schedule="constant"))
+    fit(module, _stream(tok, toy_splits, 4, 4), tok.pad_token_id, 4, 4, replace(LOOP, log_every_n_steps=2),
+        loggers=[JsonlLogger(tmp_path / "m.jsonl")])
+    rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/grad/norm_update" in r]
+    assert module.steps_done == 4 and len(rows) == 2
+    assert all("train/grad/cos_forget_retain" in r and "train/grad/conflict_frac" in r for r in rows)
+    assert len(calls) == 2 * len(module.trainable())

@@ -228,9 +228,9 @@ class UnlearnModule(L.LightningModule):
 
     def _combine(self, forget_loss: Tensor | None) -> dict[str, Tensor]:
         """Write the update into ``.grad`` and return the step's statistics."""
-        grads, diagnostics = self.grads, self.step_cfg.diagnostics
+        grads, diagnostics = self.grads, self.step_cfg.diagnostics and self._logs_this_step()
         if len(self.objective.tasks) == 1:
-            return self._single_task()
+            return self._single_task(diagnostics)
         if not self.combiner.per_tensor:  # a whole-list rule: g_r, g_f and the update at once (never sharded: check_sharded)
             g_r, g_f = grads.get("retain"), grads.get("forget")
             ref = self._ema.update(g_r) if self._ema is not None else None
@@ -255,17 +255,25 @@ class UnlearnModule(L.LightningModule):
         grads.drain("forget", update)  # frees g_r[i] and g_f[i] as .grad[i] is written
         return update.stats()
 
-    def _single_task(self) -> dict[str, Tensor]:
+    def _single_task(self, diagnostics: bool) -> dict[str, Tensor]:
         """Retain ``none`` or fine-tuning: the update is that task's gradient times its weight."""
         task = self.objective.tasks[0]
         only = self.grads.get(task)
         weight = self.combiner.gamma if task == "forget" else self.combiner.alpha
         sharded = self.grads.sharded
-        stats = {f"norm_{task}": _norm(only, sharded)} if self.step_cfg.diagnostics else {}  # the two-task diagnostics' key
+        stats = {f"norm_{task}": _norm(only, sharded)} if diagnostics else {}  # the two-task diagnostics' key
         torch._foreach_mul_(only, weight)  # in place: the buffer becomes the update
         stats["norm_update"] = _norm(only, sharded)
         self.grads.write(only)
         return stats
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's metrics (``trainer.log_every_n_steps``): the
+        diagnostics (several passes over every gradient) are computed on those steps only."""
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except (AttributeError, RuntimeError):  # no trainer attached, or a Lightning without it
+            return True
 
     def _log_step(self, stats: Mapping[str, Tensor]) -> None:
         metrics: dict[str, Tensor | float] = {f"train/loss/{k}": v for k, v in self._losses.items()}

@@ -53,7 +53,9 @@ def test_benchmark_command_prints_both_tables(capsys):
     assert [r[4].strip() for r in rows[:2]] == ["plain", "sago"], out  # plain (always measured, the baseline), then sago
     assert rows[0][6].strip() == "1.000" and rows[0][8].strip() == "+0.00"
     assert float(rows[1][8]) <= 0.2, out  # sago streams: about one tensor over plain, not a buffer
-    assert len(rows) == 3 and rows[2][2].strip() == "sago"  # the combine table
+    assert len(rows) == 4 and rows[2][2].strip() == "sago"  # the combine table
+    tensors, buckets, ddp, per_tensor = (int(c.split()[0]) for c in rows[3][2:6])  # the collectives table
+    assert ddp == 2 * buckets + 1 < per_tensor == 2 * tensors + 1, out
 
 
 def test_benchmark_shapes_must_be_batch_by_seq(capsys):

@@ -19,7 +19,14 @@ clip and AdamW. It reports:
   8×128, where activations dominate, and 1×16, where gradients do;
 - **combine**: on the model's real gradients, the combiner plus the diagnostics alone, for the
   per-tensor foreach code and for the flattening alternative (:mod:`unlearn.perf.flatten`), and
-  the transient memory of the combine phase beyond the update itself, in gradient buffers.
+  the transient memory of the combine phase beyond the update itself, in gradient buffers;
+- **collectives**: what a ``trainer=ddp`` step issues for the model, one all-reduce per bucket per
+  task and one for the logged losses (from the bucket plan the step itself uses;
+  ``tests/test_distributed.py`` checks that a step issues exactly that many).
+
+``--dtype bf16 --device cuda`` measures at GPU precision; ``--diagnostics off`` times the steps
+that compute no diagnostics (``train.diagnostics=false``, or a step ``trainer.log_every_n_steps``
+does not log).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from unlearn.training.optim import OptimConfig
 
 COMBINERS = ("sum", "pcgrad", "pcgrad_global", "pcgrad_symmetric", "sago", "sago_prefer_retain")
 PLAIN = "plain"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MiB = 2**20
 
 
@@ -65,11 +73,27 @@ def build_combiner(name: str) -> Combiner:
     return build(compose("tiny", name), "combiner")
 
 
-def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
+def build_model(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, int]:
     from unlearn.config import build
 
-    model, tok = build(compose(name, "sum"), "model.spec").load(torch.float32)
+    spec = build(compose(name, "sum"), "model.spec")
+    if device.type == "cuda":  # a ~1B model is built on the GPU directly (its random init on a CPU takes minutes)
+        with torch.device(device):
+            model, tok = spec.load(dtype)
+    else:
+        model, tok = spec.load(dtype)
     return model.to(device), len(tok)
+
+
+def collectives(model: torch.nn.Module) -> list[str]:
+    """A ``trainer=ddp`` step's collectives for this model: one all-reduce per bucket per task
+    (:func:`~unlearn.distributed.bucket_plan`, the plan the step uses) and one for the logged
+    losses, against the per-tensor all-reduce that bucketing replaced."""
+    from unlearn.distributed import BUCKET_BYTES, bucket_plan
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_task = len(bucket_plan(params))
+    return [str(len(params)), f"{per_task} (≤ {BUCKET_BYTES // 2**20} MiB)", str(2 * per_task + 1), str(2 * len(params) + 1)]
 
 
 def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0) -> PairedStream:  # steps: micro-batches
@@ -230,20 +254,21 @@ def combine_costs(name: str, combiner: Combiner, grads: tuple[list[Tensor], list
 
 
 def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[int, int]], warmup: int, repeats: int,
-        device: torch.device, accumulate: int = 1) -> None:
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; train.accumulate={accumulate}; "
-          f"step: median of {repeats} steps per row, rows taking turns step by step after {warmup} warm-up turns\n")
-    step_rows, combine_rows = [], []
+        device: torch.device, accumulate: int = 1, dtype: torch.dtype = torch.float32, diagnostics: bool = True) -> None:
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}; train.accumulate={accumulate}; "
+          f"train.diagnostics={str(diagnostics).lower()}; step: median of {repeats} steps per row, rows taking turns step by step "
+          f"after {warmup} warm-up turns\n")
+    step_rows, combine_rows, comm_rows = [], [], []
     rows = [PLAIN, *combiners]
     plan = schedule(rows, warmup, repeats)
     for m in models:
         for batch, seq in shapes:
-            model, vocab = build_model(m, device)
+            model, vocab = build_model(m, device, dtype)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             buffer = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             stream = synthetic_stream(vocab, batch, seq, len(plan) * accumulate)
             built = {c: build_combiner(c) for c in combiners}
-            clock = time_steps(model, built, stream, batch, plan, device, StepConfig(accumulate=accumulate))
+            clock = time_steps(model, built, stream, batch, plan, device, StepConfig(accumulate=accumulate, diagnostics=diagnostics))
             times, peaks = clock.times, clock.peaks
             base_t, base_p = statistics.median(times[PLAIN]), peaks[PLAIN]
             for c in rows:
@@ -251,6 +276,7 @@ def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[
                 step_rows.append([m, f"{n_params / 1e6:.1f}M", f"{batch}×{seq}", c, f"{t * 1e3:.0f}", f"{t / base_t:.3f}",
                                   f"{peaks[c] / MiB:.0f}", f"{(peaks[c] - base_p) / buffer:+.2f}"])
             if (batch, seq) == tuple(shapes[0]):  # the combine alone does not depend on the batch shape
+                comm_rows.append([m, *collectives(model)])
                 grads = task_gradients(model, stream, batch)
                 for c in combiners:
                     cost = combine_costs(c, built[c], grads, max(2 * repeats, 10), device)
@@ -262,6 +288,8 @@ def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[
     table(["model", "params", "batch", "step", "step ms", "× plain", "peak MiB", "peak − plain (grad buffers)"], step_rows)
     print()
     table(["model", "combiner", "combine ms", "diagnostics ms", "flatten ms (both)", "foreach speed-up", "combine transient (grad buffers)"], combine_rows)
+    print()
+    table(["model", "tensors", "buckets per task", "collectives per step (trainer=ddp)", "per-tensor all-reduce would issue"], comm_rows)
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -294,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=8, help="timed steps per combiner; the median is reported (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the model's dtype (default fp32; bf16 on a GPU)")
+    p.add_argument("--diagnostics", default="on", choices=["on", "off"],
+                   help="train.diagnostics in the timed steps (default on: every step is a logged one; off: a step that is not logged)")
     a = p.parse_args(argv)
     if (a.batch is None) != (a.seq is None):
         p.error("--batch and --seq go together (or use --shapes)")
@@ -306,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_lightning()
     if a.threads:
         torch.set_num_threads(a.threads)
-    run(a.models, list(dict.fromkeys(a.combiners)), shapes, a.warmup, a.repeats, device, a.accumulate)
+    run(a.models, list(dict.fromkeys(a.combiners)), shapes, a.warmup, a.repeats, device, a.accumulate, DTYPES[a.dtype], a.diagnostics == "on")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,15 @@ def axpby(a: Tensor, wa: float | Tensor, *terms: tuple[Tensor, float | Tensor]) 
     The weights may be 0-dim tensors (PCGrad's coefficient), so that a rule applied inside a
     backward hook never waits for the device to hand a scalar back to Python.
     """
-    acc = a.to(acc_dtype(a), copy=True).mul_(wa)  # the one full-size temporary
+    if acc_dtype(a) != a.dtype:
+        acc = a.to(acc_dtype(a)).mul_(wa)  # the one full-size temporary
+    elif isinstance(wa, Tensor) or wa != 1.0:
+        acc = torch.mul(a, wa)  # a copy and an in-place multiply in one pass
+    elif terms:  # ``1 * a`` is ``a``: the first term is added in the pass that allocates the result
+        (b, w), terms = terms[0], terms[1:]
+        acc = torch.addcmul(a, b, w) if isinstance(w, Tensor) else torch.add(a, b, alpha=float(w))
+    else:
+        acc = a.clone()
     for b, w in terms:
         if isinstance(w, Tensor):
             acc.addcmul_(b, w)  # in acc's dtype: ``b * w`` would round to b's (bf16) first

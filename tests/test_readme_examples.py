@@ -1,5 +1,7 @@
-"""The README's "Extending" examples work as written: every `# file:` block is written to a fresh
-folder and every documented command is run from it, with the code and configs the user would add."""
+"""The documented "Extending" examples (docs/extending.md, linked from the README) work as written:
+every `# file:` block is written to a fresh folder and every documented command is run from it, with
+the code and configs the user would add. And every relative link in the README and docs/ resolves to
+a file and, where it names one, a heading or anchor."""
 
 from __future__ import annotations
 
@@ -15,15 +17,50 @@ import pytest
 
 from conftest import REPO
 
-SECTION = "## Extending"
+# the examples moved from the README's "Extending" section to their own page (issue 12 §5)
+PAGE = REPO / "docs" / "extending.md"
 FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+ANCHOR = re.compile(r'<a (?:id|name)="([^"]+)"')
 
 
 def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end > 0 else None]
+    return PAGE.read_text()
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading slugs (lower case, punctuation dropped, spaces to '-', repeats numbered)
+    outside code fences, plus explicit `<a id=...>` anchors."""
+    seen: dict[str, int] = {}
+    out = set(ANCHOR.findall(text))
+    for line in FENCE.sub("", text).splitlines():
+        if not line.startswith("#"):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_the_readme_links_the_extending_page():
+    assert "](docs/extending.md)" in (REPO / "README.md").read_text()
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in LINK.findall(FENCE.sub("", page.read_text())):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not checked offline
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no file)")
+            elif anchor and (file.suffix != ".md" or anchor not in _anchors(file.read_text())):
+                broken.append(f"{page.name}: {target} (no anchor)")
+    assert not broken, broken
 
 
 def _blocks() -> tuple[dict[str, str], list[str]]:
@@ -45,7 +82,7 @@ def test_the_section_documents_a_loss_a_combiner_and_a_benchmark():
 
 
 def _run(command: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    """A README command line (`PYTHONPATH=... python -m unlearn ...`) run with this interpreter."""
+    """A documented command line (`PYTHONPATH=... python -m unlearn ...`) run with this interpreter."""
     words = shlex.split(command)
     env = {**os.environ, "UNLEARN_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     while "=" in words[0]:

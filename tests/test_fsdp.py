@@ -55,9 +55,9 @@ def _run(model, tok, splits, combiner, accumulate: int, world: int, tmp_path, ob
         torch.manual_seed(0)  # the same random adapter initialisation in both runs
         m = apply_lora(m, lora)
     objective = objective or Objective(forget=GA(), retain=NLL())
-    for c in objective.components():  # KL's prepare takes only the reference
+    for c in objective.components():  # KL's and RMU's prepare take the model and the reference
         if hasattr(c, "prepare"):
-            c.prepare(type("Ctx", (), {"reference": Reference(m)})())
+            c.prepare(type("Ctx", (), {"reference": Reference(m), "model": m})())
     # lr 1e-4: AdamW's first steps are nearly sign(g)·lr, so a coordinate whose gradient is ~0 can
     # move by ±lr on a rounding difference of the reduction order; the parameters still move by
     # ~3e-4 each, 30 times the tolerance, and the diagnostics compare the rule itself
@@ -180,6 +180,28 @@ def test_lora_with_a_kl_reference_sharded_equals_one_process(tiny, toy_splits, t
     runs = [_run(model, tok, toy_splits, PCGrad(), 1, w, tmp_path, objective=Objective(forget=GA(), retain=KL()), lora=lora) for w in (1, WORLD)]
     (one, a, log_a), (two, b, log_b) = runs
     assert two.steps_done == STEPS and any("lora" in n for n in b)
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=n)
+    for k in log_a:
+        assert log_b[k] == pytest.approx(log_a[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_rmu_with_lora_sharded_equals_one_process(tiny, toy_splits, tmp_path):
+    """RMU under FSDP (issue 10): only the adapters inside the chosen layers' mlp.down_proj train,
+    every other tensor frozen in the same units, and RMU's retain term runs the reference (the
+    base with the adapter off) inside the sharded model."""
+    from unlearn.losses import RMU, RMURetain
+
+    quiet_lightning()
+    model, tok = tiny
+    lora = {"r": 4, "alpha": 8, "target_modules": ["down_proj", "q_proj"]}
+    objective = lambda: Objective(forget=RMU(layer=1, update_layers=[1]), retain=RMURetain(layer=1))  # noqa: E731
+    runs = [_run(model, tok, toy_splits, SAGO(), 1, w, tmp_path, objective=objective(), lora=lora) for w in (1, WORLD)]
+    (one, a, log_a), (two, b, log_b) = runs
+    trained = [n for n, p in two.model.named_parameters() if p.requires_grad]
+    assert two.steps_done == STEPS and trained and all("layers.1.mlp.down_proj.lora_" in n for n in trained), trained
+    assert all(b[n].abs().sum() > 0 for n in trained if "lora_B" in n), "the adapters (lora_B starts at zero) moved"
     for n in a:
         torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=n)
     for k in log_a:

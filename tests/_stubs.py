@@ -38,7 +38,7 @@ class MemorizerLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pad_token_id: int, **_: Any) -> torch.Tensor:
         rows = []
-        for ids, mask in zip(input_ids, attention_mask):
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
             self.prompts_seen.append(ids[mask.bool()].tolist())
             cont = self._continue(self.prompts_seen[-1], max_new_tokens)
             rows.append(ids.tolist() + cont + [pad_token_id] * (max_new_tokens - len(cont)))
@@ -47,7 +47,7 @@ class MemorizerLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> Any:
         logits = torch.zeros(*input_ids.shape, self.vocab)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        for b, (ids, m) in enumerate(zip(input_ids, mask)):
+        for b, (ids, m) in enumerate(zip(input_ids, mask, strict=True)):
             seq = ids[m.bool()].tolist()
             if any(known[: len(seq)] == tuple(seq) for known in self.memorised):
                 for t in range(len(seq) - 1):

@@ -27,7 +27,7 @@ def test_flatten_baseline_computes_what_the_combiners_compute(name, combiner, se
     g_r, g_f = _grads(seed)
     ours = combiner(g_r, g_f)
     flat = FLAT[name](g_r, g_f, combiner.alpha, combiner.gamma)
-    for a, b in zip(ours, flat):
+    for a, b in zip(ours, flat, strict=True):
         torch.testing.assert_close(b, a)
     d_ours, d_flat = gradient_diagnostics(g_r, g_f, ours), flat_diagnostics(g_r, g_f, ours)
     for k in d_flat:

@@ -49,7 +49,7 @@ def _task_grads(model, objective, batch, tokenizer, ckpt: bool, calls: list[int]
     with checkpointing(model, ckpt):
         for task in objective.tasks:
             loss = objective.loss(task, model, batch)
-            out[task] = [g if g is not None else torch.zeros_like(p) for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params)]
+            out[task] = [g if g is not None else torch.zeros_like(p) for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)]
     return out, calls[0]
 
 
@@ -82,7 +82,7 @@ def test_same_per_task_gradients_with_checkpointing(tiny, toy_splits, kind, lora
     assert plain.keys() == ckpt.keys()
     for task in plain:
         assert any(g.abs().sum() > 0 for g in plain[task]), task
-        for g0, g1 in zip(plain[task], ckpt[task]):
+        for g0, g1 in zip(plain[task], ckpt[task], strict=True):
             torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7)
 
 

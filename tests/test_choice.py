@@ -82,7 +82,7 @@ def test_scorer_reads_the_last_real_position_of_right_padded_batches(tiny):
     lengths = [len(encode_pair(tok, c, " A")[0]) for c in contexts]
     assert len(set(lengths)) == 3
     want = ["C", "A", "D"]
-    model = LastTokenLM(len(tok), {n: letter_id[w] for n, w in zip(lengths, want)})
+    model = LastTokenLM(len(tok), {n: letter_id[w] for n, w in zip(lengths, want, strict=True)})
     lp = letter_logprobs(model, tok, contexts, batch_size=3)
     assert [LETTERS[i] for i in lp.argmax(-1)] == want
     expected = torch.log_softmax(torch.tensor([20.0] + [0.0] * (len(tok) - 1)), -1)

@@ -83,7 +83,8 @@ def test_multirun_gives_every_job_its_own_directory(smoke_run, tmp_path, cache_d
     proc = run_cli(["-m", "experiment=smoke", "combiner=sum,pcgrad,sago", "train.steps=3", "hydra.sweep.dir=sweep"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert [j.name for j in jobs] == ["0_combiner=sum,experiment=smoke,train.steps=3", "1_combiner=pcgrad,experiment=smoke,train.steps=3", "2_combiner=sago,experiment=smoke,train.steps=3"]
+    assert [j.name for j in jobs] == ["0_simnpo+nll+sum_experiment=smoke,train.steps=3", "1_simnpo+nll+pcgrad_experiment=smoke,train.steps=3",
+                                     "2_simnpo+nll+sago_experiment=smoke,train.steps=3"]
     targets = set()
     for j in jobs:
         res = _results(j)

@@ -69,7 +69,7 @@ def test_positive_homogeneity(c, pair):
 @settings(max_examples=100, deadline=None)
 def test_sum_is_the_weighted_sum(pair, alpha, gamma):
     g_r, g_f = pair
-    for u, r, f in zip(Sum(alpha=alpha, gamma=gamma)(g_r, g_f), g_r, g_f):
+    for u, r, f in zip(Sum(alpha=alpha, gamma=gamma)(g_r, g_f), g_r, g_f, strict=True):
         torch.testing.assert_close(u, alpha * r + gamma * f)
 
 
@@ -96,7 +96,7 @@ def test_pcgrad_on_bf16_gradients_keeps_its_guarantee_and_fp32_diagnostics(pair,
     c = PCGrad(alpha=alpha, gamma=gamma)
     low, ref = c.combine(g_r, g_f), c.combine(_fp32(g_r), _fp32(g_f))
     assert_nonneg_inner_product_per_tensor(c, _fp32(g_r), _fp32(g_f))  # holds in fp32, before the cast
-    for u, v, r, f in zip(low.update, ref.update, g_r, g_f):
+    for u, v, r, f in zip(low.update, ref.update, g_r, g_f, strict=True):
         assert u.dtype == torch.bfloat16
         # one bf16 rounding of the fp32 update: within one bf16 ulp (2^-7 relative) of it
         # (and fp32 values below bf16's smallest normal may flush to 0)
@@ -120,7 +120,7 @@ def test_pcgrad_on_bf16_gradients_keeps_its_guarantee_and_fp32_diagnostics(pair,
 @settings(max_examples=60, deadline=None)
 def test_pcgrad_is_the_sum_where_tensors_do_not_conflict(pair):
     g_r, g_f = pair
-    for u, s, r, f in zip(PCGrad()(g_r, g_f), Sum()(g_r, g_f), g_r, g_f):
+    for u, s, r, f in zip(PCGrad()(g_r, g_f), Sum()(g_r, g_f), g_r, g_f, strict=True):
         if torch.dot(r.flatten(), f.flatten()) >= 0:
             torch.testing.assert_close(u, s)
 
@@ -159,7 +159,7 @@ def test_sago_agrees_in_sign_with_retain_on_every_coordinate(prefer_retain, pair
 @settings(max_examples=60, deadline=None)
 def test_sago_takes_retain_on_conflicts_and_forget_elsewhere(pair):
     g_r, g_f = pair
-    for u, r, f in zip(SAGO(alpha=0.5, gamma=2.0)(g_r, g_f), g_r, g_f):
+    for u, r, f in zip(SAGO(alpha=0.5, gamma=2.0)(g_r, g_f), g_r, g_f, strict=True):
         conflict = (r * f) < 0
         torch.testing.assert_close(u[conflict], 0.5 * r[conflict])
         torch.testing.assert_close(u[~conflict], 2.0 * f[~conflict])
@@ -180,7 +180,7 @@ def test_soft_gate_approaches_the_hard_gate():
 @settings(max_examples=60, deadline=None)
 def test_soft_gates_mix_between_retain_and_forget_on_every_coordinate(gate, pair, alpha, gamma, kappa):
     g_r, g_f = pair
-    for u, r, f in zip(SAGO(alpha=alpha, gamma=gamma, gate=gate, kappa=kappa)(g_r, g_f), g_r, g_f):
+    for u, r, f in zip(SAGO(alpha=alpha, gamma=gamma, gate=gate, kappa=kappa)(g_r, g_f), g_r, g_f, strict=True):
         lo, hi = torch.minimum(alpha * r, gamma * f), torch.maximum(alpha * r, gamma * f)
         slack = 1e-6 * (lo.abs() + hi.abs())
         assert ((u >= lo - slack) & (u <= hi + slack)).all()
@@ -190,7 +190,7 @@ def test_soft_gates_mix_between_retain_and_forget_on_every_coordinate(gate, pair
 @settings(max_examples=60, deadline=None)
 def test_soft_raw_is_the_literal_formula_of_spec(pair, kappa):
     g_r, g_f = pair
-    for u, r, f in zip(SAGO(alpha=0.5, gamma=2.0, gate="soft_raw", kappa=kappa)(g_r, g_f), g_r, g_f):
+    for u, r, f in zip(SAGO(alpha=0.5, gamma=2.0, gate="soft_raw", kappa=kappa)(g_r, g_f), g_r, g_f, strict=True):
         w = torch.sigmoid(kappa * f * r)
         torch.testing.assert_close(u, w * 2.0 * f + (1 - w) * 0.5 * r, rtol=1e-5, atol=1e-6)
 
@@ -281,7 +281,7 @@ PINNED = {
 def test_pinned_values(name):
     c, expected = PINNED[name]
     out = c(G_R, G_F)
-    for u, e in zip(out, expected):
+    for u, e in zip(out, expected, strict=True):
         torch.testing.assert_close(u, torch.tensor(e), rtol=1e-6, atol=1e-6)
 
 

@@ -1,13 +1,18 @@
-"""Every config file composes; presets and command-line overrides combine as documented; bad input
-stops with a message naming the key, before any model is built."""
+"""Every config file composes and every ``_target_`` in it instantiates; presets and command-line
+overrides combine as documented; bad input stops with a message naming the key, before any model is
+built."""
 
 from __future__ import annotations
 
+import inspect
+import shutil
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conftest import CONF, compose, job_config
 from unlearn.components import make_setup
@@ -35,12 +40,81 @@ def test_conf_has_the_groups_the_framework_documents():
     assert {"model", "method", "benchmark", "combiner", "forget", "retain", "smoothing", "trainer", "logger", "experiment"} <= groups
 
 
+#: options that only build beside another one (the pairing their file documents)
+PARTNERS = {"retain=rmu": ["forget=rmu"]}
+
+
+def _targets(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every node with a ``_target_``, outermost first: Hydra instantiates what lies below one itself,
+    unless it says ``_recursive_: false``, whose children the code builds later (walked here too)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+            if node.get("_recursive_", True):
+                return
+        for k in node.keys():
+            if not str(k).startswith("_"):
+                yield from _targets(node._get_node(k), f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _targets(node._get_node(i), f"{key}.{i}")
+
+
+def _fill_required(node: DictConfig, stand_in: str) -> None:
+    """``???`` (a value the user must give, such as a data file) becomes a stand-in path."""
+    for k in list(node.keys()):
+        if OmegaConf.is_missing(node, k):
+            node[k] = stand_in
+        elif isinstance(node._get_node(k), DictConfig):
+            _fill_required(node[k], stand_in)
+
+
+def instantiate_targets(cfg: DictConfig, stand_in: str) -> list[str]:
+    """Instantiate every ``_target_`` node of a composed config, as the job does (``instantiate``,
+    recursive, no extra arguments): losses, combiners, smoothing and providers, the model spec
+    (which loads no weights until asked), the benchmark's data, evaluator and collapse check, the
+    trainer strategy, and the launcher, sweeper and callbacks from conf/. Hydra's own default
+    plugins (``hydra._internal``) are Hydra's business. Returns what was built, by key."""
+    built = []
+    for key, node in _targets(cfg):
+        if str(node._target_).startswith("hydra._internal."):
+            continue
+        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))  # resolved against the whole config
+        _fill_required(node, stand_in)
+        obj = instantiate(node)
+        if node.get("_partial_", False):  # a partial binds nothing: check its keywords against the target
+            inspect.signature(obj.func).bind_partial(*obj.args, **obj.keywords)
+        built.append(f"{key}: {type(obj).__name__}")
+    return built
+
+
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: p.relative_to(CONF).as_posix())
-def test_every_config_file_composes(path):
-    cfg = compose([_override(path)])
+def test_every_config_file_composes_and_its_targets_instantiate(path, tmp_path):
+    cfg = compose([*PARTNERS.get(_override(path), []), _override(path), f"paths.cache_dir={tmp_path}"])
     group, option = _group_and_option(path)
     assert cfg.hydra.runtime.choices[group] == option
     OmegaConf.to_container(cfg, resolve=False)  # the whole tree is well-formed
+    built = instantiate_targets(cfg, str(tmp_path / "stand-in"))
+    assert {"forget", "retain", "combiner", "smoothing", "model.spec", "benchmark.data", "benchmark.eval"} <= {b.split(":")[0] for b in built}
+
+
+@pytest.mark.parametrize("planted,fragment", [
+    ("_target_: unlearn.combiners.Sum\nalpah: 1.0\n", "alpah"),                                       # a misspelt keyword
+    ("# @package _global_\nbenchmark:\n  eval:\n    _target_: unlearn.eval.qa.QAEvaluatr\n", "QAEvaluatr"),  # a wrong _target_, deep in an experiment
+])
+def test_a_planted_wrong_keyword_or_target_fails_the_instantiation_check(tmp_path, planted, fragment):
+    """The check above can fail: the same file composes cleanly, and only instantiation catches it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    group = "combiner" if planted.startswith("_target_") else "experiment"
+    (conf / group / "planted.yaml").write_text(planted)
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"{group}=planted", f"paths.cache_dir={tmp_path}"], return_hydra_config=True)
+    with pytest.raises(InstantiationException, match=fragment):
+        instantiate_targets(cfg, str(tmp_path / "stand-in"))
 
 
 def test_default_composes_and_builds_without_a_model(tmp_path, no_model_build):

@@ -76,15 +76,15 @@ def test_combining_before_the_all_reduce_would_differ(tiny, toy_splits):
         total = [torch.zeros_like(p) for p in params]
         for k in range(0, len(items), BATCH):  # micro-batches of BATCH items, accumulated
             g = torch.autograd.grad(objective.loss(task, m, collate([stream[i] for i in items[k:k + BATCH]])), params)
-            total = [t + x / (len(items) // BATCH) for t, x in zip(total, g)]
+            total = [t + x / (len(items) // BATCH) for t, x in zip(total, g, strict=True)]
         return total
 
     per_rank = [[i for i in step_items if i % WORLD == r] for r in range(WORLD)]
     g = {r: (grads(items, "retain"), grads(items, "forget")) for r, items in enumerate(per_rank)}
-    mean = lambda ts: [sum(x) / WORLD for x in zip(*ts)]  # noqa: E731
+    mean = lambda ts: [sum(x) / WORLD for x in zip(*ts, strict=True)]  # noqa: E731
     right = SAGO()(mean([g[r][0] for r in g]), mean([g[r][1] for r in g]))
     wrong = mean([SAGO()(*g[r]) for r in g])
-    assert max(float((x - y).abs().max()) for x, y in zip(right, wrong)) > 1e-3
+    assert max(float((x - y).abs().max()) for x, y in zip(right, wrong, strict=True)) > 1e-3
 
 
 def test_more_than_one_process_needs_the_task_strategy():

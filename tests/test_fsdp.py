@@ -79,13 +79,13 @@ def _sharded_combine(c, g_r, g_f):
     per-tensor sums and statistics added over the ranks (what sum_over_ranks does)."""
     r_sh, f_sh = _shards(g_r), _shards(g_f)
     runs = [c.start(None, len(g_r)) for _ in range(2)]
-    local = [[c._sums(r[k], f[k], r[k]) for r, f in zip(r_sh, f_sh)] for k in range(2)]
-    added = [{key: a[key] + b[key] for key in a} for a, b in zip(*local)]
+    local = [[c._sums(r[k], f[k], r[k]) for r, f in zip(r_sh, f_sh, strict=True)] for k in range(2)]
+    added = [{key: a[key] + b[key] for key in a} for a, b in zip(*local, strict=True)]
     for k, run in enumerate(runs):
         run.prepare([r[k] for r in r_sh], [f[k] for f in f_sh], [r[k] for r in r_sh], reduce=lambda sums: added)
     ups = [[run.tensor(i, r_sh[i][k], f_sh[i][k], r_sh[i][k]) for i in range(len(g_r))] for k, run in enumerate(runs)]
     parts = [run.part_stats() for run in runs]
-    summed = [{key: a[key] + b[key] for key in a} for a, b in zip(*parts)]
+    summed = [{key: a[key] + b[key] for key in a} for a, b in zip(*parts, strict=True)]
     return [torch.cat([ups[0][i], ups[1][i]]) for i in range(len(g_r))], runs[0].stats(summed)
 
 
@@ -94,11 +94,11 @@ def test_sums_over_shards_give_the_whole_tensor_rule(name):
     g = torch.Generator().manual_seed(0)
     shapes = [(6, 4), (5, 3), (7,)]  # odd first dimensions: unequal shards
     g_r = [torch.randn(s, generator=g) for s in shapes]
-    g_f = [torch.randn(s, generator=g) - 0.5 * r for s, r in zip(shapes, g_r)]
+    g_f = [torch.randn(s, generator=g) - 0.5 * r for s, r in zip(shapes, g_r, strict=True)]
     c = COMBINERS[name]
     whole = c.combine(g_r, g_f)
     update, stats = _sharded_combine(c, g_r, g_f)
-    for u, w in zip(update, whole.update):
+    for u, w in zip(update, whole.update, strict=True):
         torch.testing.assert_close(u, w, rtol=1e-6, atol=1e-6)
     assert stats.keys() == whole.stats.keys()
     for k in stats:
@@ -111,7 +111,7 @@ def test_shard_local_pcgrad_is_a_different_rule():
     g_r = [torch.randn(8, 4, generator=g)]
     g_f = [torch.cat([-g_r[0][:4] + 0.1 * torch.randn(4, 4, generator=g), g_r[0][4:] + torch.randn(4, 4, generator=g)])]
     whole = PCGrad()(g_r, g_f)[0]
-    local = torch.cat([PCGrad()([r], [f])[0] for r, f in zip(g_r[0].chunk(2), g_f[0].chunk(2))])
+    local = torch.cat([PCGrad()([r], [f])[0] for r, f in zip(g_r[0].chunk(2), g_f[0].chunk(2), strict=True)])
     assert float((whole - local).abs().max()) > 0.1
 
 
@@ -269,7 +269,7 @@ def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
 
     class WholeList(Combiner):
         def _combine(self, g_r, g_f, ref):
-            return Combination([r + f for r, f in zip(g_r, g_f)])
+            return Combination([r + f for r, f in zip(g_r, g_f, strict=True)])
 
     (msg,) = check_sharded(WholeList(), None, lora=False, smoothing_rate=0.0)
     assert "implements _combine on whole lists" in msg and "or use trainer=ddp" in msg

@@ -165,7 +165,7 @@ def test_zero_shot_general_tasks_run_through_lm_eval(tiny, splits, tmp_path):
     best = [max((0, 1), key=lambda k: _choice_logprob(model, tok, r["question"], " " + r["choices"][k])) for r in rows]
     for answers, expected in ((best, 1.0), ([1 - b for b in best], 0.0)):
         (tmp_path / str(expected)).mkdir()
-        folder = _general_task(tmp_path / str(expected), [dict(r, answer=a) for r, a in zip(rows, answers)])
+        folder = _general_task(tmp_path / str(expected), [dict(r, answer=a) for r, a in zip(rows, answers, strict=True)])
         ev = _evaluator("benchmark.eval.max_ppl=1e9", "benchmark.eval.general_tasks=[unlearn_general_fixture]", f"benchmark.eval.general_tasks_path={folder}")
         rec = ev.evaluate(model, tok, PromptFormat(), splits)
         assert rec["notes"]["general_tasks"] is None

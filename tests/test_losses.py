@@ -78,7 +78,7 @@ def test_npo_gradient_at_the_start_equals_ga_on_the_summed_nll(tiny, toy_splits)
     params = [p for p in m.parameters()]
     g_npo = torch.autograd.grad(npo(m, batch).sum(), params)
     g_ga = torch.autograd.grad(-sequence_nll(m, batch)[0].sum(), params)
-    for a, b in zip(g_npo, g_ga):
+    for a, b in zip(g_npo, g_ga, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -59,7 +59,7 @@ ROWS = [[0, 1, 2, 3, 3, 2], [3, 2, 1, 1]]
 def _reference_minkpp(table: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Zhang et al. 2024: (log p(x_t) − μ_t) / σ_t, μ_t = E_p[log p], σ_t² = E_p[(log p)²] − μ_t²."""
     nll, z = [], []
-    for cur, nxt in zip(ids[:-1], ids[1:]):
+    for cur, nxt in zip(ids[:-1], ids[1:], strict=True):
         logp = table[cur] - np.log(np.exp(table[cur]).sum())
         p = np.exp(logp)
         mu = (p * logp).sum()

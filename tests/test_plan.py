@@ -75,7 +75,7 @@ def test_tiny_plan_matches_the_real_parameter_gradient_and_optimizer_bytes(tiny,
     assert plan.buffers == GRAD_BUFFERS["PCGradGlobal"]["single"] == 3
     assert plan.gradients == plan.buffers * _state_bytes(grads)
     opt = torch.optim.AdamW(params)
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
     opt.step()
     moments = [t for s in opt.state.values() for k, t in s.items() if k != "step"]

@@ -10,16 +10,25 @@ import pandas as pd
 import pytest
 
 from unlearn.report.__main__ import main, report, wandb_group
-from unlearn.report.collect import Run, load_runs, rate_key
+from unlearn.report.collect import Run, cells, frame, load_runs, rate_key
 from unlearn.report.pareto import pareto_mask
 from unlearn.rundir import read_json, write_json
 
 UNRESOLVED_RATE = "${oc.select:method.tuned.smoothing.sga.rate,0.0}"
 
 
+#: the losses each method preset here picks (config.json records them, as a real run's does)
+LOSSES = {"sga": ("GA", "no_loss"), "sago": ("SimNPO", "NLL"), "ga": ("GA", "no_loss"), "gd": ("GA", "NLL"), "npo": ("NPO", "NLL")}
+
+
+def _losses(method):
+    forget, retain = LOSSES[method]
+    return {"forget": {"_target_": f"unlearn.losses.{forget}"}, "retain": {"_target_": f"unlearn.losses.{retain}"}}
+
+
 def _run(root, name, method, combiner, rate, seed, fq, mu, status="ok", reason=None, group=None):
     d = root / name
-    cfg = {"seed": seed, "method": {"name": method}, "combiner": {"_target_": f"unlearn.combiners.{combiner}"},
+    cfg = {"seed": seed, "method": {"name": method}, **_losses(method), "combiner": {"_target_": f"unlearn.combiners.{combiner}"},
            "smoothing": {"rate": rate}, "model": {"name": "tiny"},
            "benchmark": {"name": "toy", "report": {"forget": "forget_quality", "forget_higher_is_better": True, "forget_log": True,
                                                     "utility": "model_utility", "table": ["forget_quality", "model_utility"]}}}
@@ -53,11 +62,11 @@ def test_report_aggregates_seeds_and_lists_unfinished_runs(sweep, capsys):
     out = sweep / "report"
     table = pd.read_csv(out / "table_toy.csv")
     assert len(table) == 4
-    sga = table[(table["method"] == "sga") & (table["rate"] == -0.5)].iloc[0]
+    sga = table[(table["method"] == "ga+none") & (table["rate"] == -0.5)].iloc[0]
     assert sga["n"] == 3
     assert sga["eval/toy/forget_quality_mean"] == pytest.approx(0.2)
     assert sga["eval/toy/forget_quality_std"] == pytest.approx(np.std([0.1, 0.2, 0.3], ddof=1))
-    sago = table[(table["method"] == "sago") & (table["rate"] == 0.5)].iloc[0]
+    sago = table[(table["method"] == "simnpo+nll") & (table["rate"] == 0.5)].iloc[0]
     assert sago["n"] == 3 and sago["n_diverged"] == 1
     md = (out / "report.md").read_text()
     assert "| method | combiner | rate | n | forget_quality | model_utility |" in md
@@ -82,12 +91,12 @@ def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp
         _run(sweep, f"auto_{seed}_job", "sga", "Sum", "auto", seed, 0.9, 0.3)
     made = report(sweep, tmp_path / "out")
     table = pd.read_csv(made["tables"][0], dtype={"rate": str})
-    assert table[["method", "rate"]].values.tolist() == [["sago", "-0.5"], ["sago", "0.5"], ["sga", "-0.5"], ["sga", "0.5"], ["sga", "auto"]]
+    assert table[["method", "rate"]].values.tolist() == [["ga+none", "-0.5"], ["ga+none", "0.5"], ["ga+none", "auto"], ["simnpo+nll", "-0.5"], ["simnpo+nll", "0.5"]]
     auto = table[table["rate"] == "auto"].iloc[0]
     assert auto["n"] == 2 and auto["eval/toy/forget_quality_mean"] == pytest.approx(0.9)
-    assert "| sga | sum | auto | 2 |" in made["markdown"].read_text()
+    assert "| ga+none | sum | auto | 2 |" in made["markdown"].read_text()
     # sago r=0.5 (0.5, 0.505) dominates every other cell but sga r=auto (0.9, 0.3): best forget quality
-    assert _front(made, "toy") == [("sago", "sago", "0.5"), ("sga", "sum", "auto")]
+    assert _front(made, "toy") == [("simnpo+nll", "sago", "0.5"), ("ga+none", "sum", "auto")]
     assert made["fronts"]["toy"]["eval/toy/forget_quality_mean"].tolist() == pytest.approx([0.5, 0.9])
 
 
@@ -118,7 +127,7 @@ def test_an_unresolved_rate_interpolation_joins_its_real_cell(sweep):
     table = pd.read_csv(sweep / "report" / "table_toy.csv", dtype={"rate": str})
     assert sorted(table["rate"]) == ["-0.5", "-0.5", "0.5", "0.5"]
     by = table.set_index(["method", "rate"])
-    assert by.loc[("sga", "0.5"), "n_failed"] == 2 and by.loc[("sago", "-0.5"), "n_failed"] == 1
+    assert by.loc[("ga+none", "0.5"), "n_failed"] == 2 and by.loc[("simnpo+nll", "-0.5"), "n_failed"] == 1
 
 
 def test_a_rate_that_cannot_be_resolved_is_unknown_not_a_cell_named_after_the_interpolation(tmp_path):
@@ -200,7 +209,7 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
     root = tmp_path / "hp"
     for k, (method, rouge, ppl) in enumerate((("ga", 0.1, 50.0), ("gd", 0.2, 20.0), ("npo", 0.3, 40.0))):
         d = root / f"{k}_job"
-        write_json(d / "config.json", {"seed": 0, "method": {"name": method}, "combiner": {"_target_": "unlearn.combiners.Sum"},
+        write_json(d / "config.json", {"seed": 0, "method": {"name": method}, **_losses(method), "combiner": {"_target_": "unlearn.combiners.Sum"},
                                        "smoothing": {"rate": 0}, "model": {"name": "tiny"},
                                        "benchmark": {"name": "harry_potter", "report": {"forget": "completion_rouge", "utility": "general_ppl", "utility_higher_is_better": False}}})
         write_json(d / "results.json", {"status": "ok", "eval/harry_potter/completion_rouge": rouge, "eval/harry_potter/general_ppl": ppl})
@@ -212,5 +221,20 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
     made = report(root, root / "report")
     # npo (0.3, 40) is dominated by gd (0.2, 20) when lower perplexity is better; were perplexity
     # taken as higher-is-better, ga (0.1, 50) alone would be the front
-    assert _front(made, "harry_potter") == [("ga", "sum", "0"), ("gd", "sum", "0")]
+    assert _front(made, "harry_potter") == [("ga+none", "sum", "0"), ("ga+nll", "sum", "0")]
     assert made["fronts"]["harry_potter"]["eval/harry_potter/general_ppl_mean"].tolist() == [50.0, 20.0]
+
+
+def test_two_presets_that_ran_the_same_options_stay_apart_as_preset(tmp_path):
+    """`method=npo forget=simnpo` and `method=simnpo` run the same options with other learning rates
+    and betas: one label, so the preset (method.name) becomes a factor rather than a merged cell."""
+    def run(preset, seed):
+        cfg = {"seed": seed, "method": {"name": preset}, **_losses("sago"), "combiner": {"_target_": "unlearn.combiners.Sum"},
+               "benchmark": {"name": "toy"}, "model": {"name": "tiny"}}
+        return Run(tmp_path / f"{preset}{seed}", cfg, {"status": "ok"}, [f"method={preset}"])
+
+    df = frame([run("simnpo", 0), run("npo", 0), run("npo", 1)])
+    assert set(df["method"]) == {"simnpo+nll"} and df["preset"].tolist() == ["simnpo", "npo", "npo"]
+    assert len(cells(df, [])) == 2
+    alone = frame([run("simnpo", 0), run("simnpo", 1)])
+    assert "preset" not in alone and alone["method"].tolist() == ["simnpo+nll", "simnpo+nll"]

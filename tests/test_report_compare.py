@@ -27,7 +27,7 @@ CLASS = {"sum": "Sum", "sago": "SAGO"}
 
 def _job(root, name, combiner, lr, seed, values, status="ok", steps=None, alpha=1.0, override_combiner=True):
     d = root / name
-    cfg = {"seed": seed, "method": {"name": "gd"}, "combiner": {"_target_": f"unlearn.combiners.{CLASS[combiner]}", "alpha": alpha, "gamma": 1.0},
+    cfg = {"seed": seed, "method": {"name": "gd"}, "forget": {"_target_": "unlearn.losses.GA"}, "retain": {"_target_": "unlearn.losses.NLL"}, "combiner": {"_target_": f"unlearn.combiners.{CLASS[combiner]}", "alpha": alpha, "gamma": 1.0},
            "smoothing": {"rate": 0.0}, "model": {"name": "tiny"}, "optim": {"lr": float(lr)},
            "benchmark": {"name": "toy", "report": {"forget": "forget_quality", "forget_higher_is_better": True, "forget_log": True,
                                                     "utility": "model_utility", "table": ["forget_quality", "forget_prob", "retain_rouge", "model_utility"]}}}
@@ -63,7 +63,7 @@ def test_an_lr_sweep_draws_one_curve_per_method_and_combiner_along_lr(lr_sweep, 
     made = report(lr_sweep, tmp_path / "out")
     # before: one single-point series per (method, combiner, lr) and the points joined along r only
     curves = made["curves"]["toy"]
-    assert curves == {"gd + sago": ["0.001", "0.004", "0.016"], "gd + sum": ["0.001", "0.004", "0.016"]}
+    assert curves == {"ga+nll+sago": ["0.001", "0.004", "0.016"], "ga+nll+sum": ["0.001", "0.004", "0.016"]}
     table = pd.read_csv(tmp_path / "out" / "table_toy.csv", dtype={"optim.lr": str})
     assert table["optim.lr"].tolist() == ["0.001", "0.004", "0.016"] * 2  # numeric order, 1e-3 spelled as Python prints it
 
@@ -115,9 +115,9 @@ def test_utility_at_matched_forgetting_interpolates_each_seed_on_forget_prob(lr_
     assert levels.to_dict() == pytest.approx({"oracle": 0.25, "25% of shared range": 0.175, "50% of shared range": 0.25, "75% of shared range": 0.325})
     md = made["markdown"].read_text()
     assert "## toy: Utility at matched forgetting" in md and "Matched on `forget_prob`, monotone along 2 of 2 curves" in md
-    assert "| oracle | 0.25 | gd | sum | 2 | 0.00283 | 0.66 ± 0.014 | 0.33 ± 0.0071 |" in md
+    assert "| oracle | 0.25 | ga+nll | sum | 2 | 0.00283 | 0.66 ± 0.014 | 0.33 ± 0.0071 |" in md
     assert (tmp_path / "out" / "matched_toy.png").exists()
-    assert made["summary"]["matched/toy/oracle/gd/sago/model_utility"] == pytest.approx(0.735)
+    assert made["summary"]["matched/toy/oracle/ga+nll/sago/model_utility"] == pytest.approx(0.735)
 
 
 def test_a_level_a_curve_does_not_reach_is_a_dash_and_the_match_metric_can_be_chosen(lr_sweep, tmp_path):
@@ -164,10 +164,10 @@ def test_the_gradient_geometry_section_averages_steps_then_seeds(tmp_path, monke
     assert g.loc[("sago", "0.004"), "cos_update_retain_mean"] == pytest.approx(0.3)
     md = made["markdown"].read_text()
     assert "## toy: Gradient geometry" in md
-    assert "| gd | sum | 0.001 | 2 | 0.75 ± 0.21 | 0.1 | 0 | 0.4 | 1 |" in md
+    assert "| ga+nll | sum | 0.001 | 2 | 0.75 ± 0.21 | 0.1 | 0 | 0.4 | 1 |" in md
     assert "geometry_toy.png" in md and (root / "report" / "geometry_toy.png").exists()
-    assert made["summary"]["geometry/toy/gd/sum/lr=0.001/cos_update_retain"] == pytest.approx(0.75)
-    assert made["summary"]["geometry/toy/gd/sago/cos_update_retain"] == pytest.approx(0.6)  # over the sweep: (0.9 + 0.3) / 2
+    assert made["summary"]["geometry/toy/ga+nll/sum/lr=0.001/cos_update_retain"] == pytest.approx(0.75)
+    assert made["summary"]["geometry/toy/ga+nll/sago/cos_update_retain"] == pytest.approx(0.6)  # over the sweep: (0.9 + 0.3) / 2
 
     import wandb
 
@@ -183,8 +183,8 @@ def test_the_gradient_geometry_section_averages_steps_then_seeds(tmp_path, monke
     run = FakeRun()
     monkeypatch.setattr(wandb, "init", lambda **kw: run)
     assert main([str(root), "--wandb"]) == 0
-    assert run.summary["geometry/toy/gd/sago/lr=0.004/norm_ratio"] == pytest.approx(0.5)
-    assert run.summary["geometry/toy/gd/sum/lr=0.001/conflict_frac"] == pytest.approx(0.4)
+    assert run.summary["geometry/toy/ga+nll/sago/lr=0.004/norm_ratio"] == pytest.approx(0.5)
+    assert run.summary["geometry/toy/ga+nll/sum/lr=0.001/conflict_frac"] == pytest.approx(0.4)
 
 
 def test_series_use_the_command_line_option_names(tmp_path):
@@ -202,7 +202,7 @@ def test_series_use_the_command_line_option_names(tmp_path):
     assert combiner_option({"_target_": "unlearn.combiners.PCGrad", "alpha": 0.5}) == "pcgrad"
     assert combiner_option({"_target_": "my.own.Combiner"}) == "combiner"
     md = report(root, root / "report")["markdown"].read_text()
-    assert "| gd | sago_prefer_retain |" in md and "SAGO" not in md.split("## toy: Gradient geometry")[0].split("| method |")[1]
+    assert "| ga+nll | sago_prefer_retain |" in md and "SAGO" not in md.split("## toy: Gradient geometry")[0].split("| method |")[1]
 
 
 def test_a_truncated_results_json_is_a_damaged_job_and_the_rest_is_reported(lr_sweep, capsys):
@@ -211,7 +211,7 @@ def test_a_truncated_results_json_is_a_damaged_job_and_the_rest_is_reported(lr_s
     assert main([str(lr_sweep)]) == 0
     md = (lr_sweep / "report" / "report.md").read_text()
     assert f"| {lr_sweep / '0_job'} | damaged | {bad} is unreadable (JSONDecodeError" in md
-    assert "| gd | sum | 0.0 | 0.001 | 1 (+1 damaged) |" in md
+    assert "| ga+nll | sum | 0.0 | 0.001 | 1 (+1 damaged) |" in md
     assert "12 runs: 11 ok, 1 damaged" in md
 
 
@@ -223,5 +223,5 @@ def test_new_unfinished_statuses_are_listed_like_failed_ones(lr_sweep, status):
     table = pd.read_csv(made["tables"][0], dtype={"optim.lr": str}).set_index(["combiner", "optim.lr"])
     assert table.loc[("sum", "0.001"), "n"] == 2 and table.loc[("sum", "0.001"), "n_unfinished"] == 1
     md = made["markdown"].read_text()
-    assert f"| gd | sum | 0.0 | 0.001 | 2 (+1 {status}) |" in md
+    assert f"| ga+nll | sum | 0.0 | 0.001 | 2 (+1 {status}) |" in md
     assert f"| {lr_sweep / 'extra_job'} | {status} | {status} at step 3 |" in md

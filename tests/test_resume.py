@@ -86,7 +86,7 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(case, whole,
 
     # the local metrics hold every step once, with the uninterrupted run's values
     assert [s for s, _ in _steps(cut)] == [s for s, _ in _steps(whole)]
-    for (_, x), (_, y) in zip(_steps(cut), _steps(whole)):
+    for (_, x), (_, y) in zip(_steps(cut), _steps(whole), strict=True):
         assert x == pytest.approx(y, rel=1e-5)
 
     assert "already complete" in run_cli(ARGS, cwd=tmp_path, cache=cache_dir).stderr

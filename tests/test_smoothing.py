@@ -102,7 +102,7 @@ def test_sga_at_effective_rate_zero_with_normal_samples_present_is_ga(tiny, toy_
     smoothed = Objective(spy, None, sga).forget_loss(model, batch)
     assert calls == [4, 12], "the normal samples' losses must be computed for this test to mean anything"
     assert torch.equal(smoothed, ga)
-    for a, b in zip(torch.autograd.grad(ga, params), torch.autograd.grad(smoothed, params)):
+    for a, b in zip(torch.autograd.grad(ga, params), torch.autograd.grad(smoothed, params), strict=True):
         assert torch.equal(a, b)
 
 
@@ -159,12 +159,12 @@ def test_under_ddp_the_estimate_comes_from_the_all_reduced_gradients(monkeypatch
 
     def fake_all_reduce_mean(tensors):
         calls.append(len(tensors))
-        for t, o in zip(tensors, g["other"][0] + g["other"][1]):  # the same order: g_f then ḡ
+        for t, o in zip(tensors, g["other"][0] + g["other"][1], strict=True):  # the same order: g_f then ḡ
             t.copy_((t + o) / 2)
 
     monkeypatch.setattr(auto, "all_reduce_mean", fake_all_reduce_mean)
     got = estimate_rate(SGA(rate="auto", K=2), dot_loss, Linear(), BATCH)
-    mean = lambda a, b: [(x + y) / 2 for x, y in zip(a, b)]  # noqa: E731
+    mean = lambda a, b: [(x + y) / 2 for x, y in zip(a, b, strict=True)]  # noqa: E731
     want = optimal_rate(mean(g["this"][0], g["other"][0]), mean(g["this"][1], g["other"][1]))
     assert calls == [2] and got == pytest.approx(want)
     per_rank_mean = (optimal_rate(*g["this"]) + optimal_rate(*g["other"])) / 2

@@ -32,7 +32,7 @@ class WholeLists(Combiner):
     inner: Combiner = field(default_factory=Sum)
 
     def _combine(self, g_r, g_f, ref):
-        reference = None if all(s is r for s, r in zip(ref, g_r)) else ref
+        reference = None if all(s is r for s, r in zip(ref, g_r, strict=True)) else ref
         res = self.inner.combine(g_r, g_f, reference=reference)
         return Combination(res.update, res.stats)
 
@@ -99,7 +99,7 @@ def test_the_tensorwise_step_equals_the_whole_list_step(tiny, toy_splits, name, 
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6, msg=f"{n} differs")
     assert len(new.logged) == len(old.logged) == 3
-    for s_new, s_old in zip(new.logged, old.logged):
+    for s_new, s_old in zip(new.logged, old.logged, strict=True):
         assert s_new.keys() == s_old.keys()
         for k in s_new:
             torch.testing.assert_close(s_new[k].float(), s_old[k].float(), rtol=1e-4, atol=1e-6, msg=k)
@@ -145,7 +145,7 @@ def test_a_diverged_loss_stops_before_the_forget_backward(tiny, toy_splits, monk
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.diverged and "train/loss" in step.guard.reason and module.global_step == 0
     assert calls == [False], "only the retain backward ran"
-    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters(), strict=True))
 
 
 def test_a_non_finite_update_never_reaches_the_optimizer(tiny, toy_splits):
@@ -163,7 +163,7 @@ def test_a_non_finite_update_never_reaches_the_optimizer(tiny, toy_splits):
     module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Poison(), OptimConfig(lr=1e-3), step)
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.streaming() and module.diverged and "norm_update=nan" in step.guard.reason
-    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters(), strict=True))
     assert all(p.grad is None for p in m.parameters())
 
 

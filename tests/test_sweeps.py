@@ -31,9 +31,10 @@ def _meta(overrides, monkeypatch, tmp_path, multirun=True):
 def test_a_sweep_job_is_grouped_by_its_sweep_named_by_its_overrides_and_tagged(monkeypatch, tmp_path, sweep, group):
     meta = _meta(["method=npo", "combiner=pcgrad", "benchmark=toy", "smoothing.rate=0.5", "seed=1", f"sweep={sweep}"], monkeypatch, tmp_path)
     assert meta["multirun"] and meta["group"] == group
-    # the sweep name is the group, not part of the run name; the keys come sorted
-    assert meta["name"] == "benchmark=toy,combiner=pcgrad,method=npo,seed=1,smoothing.rate=0.5"
-    assert {"method:npo", "combiner:pcgrad", "benchmark:toy", "model:tiny"} <= set(meta["tags"])
+    # the sweep name is the group, not part of the run name; the options that ran lead
+    # (unlearn/labels.py), then the other overrides, sorted
+    assert meta["name"] == "npo+nll+pcgrad-toy seed=1,smoothing.rate=0.5"
+    assert {"method:npo+nll", "combiner:pcgrad", "forget:npo", "retain:nll", "preset:npo", "benchmark:toy", "model:tiny"} <= set(meta["tags"])
     assert meta["overrides"][-1] == f"sweep={sweep}"
 
 
@@ -41,7 +42,7 @@ def test_group_overrides_the_sweep_folder_and_a_single_run_has_no_group_by_defau
     assert _meta(["method=sga", "sweep=rate_grid", "group=paper-table2"], monkeypatch, tmp_path)["group"] == "paper-table2"
     single = _meta(["method=sga", "combiner=sago"], monkeypatch, tmp_path, multirun=False)
     assert single["group"] is None and not single["multirun"]
-    assert single["name"] == "combiner=sago,method=sga" and "combiner:sago" in single["tags"]
+    assert single["name"] == "ga+none+sago-toy" and "combiner:sago" in single["tags"]
 
 
 def _jobs(root):
@@ -76,7 +77,7 @@ def test_launchers_run_every_job_into_its_own_directory(tmp_path, cache_dir, lau
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert banner in proc.stdout + proc.stderr
     jobs = _jobs(tmp_path / "multirun" / "par")
-    assert sorted(jobs) == ["0_combiner=sum,experiment=smoke,train.steps=2", "1_combiner=sago,experiment=smoke,train.steps=2"]
+    assert sorted(jobs) == ["0_simnpo+nll+sum_experiment=smoke,train.steps=2", "1_simnpo+nll+sago_experiment=smoke,train.steps=2"]
     assert all(j["status"] == "ok" for j in jobs.values())
     if launcher == "submitit_local":
         assert list((tmp_path / "multirun" / "par" / ".submitit").iterdir()), "submitit wrote no job folders"

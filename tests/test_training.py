@@ -100,8 +100,8 @@ def test_combining_per_micro_batch_would_differ(tiny, toy_splits):
     whole = collate([stream[k] for k in range(8)])
     once = SAGO()(grads(whole, "retain"), grads(whole, "forget"))
     per_micro = [SAGO()(grads(collate([stream[k] for k in range(i, i + 2)]), "retain"), grads(collate([stream[k] for k in range(i, i + 2)]), "forget")) for i in range(0, 8, 2)]
-    mean_of_combined = [sum(ts) / 4 for ts in zip(*per_micro)]
-    assert max(float((x - y).abs().max()) for x, y in zip(once, mean_of_combined)) > 1e-4
+    mean_of_combined = [sum(ts) / 4 for ts in zip(*per_micro, strict=True)]
+    assert max(float((x - y).abs().max()) for x, y in zip(once, mean_of_combined, strict=True)) > 1e-4
 
 
 def test_smoke_trainable_parameters_move_frozen_do_not_and_forget_nll_rises(tiny, toy_splits):
@@ -229,9 +229,9 @@ def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits, stre
     assert len(calls) == steps * n
     ema = None
     for k in range(steps):  # tensors come in the same order every step (backward order when streaming)
-        g_r, ref = zip(*calls[k * n:(k + 1) * n])
-        ema = [t.clone() for t in g_r] if ema is None else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r)]
-        for e, r in zip(ema, ref):
+        g_r, ref = zip(*calls[k * n:(k + 1) * n], strict=True)
+        ema = [t.clone() for t in g_r] if ema is None else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r, strict=True)]
+        for e, r in zip(ema, ref, strict=True):
             torch.testing.assert_close(r, e)
     assert any(not torch.equal(r, g) for r, g in calls[-n:]), "after step 1 the reference is not g_r"
 

@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.config import ConfigError
+from unlearn.labels import wandb_name, wandb_tags  # also registers the folder-name resolvers
 from unlearn.resume import completed, config_hash
 from unlearn.rundir import RunDir, write_json
 from unlearn.training.launch import from_rank0
@@ -44,10 +45,9 @@ if not OmegaConf.has_resolver("job_dirname"):
 def job_meta(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    overrides = hc.job.override_dirname
-    name = overrides or f"{cfg.method.name}-{cfg.benchmark.name}"
-    choices = hc.runtime.choices
-    tags = [f"method:{cfg.method.name}", f"combiner:{choices.get('combiner')}", f"benchmark:{cfg.benchmark.name}", f"model:{cfg.model.name}"]
+    choices = hc.runtime.choices  # the options that ran, whichever preset or override chose them
+    name = wandb_name(choices, cfg.benchmark.name, hc.job.override_dirname)
+    tags = wandb_tags(choices, cfg.method.name, cfg.benchmark.name, cfg.model.name)
     group = cfg.get("group") or (sweep_group(hc.sweep.dir) if multirun else None)
     return {"name": name, "group": group, "tags": tags, "multirun": multirun, "output_dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task)}
 

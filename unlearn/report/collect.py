@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from unlearn.labels import method_label
 from unlearn.rundir import read_json
 
 SKIP_DIRS = {"checkpoints", "wandb", ".submitit", "model", ".hydra"}
@@ -21,6 +22,8 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 NOT_A_FACTOR = ("seed", "sweep", "group", "launcher", "sweeper", "resume", "paths.cache_dir")
 #: the label of a factor whose value the run directory does not tell
 UNKNOWN = "?"
+#: the factor naming the method preset (``method.name``), which chose hyperparameters, not the options
+PRESET = "preset"
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -70,11 +73,11 @@ def _resolve(config: dict[str, Any], key: str) -> Any:
     return None if value is None or is_interpolation(value) else value
 
 
-def _combiner_options() -> dict[str, dict[str, Any]]:
-    """``conf/combiner/*.yaml`` as plain dicts (a file's ``defaults`` merged in), by option name."""
+def _options(group: str) -> dict[str, dict[str, Any]]:
+    """``conf/<group>/*.yaml`` as plain dicts (a file's ``defaults`` merged in), by option name."""
     import yaml
 
-    raw = {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((CONF_DIR / "combiner").glob("*.yaml"))}
+    raw = {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((CONF_DIR / group).glob("*.yaml"))}
 
     def flat(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         node = dict(raw.get(name, {}))
@@ -88,17 +91,23 @@ def _combiner_options() -> dict[str, dict[str, Any]]:
     return {name: flat(name) for name in raw}
 
 
-def combiner_option(combiner: Any) -> str:
-    """The ``combiner=`` option a stored combiner config came from, for runs that do not record
-    their Hydra choices: the option of the same ``_target_`` that agrees on the most keys (ties: the
-    one named like the class), else the class name in lower case (``unlearn.combiners.SAGO`` → ``sago``)."""
-    if not isinstance(combiner, dict) or is_interpolation(combiner.get("_target_")) or not combiner.get("_target_"):
+def group_option(group: str, node: Any) -> str:
+    """The ``group=`` option (forget, retain, combiner) a stored config node came from, for runs
+    that do not record their Hydra choices: the option of the same ``_target_`` that agrees on the
+    most keys (ties: the one named like the class), else the class name in lower case
+    (``unlearn.combiners.SAGO`` → ``sago``)."""
+    if not isinstance(node, dict) or is_interpolation(node.get("_target_")) or not node.get("_target_"):
         return UNKNOWN
-    target = str(combiner["_target_"])
+    target = str(node["_target_"])
     cls = target.rsplit(".", 1)[-1].lower()
-    scored = [(sum(combiner.get(k) == v for k, v in opt.items()), name == cls, name)
-              for name, opt in _combiner_options().items() if opt.get("_target_") == target]
+    scored = [(sum(node.get(k) == v for k, v in opt.items()), name == cls, name)
+              for name, opt in _options(group).items() if opt.get("_target_") == target]
     return max(scored)[2] if scored else cls
+
+
+def combiner_option(combiner: Any) -> str:
+    """:func:`group_option` of a stored combiner config (``sago_prefer_retain``, ``pcgrad``)."""
+    return group_option("combiner", combiner)
 
 
 def _choices(d: Path) -> dict[str, str]:
@@ -178,22 +187,34 @@ class Run:
                 value = _resolve(self.config, "smoothing.rate")
         return UNKNOWN if value is None else rate_label(value)
 
+    def option(self, group: str) -> str:
+        """The option of ``group`` (forget, retain, combiner) as the command line names it
+        (``sago``, ``pcgrad``, not the class): the ``group=`` override, else Hydra's recorded choice,
+        else :func:`group_option` of the stored config."""
+        return self._override(group) or self.choices.get(group) or group_option(group, self.config.get(group))
+
     def combiner(self) -> str:
-        """The combiner as the command line names it (``sago``, ``pcgrad``, not the class): the
-        ``combiner=`` override, else Hydra's recorded choice, else :func:`combiner_option`."""
-        return self._override("combiner") or self.choices.get("combiner") or combiner_option(self.config.get("combiner"))
+        return self.option("combiner")
+
+    def method(self) -> str:
+        """The losses that ran, ``{forget}+{retain}`` (``simnpo+nll``; :mod:`unlearn.labels`),
+        whichever preset or override chose them; ``?`` when neither is known."""
+        forget, retain = self.option("forget"), self.option("retain")
+        return UNKNOWN if forget == retain == UNKNOWN else method_label(forget, retain)
 
     def factors(self) -> dict[str, str]:
-        """The run's coordinates in the grid: method, combiner, rate, model, benchmark, and every
-        other override except the seed (numbers as :func:`rate_label` prints them)."""
+        """The run's coordinates in the grid: method (the forget and retain options), combiner,
+        rate, model, benchmark, the method preset (``preset``, see :func:`frame`), and every other
+        override except the seed (numbers as :func:`rate_label` prints them)."""
         out = {
             "benchmark": self.benchmark,
             "model": self._name("model"),
-            "method": self._name("method"),
+            "method": self.method(),
             "combiner": self.combiner(),
             "rate": self.rate(),
+            PRESET: self._name("method"),
         }
-        covered = {"benchmark", "model", "method", "combiner", "smoothing.rate"}
+        covered = {"benchmark", "model", "method", "forget", "retain", "combiner", "smoothing.rate"}
         for o in self.overrides:
             key, _, value = o.partition("=")
             key = key.lstrip("+~")
@@ -234,7 +255,10 @@ def load_runs(root: Path) -> list[Run]:
 
 
 def frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: its factors, seed, status, and every numeric result."""
+    """One row per run: its factors, seed, status, and every numeric result. The ``preset`` column
+    (``method.name``) is kept only where two presets ran the same options on a benchmark
+    (``method=npo forget=simnpo`` beside ``method=simnpo``: other learning rates and betas), so
+    their runs stay apart rather than averaged into one cell."""
     rows = []
     for r in runs:
         row: dict[str, Any] = {**r.factors(), "seed": r.config.get("seed"), "status": r.results.get("status"), "reason": r.results.get("reason"), "run": str(r.path)}
@@ -242,7 +266,10 @@ def frame(runs: list[Run]) -> pd.DataFrame:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k] = float(v)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if PRESET in df and df.groupby(["benchmark", "method", "combiner"], dropna=False)[PRESET].nunique(dropna=False).max() <= 1:
+        df = df.drop(columns=PRESET)  # it says nothing the label does not
+    return df
 
 
 def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

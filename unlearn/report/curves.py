@@ -1,4 +1,4 @@
-"""A sweep's cells as curves: one per method + combiner (and any other factor that is not swept
+"""A sweep's cells as curves: one per method (forget+retain) and combiner (and any other factor that is not swept
 along), running along the one key the sweep varies (``optim.lr``, ``train.steps``,
 ``smoothing.rate``, ``combiner.alpha``, ...), and the utility each curve reaches at a given
 forgetting level (linear interpolation between the two sweep points that bracket it, per seed)."""
@@ -16,7 +16,7 @@ from unlearn.report.collect import factor_names, rate_key
 #: what every series is told apart by; never the key a curve runs along
 SERIES = ("method", "combiner")
 #: factors that name the setting rather than a point on a trade-off curve
-NOT_ALONG = ("benchmark", "model", "method", "combiner", "experiment")
+NOT_ALONG = ("benchmark", "model", "method", "combiner", "preset", "experiment")
 
 
 def is_number(label: object) -> bool:
@@ -52,8 +52,10 @@ def along_label(along: str | None) -> str:
 
 
 def series_name(key: tuple, keys: list[str]) -> str:
-    extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys[2:], key[2:])]
-    return f"{key[0]} + {key[1]}" + (f" ({', '.join(extra)})" if extra else "")
+    """``{method}+{combiner}``, the run label (``simnpo+nll+pcgrad``, :mod:`unlearn.labels`), then
+    the other factors that tell series apart: ``simnpo+nll+sum (preset=npo)``."""
+    extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys[2:], key[2:], strict=True)]
+    return f"{key[0]}+{key[1]}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def ordered(g: pd.DataFrame, along: str | None) -> pd.DataFrame:

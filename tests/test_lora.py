@@ -125,3 +125,5 @@ def test_rmu_under_lora_trains_only_the_adapter_of_its_layers(tiny, toy_splits):
     assert float(keep(pm, batch).detach().min()) > 0  # the adapter is non-zero: h_k differs from the base's
     with torch.no_grad():  # the hook's early stop left the adapter switched on
         torch.testing.assert_close(logits_of(pm, batch), want)
+    # running the reference (PEFT's disable_adapter) left RMU's choice of trainable tensors alone
+    assert sorted(n for n, p in pm.named_parameters() if p.requires_grad) == trained

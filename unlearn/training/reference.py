@@ -48,8 +48,15 @@ class Reference:
     @torch.no_grad()
     def __call__(self, **inputs: Any) -> Any:
         if is_peft(self.model):
-            with self.model.disable_adapter():
-                return self.model(**inputs)
+            # PEFT's disable_adapter() marks every adapter tensor trainable again on exit, which
+            # would undo RMU's choice of the few it trains; the flags are put back as they were.
+            trainable = [p.requires_grad for p in self.model.parameters()]
+            try:
+                with self.model.disable_adapter():
+                    return self.model(**inputs)
+            finally:
+                for p, flag in zip(self.model.parameters(), trainable):
+                    p.requires_grad_(flag)
         if self._snapshot is None:
             raise RuntimeError("Reference.snapshot() must be called before the reference model is used")
         return functional_call(self.model, self._snapshot, args=(), kwargs=inputs, strict=False)

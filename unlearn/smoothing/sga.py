@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import torch
 from torch import Tensor, nn
+
+from unlearn.smoothing.auto import estimate_rate
 
 CONVENTIONS = ("gls", "ga_gd")
 
@@ -99,8 +100,6 @@ class SGA:
         (see :mod:`unlearn.smoothing.auto`) and use it, clipped to ``auto_range``."""
         if not self.auto or step % self.auto_every or "normal" not in batch:
             return
-        from unlearn.smoothing.auto import estimate_rate
-
         self.estimate = estimate_rate(self, forget, model, batch)
         self.set_rate(self.estimate)
 
@@ -138,18 +137,3 @@ class NoSmoothing:
 
     def reduce(self, per_forget: Tensor, per_normal: Tensor | None) -> Tensor:
         return per_forget.mean()
-
-
-def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
-    """``r* = <g_f, g_f − ḡ> / ‖g_f − ḡ‖²`` (spec §5; a reconstruction of the SGA paper's derivation).
-
-    Minimises the norm of the one-step update ``d(r) = g_f + r·(ḡ − g_f)``. ``g_f`` is the gradient
-    of the forget samples' loss, ``ḡ`` the mean gradient over the K samples of each group.
-    """
-    num = torch.zeros((), dtype=torch.float64)
-    den = torch.zeros((), dtype=torch.float64)
-    for f, b in zip(g_f, g_bar):
-        d = (f - b).double()
-        num += (f.double() * d).sum()
-        den += (d * d).sum()
-    return float(num / den) if den > 0 else 0.0

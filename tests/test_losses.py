@@ -19,7 +19,7 @@ from unlearn.losses.kl import token_kl
 from unlearn.losses.npo import npo_loss
 from unlearn.losses.rmu import decoder_layers, hidden_at, masked_mse
 from unlearn.losses.simnpo import simnpo_loss
-from unlearn.training.reference import Reference
+from unlearn.models.reference import Reference
 
 
 def context(model, tok, rows_by_role, batch_size=4):

@@ -24,7 +24,7 @@ class KL:
     """Retain loss ``KL(π_ref(·|x_r) ‖ π_θ(·|x_r))`` token-averaged over the retain answer tokens
     (spec §4), per sample.
 
-    The reference is :class:`~unlearn.training.reference.Reference`, not a second model: a full
+    The reference is :class:`~unlearn.models.reference.Reference`, not a second model: a full
     fine-tune keeps one copy of the *trainable* weights (as large as the model when everything
     trains; no optimizer state, no gradients), LoRA keeps nothing (the base with the adapter
     disabled). Every step then costs one extra no-grad forward of the retain batch and its

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from unlearn.config import ConfigError
 from unlearn.losses.common import Batch, answer_mask, require_number
-from unlearn.training.reference import is_peft
+from unlearn.models.reference import is_peft
 
 
 class _Stop(Exception):
@@ -135,7 +135,7 @@ class RMU:
 
 class RMURetain:
     """RMU's retain partner ``‖h_k(x_r) − h_k^ref(x_r)‖²`` per sample, the reference being the
-    frozen starting model (:class:`~unlearn.training.reference.Reference`: a copy of the few
+    frozen starting model (:class:`~unlearn.models.reference.Reference`: a copy of the few
     trained tensors, or the LoRA base). ``layer`` defaults to the forget loss's layer in config."""
 
     runs_reference = True  # runs the frozen starting model during training (see unlearn.training.fsdp.check_sharded)

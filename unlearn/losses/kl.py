@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, logits_of
 
 
@@ -20,7 +21,7 @@ def token_kl(ref_logits: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     return (kl * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-class KL:
+class KL(Component):
     """Retain loss ``KL(π_ref(·|x_r) ‖ π_θ(·|x_r))`` token-averaged over the retain answer tokens
     (spec §4), per sample.
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.smoothing.auto import estimate_rate
 
 CONVENTIONS = ("gls", "ga_gd")
@@ -32,7 +33,7 @@ def _check_rate(rate: float, key: str = "smoothing.rate") -> float:
     return float(rate)
 
 
-class SGA:
+class SGA(Component):
     """Generalised label smoothing over groups of one forget and ``K−1`` normal samples.
 
     ``rate`` is a number ``<= 1`` or ``"auto"`` (re-estimated from the gradients every
@@ -95,10 +96,10 @@ class SGA:
             loss = loss + w_n * grouped.sum(-1)
         return loss.mean()
 
-    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> None:
+    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor] | None, model: nn.Module, batch: Mapping[str, Any]) -> None:
         """``rate: auto``: every ``auto_every`` optimizer steps, re-estimate ``r*`` on this batch
         (see :mod:`unlearn.smoothing.auto`) and use it, clipped to ``auto_range``."""
-        if not self.auto or step % self.auto_every or "normal" not in batch:
+        if not self.auto or forget is None or step % self.auto_every or "normal" not in batch:
             return
         self.estimate = estimate_rate(self, forget, model, batch)
         self.set_rate(self.estimate)
@@ -123,7 +124,7 @@ class SGA:
         return self.rate
 
 
-class NoSmoothing:
+class NoSmoothing(Component):
     """The ``none`` option: the plain mean of the per-sample forget losses."""
 
     active = False

@@ -225,3 +225,11 @@ def evaluate_task(model: nn.Module, tokenizer: Any, task: MCTask, batch_size: in
     pred = lp.argmax(-1)
     correct = (pred == task.answers()).astype(float)
     return {"acc": float(correct.mean()) if len(correct) else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": lp}
+
+
+def per_subject_accuracy(rows: Sequence[Mapping[str, Any]], correct: Sequence[float]) -> dict[str, Any]:
+    """Accuracy per subject (MMLU reports the mean over questions; this is for inspection)."""
+    acc: dict[str, list[float]] = {}
+    for r, c in zip(rows, correct):
+        acc.setdefault(str(r.get("subject", "")), []).append(float(c))
+    return {k: sum(v) / len(v) for k, v in sorted(acc.items())}

@@ -45,10 +45,6 @@ class NPO(Component):
                 for rid, t, n in zip(ids_of(batch), total.tolist(), count.tolist()):
                     self._ref[rid] = (-t, int(n))
 
-    def set_reference(self, values: dict[str, tuple[float, int]]) -> None:
-        """Reference log-probs by row id as ``(log π_ref(y|x), answer tokens)`` (tests, resumes)."""
-        self._ref = dict(values)
-
     def reference_logps(self, batch: Batch, counts: Tensor) -> Tensor:
         """The cached ``log π_ref(y|x)`` of the batch rows, ``[B]``; unknown rows are an error."""
         out = []

@@ -14,7 +14,7 @@ from unlearn.losses import GA, KL, NLL, NPO, RMU, RMURetain
 from unlearn.losses.context import PrepareContext
 from unlearn.losses.objective import Objective
 from unlearn.models.checkpointing import checkpointing
-from unlearn.training.reference import Reference
+from unlearn.models.reference import Reference
 
 
 @pytest.fixture

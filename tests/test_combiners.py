@@ -21,6 +21,7 @@ from _asserts import (
     assert_zero_inputs,
 )
 from unlearn.combiners import SAGO, PCGrad, PCGradGlobal, PCGradSymmetric, Sum, gradient_diagnostics
+from unlearn.combiners.base import Combination, Combiner
 
 ALL = [Sum(), PCGrad(), PCGradGlobal(), PCGradSymmetric(), SAGO(), SAGO(prefer_retain=True), SAGO(gate="soft"),
        Sum(alpha=0.5, gamma=2.0), PCGrad(alpha=0.3, gamma=1.7), SAGO(alpha=0.1, gamma=1.0)]
@@ -297,3 +298,35 @@ def test_pinned_diagnostics():
     assert float(d["conflict_frac"]) == pytest.approx(2 / 4)  # coords with g_f·g_r < 0
     u = torch.cat([t.flatten() for t in res.update])
     assert float(d["cos_update_retain"]) == pytest.approx(float(u @ torch.tensor([1.0, 0, 1, 1]) / u.norm() / math.sqrt(3)))
+
+
+# -- the rule is abstract ------------------------------------------------------------------------
+class RuleLess(Combiner):  # a subclass that forgot its rule
+    pass
+
+
+def test_a_combiner_without_a_rule_is_refused_when_built_not_at_the_first_step():
+    from hydra.utils import instantiate
+
+    with pytest.raises(TypeError, match="abstract"):
+        RuleLess()
+    with pytest.raises(Exception, match="abstract"):  # as combiner=... would build it from its _target_
+        instantiate({"_target_": f"{__name__}.RuleLess", "alpha": 1.0})
+    with pytest.raises(TypeError, match="abstract"):
+        Combiner()
+
+
+def test_either_form_of_the_rule_makes_a_combiner():
+    class WholeLists(Combiner):
+        def _combine(self, g_r, g_f, ref):
+            return Combination([r + f for r, f in zip(g_r, g_f, strict=True)])
+
+    class PerTensor(Combiner):
+        def _tensor(self, r, f, s, totals):
+            return r - f, {}
+
+    g_r, g_f = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 5.0])]
+    whole, per = WholeLists(), PerTensor()
+    assert (whole.per_tensor, whole.streams, per.per_tensor, per.streams) == (False, False, True, True)
+    torch.testing.assert_close(whole(g_r, g_f)[0], torch.tensor([4.0, 7.0]))
+    torch.testing.assert_close(per(g_r, g_f)[0], torch.tensor([-2.0, -3.0]))

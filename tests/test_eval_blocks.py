@@ -84,3 +84,19 @@ def test_local_files_json_lines_named_json_lists_of_strings_and_txt(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataUnavailable, match="neither JSON nor JSON lines"):
         load_rows("book", None, path=str(tmp_path / "bad.json"))
+
+
+def test_one_padding_rule_for_batches_contexts_and_prompts():
+    """data.collate.pad is the only padding code: right for training batches (labels -100) and
+    scored contexts, left for generation prompts; the mask marks the given tokens."""
+    from unlearn.data.collate import collate, pad
+
+    ids, mask = pad([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad([[5, 6, 7], [8]], 9, side="left")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    b = collate([{"input_ids": [1, 2], "labels": [-100, 2], "id": "a"}, {"input_ids": [3], "labels": [3], "id": "b"}], pad_id=4)
+    assert b["input_ids"].tolist() == [[1, 2], [3, 4]] and b["labels"].tolist() == [[-100, 2], [3, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1], [1, 0]] and b["ids"] == ["a", "b"]
+    with pytest.raises(ValueError, match="side"):
+        pad([[1]], 0, side="middle")

@@ -46,7 +46,7 @@ def _stream(tok, splits, batch: int, accumulate: int, world: int = 1) -> PairedS
 
 
 def _run(model, tok, splits, combiner, accumulate: int, world: int, tmp_path, objective=None, lora=None):
-    from unlearn.training.reference import Reference
+    from unlearn.models.reference import Reference
 
     m = copy.deepcopy(model)
     if lora is not None:

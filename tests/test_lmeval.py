@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from unlearn.benchmarks.wmdp import WMDPData, WMDPEvaluator
+from unlearn.benchmarks.wmdp import WMDPData
+from unlearn.eval.wmdp import WMDPEvaluator
 from unlearn.eval.choice import evaluate_task
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'unlearn[lmeval]'; the dev extra has it)")
@@ -54,7 +55,8 @@ def test_rwku_utility_gives_the_same_answers_on_either_backend(tiny, chat):
     template), which lm-eval's few-shot sampler cannot express: lm-eval scores our prompts instead."""
     import copy
 
-    from unlearn.benchmarks.rwku import RWKUData, RWKUEvaluator
+    from unlearn.benchmarks.rwku import RWKUData
+    from unlearn.eval.rwku import RWKUEvaluator
     from unlearn.data.format import PromptFormat
 
     model, tok = tiny

@@ -21,7 +21,7 @@ from unlearn.rundir import RunDir
 from unlearn.training.fit import LoopConfig, fit, quiet_lightning
 from unlearn.training.module import UnlearnModule
 from unlearn.training.optim import OptimConfig
-from unlearn.training.reference import Reference
+from unlearn.models.reference import Reference
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 

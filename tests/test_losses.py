@@ -19,7 +19,7 @@ from unlearn.losses.kl import token_kl
 from unlearn.losses.npo import npo_loss
 from unlearn.losses.rmu import decoder_layers, hidden_at, masked_mse
 from unlearn.losses.simnpo import simnpo_loss
-from unlearn.training.reference import Reference
+from unlearn.models.reference import Reference
 
 
 def context(model, tok, rows_by_role, batch_size=4):
@@ -214,3 +214,60 @@ def test_ga_is_minus_the_mean_nll(tiny, toy_splits):
     batch = batch_of(tok, toy_splits["forget"][:3])
     with torch.no_grad():
         torch.testing.assert_close(GA()(model, batch), -NLL()(model, batch))
+
+
+# -- the hook interface: one base with no-op hooks, plain callables adapted at the boundary ------
+def test_every_component_and_smoother_has_the_hooks():
+    from unlearn.hooks import Component
+    from unlearn.smoothing import SGA, NoSmoothing
+
+    for c in (GA(), NLL(), NPO(), SimNPO(), KL(), IDK(), RMU(), RMURetain(layer=1), SGA(), NoSmoothing()):
+        assert isinstance(c, Component), type(c).__name__
+    assert (GA().log_values(), GA().state_dict(), GA().prepare(None)) == ({}, {}, None)
+
+
+def test_a_plain_callable_gets_the_hooks_it_defines_and_no_ops_for_the_rest():
+    from unlearn.losses import Objective
+
+    calls = []
+
+    class Foreign:  # written without the base, like the README's extension example
+        runs_reference = True
+
+        def __call__(self, model, batch):
+            return torch.ones(2)
+
+        def log_values(self):
+            return {"train/foreign/x": 1.0}
+
+        def prepare(self, ctx):
+            calls.append(("prepare", ctx))
+
+    obj = Objective(forget=Foreign(), retain=lambda model, batch: torch.zeros(2))
+    obj.prepare("ctx")
+    obj.before_step(0, None, {})
+    assert calls == [("prepare", "ctx")]
+    assert [c.log_values() for c in obj.components()] == [{"train/foreign/x": 1.0}, {}, {}]
+    assert [c.state_dict() for c in obj.components()] == [{}, {}, {}]
+    assert obj.forget.runs_reference and not obj.retain.runs_reference  # fsdp.check_sharded reads it
+    assert obj.loss("forget", None, {"forget": {}}).item() == 1.0
+    with pytest.raises(TypeError, match="callable"):
+        Objective(forget=3, retain=None)
+
+
+def test_the_objective_hands_before_step_to_every_component_with_the_forget_loss():
+    from unlearn.hooks import Component
+    from unlearn.losses import Objective
+
+    seen = []
+
+    class Spy(Component):
+        def __call__(self, model, batch):
+            return torch.zeros(1)
+
+        def before_step(self, step, forget, model, batch):
+            seen.append((self, step, forget))
+
+    f, r = Spy(), Spy()
+    Objective(forget=f, retain=r).before_step(7, None, {})
+    assert seen == [(f, 7, f), (r, 7, f)]

@@ -205,7 +205,7 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
 
 # -- 6. RWKU's probes: ROUGE-L recall without a stemmer (its `rouge` package) -----------------------
 def test_rwku_probe_rouge_does_not_stem(tiny, monkeypatch):
-    import unlearn.benchmarks.rwku as rwku
+    import unlearn.eval.rwku as rwku
 
     _, tok = tiny
     monkeypatch.setattr(rwku, "greedy", lambda model, tokenizer, prompts, *a, **k: ["she writes novels"] * len(prompts))

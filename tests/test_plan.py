@@ -85,7 +85,7 @@ def test_tiny_plan_matches_the_real_parameter_gradient_and_optimizer_bytes(tiny,
 def test_tiny_plan_counts_lora_and_rmu_trainables_and_the_kl_reference(tiny):
     from unlearn.config import build
     from unlearn.models.lora import apply_lora
-    from unlearn.training.reference import Reference
+    from unlearn.models.reference import Reference
 
     lora = make_plan(_tiny_cfg("model.lora={r:4}"))
     model, _ = build(_tiny_cfg(), "model.spec").load(torch.float32)

@@ -13,6 +13,7 @@ import torch
 from _stubs import MemorizerLM
 from conftest import REPO, run_cli
 from unlearn.benchmarks import rwku as R
+from unlearn.eval import rwku as E
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.data.format import PromptFormat
 
@@ -29,7 +30,7 @@ def test_batch_setting_forgets_the_targets_and_retains_other_targets(splits):
     assert forget == ["Orla Penwright", "Bram Tillery"] and retain == ["Casimir Vole", "Delphine Ashgrove"]
     assert {r["subject"] for r in splits["forget"]} == set(forget)
     assert {r["subject"] for r in splits["retain"]} == set(retain)
-    for name in R.PROBES + ("mia_forget", "mia_retain", "utility_general"):
+    for name in E.PROBES + ("mia_forget", "mia_retain", "utility_general"):
         assert splits[name] and all((r.get("target") or r["subject"]) in forget for r in splits[name]), name
     u = splits["utility_general"][0]
     assert u["subject"] == "elementary_mathematics" and u["target"] in forget and len(u["examples"]) == 2
@@ -62,25 +63,25 @@ def test_prompts_follow_rwku(tiny):
     _, tok = tiny
     plain = PromptFormat()
     row = {"query": "Orla was a ___.", "type": None}
-    assert R.probe_prompt(row, "forget_level1", plain, tok) == "Please complete the blank in the following question.\nQuestion: Orla was a ___.\nAnswer:"
-    assert R.probe_prompt({"query": "Where?"}, "neighbor_level2", plain, tok) == "Please briefly answer the following question.\nQuestion: Where?\nAnswer:"
+    assert E.probe_prompt(row, "forget_level1", plain, tok) == "Please complete the blank in the following question.\nQuestion: Orla was a ___.\nAnswer:"
+    assert E.probe_prompt({"query": "Where?"}, "neighbor_level2", plain, tok) == "Please briefly answer the following question.\nQuestion: Where?\nAnswer:"
     suffix = {"query": "Which pet? Sure, here is the answer:", "type": "affirmative suffix"}
-    assert R.probe_prompt(suffix, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Which pet? Sure, here is the answer:"
+    assert E.probe_prompt(suffix, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Which pet? Sure, here is the answer:"
     icl = {"query": "Question: Who?", "type": "incontext learning"}
-    assert R.probe_prompt(icl, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Who?\nAnswer:"
+    assert E.probe_prompt(icl, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Who?\nAnswer:"
     tok2 = copy.deepcopy(tok)
     tok2.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
-    assert R.probe_prompt({"query": "Where?"}, "forget_level2", PromptFormat(chat=True), tok2) == "<u>Please briefly answer the following question.\nQuestion: Where?\n</u><a>Answer:"
+    assert E.probe_prompt({"query": "Where?"}, "forget_level2", PromptFormat(chat=True), tok2) == "<u>Please briefly answer the following question.\nQuestion: Where?\n</u><a>Answer:"
 
 
 def test_known_answers(tiny, splits, monkeypatch):
     """Gold answers on forget probes and nothing on neighbours give ROUGE recall 1 and 0; identical
     forget and retain MIA texts give AUC 0.5 for every attack."""
     model, tok = tiny
-    gold = {R.probe_prompt(r, lvl, PromptFormat(), tok): (r["answer"] if lvl.startswith("forget") else "") for lvl in R.PROBES for r in splits[lvl]}
-    monkeypatch.setattr(R, "greedy", lambda m, t, prompts, *a, **k: [gold[p] for p in prompts])
+    gold = {E.probe_prompt(r, lvl, PromptFormat(), tok): (r["answer"] if lvl.startswith("forget") else "") for lvl in E.PROBES for r in splits[lvl]}
+    monkeypatch.setattr(E, "greedy", lambda m, t, prompts, *a, **k: [gold[p] for p in prompts])
     same = {**splits, "mia_retain": splits["mia_forget"]}
-    m = R.RWKUEvaluator(batch_size=4).evaluate(model, tok, PromptFormat(), same)["metrics"]
+    m = E.RWKUEvaluator(batch_size=4).evaluate(model, tok, PromptFormat(), same)["metrics"]
     assert m["forget_level1"] == m["forget_level2"] == m["forget_level3"] == m["forget_all"] == 1.0
     assert m["neighbor_level1"] == m["neighbor_level2"] == m["neighbor_all"] == 0.0
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
@@ -106,7 +107,7 @@ def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, au
     before unlearning, exaggerated) and 0 when only the retain texts are (forget texts look unseen)."""
     _, tok = tiny
     model = _CalibratedMemorizer(tok, memorised=[r["text"] for r in splits[memorised]])
-    m = R.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)["metrics"]
+    m = E.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)["metrics"]
     assert {a: m[f"mia_{a}_auc"] for a in ("loss", "zlib", "min_k", "min_k_pp")} == dict.fromkeys(("loss", "zlib", "min_k", "min_k_pp"), auc)
     unseen = "mia_retain" if memorised == "mia_forget" else "mia_forget"
     assert m[f"{memorised}_loss"] + 3 < m[f"{unseen}_loss"]  # about 1.9 against log(vocab) + 0.5
@@ -114,7 +115,7 @@ def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, au
 
 def test_evaluator_on_the_tiny_model(tiny, splits):
     model, tok = tiny
-    ev = R.RWKUEvaluator(batch_size=4, max_new_tokens=6, max_probes=3)
+    ev = E.RWKUEvaluator(batch_size=4, max_new_tokens=6, max_probes=3)
     rec = ev.evaluate(model, tok, PromptFormat(), splits)
     m = rec["metrics"]
     assert set(m) == set(ev.directions)
@@ -142,4 +143,4 @@ def test_config_builds_without_reading_data(tmp_path):
 
     s = make_setup(job_config(["benchmark=rwku", "benchmark.data.targets=[1,3]", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     assert R.parse_targets(s.data.targets, "t") == [1, 3] and s.data.hub_id == "jinzhuoran/RWKU"
-    assert isinstance(s.evaluator, R.RWKUEvaluator) and s.evaluator.max_new_tokens == 30
+    assert isinstance(s.evaluator, E.RWKUEvaluator) and s.evaluator.max_new_tokens == 30

@@ -150,7 +150,7 @@ def test_under_ddp_the_estimate_comes_from_the_all_reduced_gradients(monkeypatch
     """Two ranks, faked: the all-reduce averages this rank's g_f and ḡ with the other rank's, and
     r* is then that of the averaged gradients, not the mean of the two ranks' r*."""
     import unlearn.smoothing.auto as auto
-    from unlearn.smoothing.sga import optimal_rate
+    from unlearn.smoothing.auto import optimal_rate
 
     other = {"forget": {"v": torch.tensor([[1.0, -2.0]])}, "normal": {"v": torch.tensor([[4.0, 1.0]])}}
     # K = 2, gls: g_f = v_f, ḡ = (v_f + v_n)/2, all by hand (dot_loss's gradient is v)

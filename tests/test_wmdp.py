@@ -14,7 +14,8 @@ from torch import nn
 from conftest import REPO, run_cli
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.mmlu import load_mmlu
-from unlearn.benchmarks.wmdp import WMDPData, WMDPEvaluator, chunk_words
+from unlearn.benchmarks.wmdp import WMDPData, chunk_words
+from unlearn.eval.wmdp import WMDPEvaluator
 from unlearn.eval.choice import encode_pair
 
 F = REPO / "tests" / "fixtures"
@@ -167,3 +168,26 @@ def test_cli_offline_hub_is_a_short_message_not_a_traceback(tmp_path, cache_dir,
     assert time.perf_counter() - start < 60  # interpreter and Hydra start-up included
     r = run_cli(["benchmark=wmdp_bio", "logger=none", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path, cache_dir)
     assert r.returncode == 2 and "benchmark.data.forget_path: a value is required" in r.stderr
+
+
+def test_the_backend_is_a_target_and_the_old_strings_still_name_one(tmp_path):
+    """`benchmark.eval.backend` is a `_target_` node; `benchmark.eval.backend=lmeval` (the README's
+    command) replaces it with the old string, which names the lm-eval backend."""
+    from conftest import job_config
+    from unlearn.components import make_setup
+    from unlearn.eval.lmeval import LMEval
+    from unlearn.eval.mc_backend import LetterScorer
+    from unlearn.rundir import RunDir
+
+    for i, (extra, want) in enumerate([
+        ([], LetterScorer),
+        (["benchmark.eval.backend=lmeval"], LMEval),
+        (["benchmark.eval.backend=builtin"], LetterScorer),
+        (["benchmark.eval.backend._target_=unlearn.eval.lmeval.LMEval"], LMEval),
+    ]):
+        for bench in ("wmdp_cyber", "rwku"):
+            s = make_setup(job_config([f"benchmark={bench}", *extra, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / f"run{i}{bench}"))
+            assert type(s.evaluator.backend) is want, (bench, extra)
+    assert WMDPEvaluator(backend=LMEval()).backend == LMEval()
+    with pytest.raises(ValueError, match="benchmark.eval.chat=true is not supported"):
+        WMDPEvaluator(backend="lmeval", chat=True)

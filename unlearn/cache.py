@@ -42,10 +42,6 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def rows_digest(rows: list[dict[str, Any]]) -> str:
-    return digest(rows)
-
-
 def fingerprint(path: Path) -> dict[str, Any]:
     """``{"size", "sha256"}`` of a file: the hash of all of it up to :data:`WHOLE_HASH_BYTES`;
     beyond that (multi-GB weights, checked on every run) of 65 blocks of 1 MiB spread evenly from

@@ -30,7 +30,7 @@ from unlearn.models.load import checkpoint_fingerprint, load_checkpoint, save_ch
 from unlearn.training.fit import fit, stream_length
 from unlearn.training.module import StepConfig, UnlearnModule
 from unlearn.training.optim import OptimConfig
-from unlearn.training.reference import Reference
+from unlearn.models.reference import Reference
 from unlearn.utils.progress import say
 
 Rows = list[dict[str, Any]]

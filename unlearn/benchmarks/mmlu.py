@@ -55,11 +55,3 @@ def load_mmlu(hub_id: str | None = "cais/mmlu", config: str = "all", path: str |
 
 def subjects(rows: Sequence[Row]) -> list[str]:
     return sorted({str(r.get("subject", "")) for r in rows})
-
-
-def per_subject_accuracy(rows: Sequence[Row], correct: Sequence[float]) -> dict[str, Any]:
-    """Accuracy per subject (MMLU reports the mean over questions; this is for inspection)."""
-    acc: dict[str, list[float]] = {}
-    for r, c in zip(rows, correct):
-        acc.setdefault(str(r.get("subject", "")), []).append(float(c))
-    return {k: sum(v) / len(v) for k, v in sorted(acc.items())}

@@ -13,35 +13,21 @@ config). Configs and fields used:
 
 Batch setting: ``targets`` (1-based positions, default 1–50) are forgotten together; the retain
 rows are the passages of other targets (the last as many targets as are forgotten, as RWKU's
-batch scripts do). Metrics (``RWKUEvaluator``): ROUGE-L recall of greedy answers on forget levels
-1–3 (lower is better) and neighbour levels 1–2 (higher; their mean is ``neighbor_all``), MIA AUCs
-(loss, zlib, Min-K%, Min-K%++) of forget against retain members, MMLU-style utility accuracy.
+batch scripts do). Metrics: :class:`unlearn.eval.rwku.RWKUEvaluator`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import numpy as np
-from torch import nn
+from typing import Any, Sequence
 
 from unlearn.benchmarks.hub import DataUnavailable, Row, load_rows
 from unlearn.benchmarks.mmlu import check_mc
-from unlearn.benchmarks.wmdp import subsample
-from unlearn.data.format import PromptFormat
-from unlearn.eval import metrics as M
-from unlearn.eval.choice import MCTask, evaluate_task, task_contexts
-from unlearn.eval.generate import greedy
-from unlearn.eval.mia import attack_aucs, attack_scores
-from unlearn.eval.scoring import score_texts
-from unlearn.utils.progress import Steps
+from unlearn.eval.rwku import PROBES
 
-PROBES = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
 PROBE_FIELDS = ("subject", "query", "answer")
-BLANK = "Please complete the blank in the following question.\nQuestion: {query}\n"
-BRIEF = "Please briefly answer the following question.\nQuestion: {query}\n"
+
 
 
 def parse_targets(spec: Any, key: str) -> list[int]:
@@ -133,118 +119,3 @@ def _mmlu_row(r: Row) -> Row:
     MMLU subject in ``subject``."""
     examples = [{"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"])} for e in (r.get("examples") or [])]
     return {"question": r["question"], "choices": list(r["choices"]), "answer": r["answer"], "subject": r.get("task") or "", "target": r["subject"], "examples": examples}
-
-
-# -- evaluation --------------------------------------------------------------------------------
-def probe_body(row: Row, level: str) -> tuple[str, str]:
-    """RWKU's instruction for a probe and the suffix after it (``"Answer:"`` except for the
-    affirmative-suffix attack, whose query ends in its own lead-in)."""
-    q = row["query"]
-    if level.endswith("level1"):
-        return BLANK.format(query=q), "Answer:"
-    kind = row.get("type") if level == "forget_level3" else None
-    if kind == "affirmative suffix":
-        return BRIEF.format(query=q).rstrip("\n"), ""
-    if kind == "incontext learning":
-        return f"Please briefly answer the following question.\n{q}\n", "Answer:"
-    return BRIEF.format(query=q), "Answer:"
-
-
-def probe_prompt(row: Row, level: str, fmt: PromptFormat, tokenizer: Any) -> str:
-    """The probe as the model sees it: a chat turn (instruction-tuned models) or plain text."""
-    body, suffix = probe_body(row, level)
-    return (fmt.prompt(body, tokenizer) if fmt.chat else body) + suffix
-
-
-DIRECTIONS = {
-    "forget_level1": -1, "forget_level2": -1, "forget_level3": -1, "forget_all": -1,
-    "neighbor_level1": +1, "neighbor_level2": +1, "neighbor_all": +1,
-    "mia_loss_auc": -1, "mia_zlib_auc": -1, "mia_min_k_auc": -1, "mia_min_k_pp_auc": -1,
-    "mia_forget_loss": +1, "mia_retain_loss": -1, "utility_general_acc": +1,
-}
-
-
-@dataclass
-class RWKUEvaluator:
-    """RWKU's forget, neighbour, MIA and utility metrics (see module docstring).
-
-    MIA AUCs score forget members as positives against retain members: about 0.5 before unlearning
-    (both were seen in pre-training), lower once the forget texts look unseen. ``mia_*_loss`` are
-    the mean token NLLs of each set (RWKU's FM ↑ and RM ↓). ``max_probes`` evaluates a seeded subset
-    of each probe set for quick runs.
-    """
-
-    name: str = "rwku"
-    utility: str | None = "utility_general"
-    n_shot: int = 5
-    max_new_tokens: int = 30
-    max_probes: int | None = None
-    max_length: int = 512
-    min_k: float = 0.2
-    batch_size: int = 16
-    seed: int = 0
-    backend: str = "builtin"  # utility set: builtin letter scorer | lmeval (lm-evaluation-harness)
-    directions: dict[str, int] = field(default_factory=lambda: dict(DIRECTIONS))
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("builtin", "lmeval"):
-            raise ValueError(f"benchmark.eval.backend must be 'builtin' or 'lmeval', got {self.backend!r}")
-        if not 0 < self.min_k <= 1:
-            raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
-        if self.max_probes is not None and (isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1):
-            raise ValueError(f"benchmark.eval.max_probes must be a positive integer or null, got {self.max_probes!r}")
-
-    def _probes(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], level: str) -> tuple[float, list[str]]:
-        rows = subsample(rows, self.max_probes, self.seed)
-        if not rows:
-            return float("nan"), []
-        prompts = [probe_prompt(r, level, fmt, tok) for r in rows]
-        answers = greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, stop=("\n",), add_special_tokens=not fmt.chat)
-        # RWKU's eval_forget.py: ROUGE-L recall of the `rouge` package (no stemming), an empty answer
-        # scored as "NOANSWER"; rouge-score without its stemmer is that up to tokenisation (it also
-        # lower-cases and drops punctuation, which `rouge` keeps)
-        hyps = [a if a.strip() else "NOANSWER" for a in answers]
-        return float(np.mean(M.rouge_l(hyps, [r["answer"] for r in rows], "recall", use_stemmer=False))), answers
-
-    def _mia(self, model: nn.Module, tok: Any, splits: Mapping[str, Sequence[Row]]) -> dict[str, float]:
-        scores, out = {}, {}
-        for s in ("mia_forget", "mia_retain"):
-            texts = [r["text"] for r in splits[s]]
-            sc = score_texts(model, tok, texts, self.max_length, self.batch_size, minkpp=True)
-            scores[s] = attack_scores(sc, texts, self.min_k)
-            out[f"{s}_loss"] = float(np.mean(sc.nll_sum / np.maximum(sc.n_tokens, 1)))
-        out.update({f"mia_{k}_auc": v for k, v in attack_aucs(scores["mia_forget"], scores["mia_retain"]).items()})
-        return out
-
-    def utility_accuracy(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, rows: Sequence[Row]) -> dict[str, Any]:
-        """The MMLU-style utility set, each question with its own few-shot examples (RWKU's), in the
-        chat template for chat models; scored by the letter scorer or by lm-evaluation-harness on
-        the same prompts."""
-        task = MCTask(self.utility or "utility", rows, n_shot=self.n_shot)
-        chat = fmt if fmt.chat else None
-        if self.backend == "builtin":
-            return evaluate_task(model, tokenizer, task, self.batch_size, chat)
-        from unlearn.eval.lmeval import evaluate_contexts
-
-        contexts, special = task_contexts(tokenizer, task, chat)
-        return evaluate_contexts(model, tokenizer, task.name, contexts, task.answers(), task.labels, special, self.batch_size)
-
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        needed = [*PROBES, "mia_forget", "mia_retain"] + ([self.utility] if self.utility else [])
-        missing = [s for s in needed if s not in splits]
-        if missing:
-            raise ValueError(f"benchmark {self.name!r} has no split(s) {missing} to evaluate (splits: {sorted(splits)})")
-        metrics: dict[str, float] = {}
-        arrays: dict[str, Any] = {}
-        with Steps(f"eval {self.name}", total=len(PROBES) + 2) as steps:
-            for level in PROBES:
-                metrics[level], arrays[f"{level}_generated"] = self._probes(model, tokenizer, fmt, splits[level], level)
-                steps.advance(level)
-            metrics.update(self._mia(model, tokenizer, splits))
-            steps.advance("membership inference")
-            if self.utility and splits[self.utility]:
-                metrics[f"{self.utility}_acc"] = self.utility_accuracy(model, tokenizer, fmt, splits[self.utility])["acc"]
-            steps.advance("utility")
-        metrics["forget_all"] = float(np.nanmean([metrics[f"forget_level{i}"] for i in (1, 2, 3)]))
-        metrics["neighbor_all"] = float(np.nanmean([metrics["neighbor_level1"], metrics["neighbor_level2"]]))
-        return {"metrics": metrics, "arrays": arrays}

@@ -12,6 +12,7 @@ The retain weight ``alpha`` and forget weight ``gamma`` are applied *inside* the
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -127,7 +128,7 @@ Stats = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
-class Combiner:
+class Combiner(ABC):
     """Base of the combiners: weights, parameter-subset selection and the call convention.
 
     ``select`` is an optional regex over parameter names: the combiner's rule is applied only to
@@ -151,6 +152,9 @@ class Combiner:
     collective before any update, and the statistics in one after, so the rule is the same as on
     the whole tensors. **Whole lists**: ``_combine`` maps the lists at once (the simple extension
     point); the step then keeps ``g_r`` and ``g_f`` in buffers and calls it (not on shards).
+
+    The rule is abstract: a subclass that writes neither ``_tensor`` nor ``_combine`` is an
+    abstract class, and building it (``combiner=...`` included) raises ``TypeError``.
     """
 
     uses_reference: ClassVar[bool] = True
@@ -169,10 +173,20 @@ class Combiner:
             except re.error as e:
                 raise ValueError(f"combiner.select must be a valid regex, got {self.select!r}: {e}") from e
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Both forms of the rule are abstract, and a combiner writes one of them: writing one makes
+        # the other concrete (a stub that is never called), so only a subclass with neither stays
+        # abstract and cannot be instantiated.
+        super().__init_subclass__(**kwargs)
+        if _written(cls, "_tensor") and not _written(cls, "_combine"):
+            cls._combine = _no_combine  # type: ignore[method-assign]
+        elif _written(cls, "_combine") and not _written(cls, "_tensor"):
+            cls._tensor = _no_tensor  # type: ignore[method-assign]
+
     @property
     def per_tensor(self) -> bool:
         """Whether the rule is given per tensor (``_tensor``) rather than on whole lists."""
-        return type(self)._tensor is not Combiner._tensor
+        return type(self)._tensor is not _no_tensor
 
     @property
     def streams(self) -> bool:
@@ -252,19 +266,33 @@ class Combiner:
         from each selected tensor's ``_sums`` (in parameter order)."""
         return {}
 
+    @abstractmethod
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
         """One tensor's update from its ``g_r``, ``g_f`` and reference, and its 0-dim statistics
         (sums over its coordinates, so that shards' statistics add up). ``totals`` holds this
         tensor's ``_sums`` and the ``_totals``."""
-        raise NotImplementedError
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         """The logged statistics from the per-tensor ones (in parameter order; each part holds the
         tensor's ``_sums`` and its ``_tensor`` statistics)."""
         return {}
 
+    @abstractmethod
     def _combine(self, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
-        raise NotImplementedError
+        """The update of whole lists (the selected tensors, in parameter order) and its statistics."""
+
+
+def _written(cls: type, name: str) -> bool:
+    """Whether ``cls`` has a concrete ``name`` (its own or inherited), not the abstract one."""
+    return not getattr(getattr(cls, name), "__isabstractmethod__", False)
+
+
+def _no_tensor(self: Combiner, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+    raise TypeError(f"{type(self).__name__} implements _combine on whole lists, not a per-tensor rule")
+
+
+def _no_combine(self: Combiner, g_r: list[Tensor], g_f: list[Tensor], ref: list[Tensor]) -> Combination:
+    raise TypeError(f"{type(self).__name__} implements its rule per tensor (_tensor), not _combine")
 
 
 class TensorCombine:

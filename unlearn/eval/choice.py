@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unlearn.data.collate import pad
 from unlearn.data.format import PromptFormat
 from unlearn.eval.scoring import score_rows
 from unlearn.utils.progress import Steps
@@ -135,12 +136,7 @@ def _last_token_logprobs(model: nn.Module, contexts: Sequence[list[int]], pad_id
     out: list[torch.Tensor] = [torch.empty(0)] * len(contexts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(contexts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, : len(contexts[i])] = torch.tensor(contexts[i])
-            mask[j, : len(contexts[i])] = 1
+        ids, mask = pad([contexts[i] for i in idx], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
         logp = logits[torch.arange(len(idx), device=logits.device), last].float().log_softmax(-1).cpu()
@@ -225,3 +221,11 @@ def evaluate_task(model: nn.Module, tokenizer: Any, task: MCTask, batch_size: in
     pred = lp.argmax(-1)
     correct = (pred == task.answers()).astype(float)
     return {"acc": float(correct.mean()) if len(correct) else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": lp}
+
+
+def per_subject_accuracy(rows: Sequence[Mapping[str, Any]], correct: Sequence[float]) -> dict[str, Any]:
+    """Accuracy per subject (MMLU reports the mean over questions; this is for inspection)."""
+    acc: dict[str, list[float]] = {}
+    for r, c in zip(rows, correct):
+        acc.setdefault(str(r.get("subject", "")), []).append(float(c))
+    return {k: sum(v) / len(v) for k, v in sorted(acc.items())}

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from unlearn.data.collate import pad
 from unlearn.eval.scoring import context_length
 
 
@@ -17,7 +18,7 @@ def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tok
     ``max_prompt_tokens`` keeps only the last that many tokens of a longer prompt (the text right
     before the continuation matters most; long book or news prompts must fit the context)."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [_keep_last(ids, max_prompt_tokens, tokenizer.bos_token_id) for ids in encoded]
@@ -28,19 +29,14 @@ def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tok
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for j, i in enumerate(idx):
-                n = len(encoded[i])
-                ids[j, width - n :] = torch.tensor(encoded[i])
-                mask[j, width - n :] = 1
+            ids, mask = pad([encoded[i] for i in idx], pad_id, side="left")
+            width = ids.shape[1]
             gen = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=pad,
+                pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
             for j, i in enumerate(idx):

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from unlearn.eval.choice import MCTask, context_limit, first_n_by_subject
+from unlearn.data.format import PromptFormat
+from unlearn.eval.choice import MCTask, context_limit, first_n_by_subject, task_contexts
 
 
 def _require_lm_eval() -> Any:
@@ -162,3 +163,39 @@ def evaluate_contexts(model: nn.Module, tokenizer: Any, name: str, contexts: Seq
         cfg = _mc_config(task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels)
         res = lm_eval.simple_evaluate(model=lm, tasks=[cfg], log_samples=True, bootstrap_iters=0, verbosity="WARNING")
     return _collect(res["samples"][task], np.asarray(answers), len(labels))
+
+
+def _own_prompts(task: MCTask, chat: PromptFormat | None) -> bool:
+    """Whether lm-eval's task templates cannot express ``task``: a chat template, or few-shot
+    examples that do not come from a dev split (RWKU's questions carry their own)."""
+    if chat is not None and chat.chat:
+        return True
+    return task.shots is not None or any(r.get("examples") for r in task.rows)
+
+
+class LMEval:
+    """lm-evaluation-harness as the multiple-choice backend (``pip install 'unlearn[lmeval]'``).
+
+    A task lm-eval's templates express (plain prompts, few-shot examples from a dev split) runs as
+    an lm-eval task, so lm-eval builds the prompts (:func:`evaluate_tasks`); one they cannot (chat
+    prompts, questions with their own examples) is scored by lm-eval on the prompts built here
+    (:func:`evaluate_contexts`).
+    """
+
+    def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]:
+        native = [t for t in tasks if not _own_prompts(t, chat)]
+        out = evaluate_tasks(model, tokenizer, native, batch_size) if native else {}
+        for t in tasks:
+            if _own_prompts(t, chat):
+                contexts, special = task_contexts(tokenizer, t, chat)
+                out[t.name] = evaluate_contexts(model, tokenizer, t.name, contexts, t.answers(), t.labels, special, batch_size)
+        return {t.name: out[t.name] for t in tasks}
+
+    def __repr__(self) -> str:
+        return "LMEval()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is LMEval
+
+    def __hash__(self) -> int:
+        return hash(LMEval)

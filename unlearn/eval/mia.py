@@ -14,9 +14,6 @@ import numpy as np
 from unlearn.eval.metrics import auc
 from unlearn.eval.scoring import Scores
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
-
-
 def loss_score(token_nll: np.ndarray) -> float:
     """−mean NLL (Yeom et al., 2018)."""
     return -float(token_nll.mean()) if token_nll.size else 0.0

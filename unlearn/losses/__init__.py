@@ -1,5 +1,6 @@
 """Loss components: small per-sample callables composed by config (spec §3–4)."""
 
+from unlearn.hooks import Component
 from unlearn.losses.ga import GA
 from unlearn.losses.idk import IDK
 from unlearn.losses.kl import KL
@@ -9,4 +10,4 @@ from unlearn.losses.objective import Objective
 from unlearn.losses.rmu import RMU, RMURetain
 from unlearn.losses.simnpo import SimNPO
 
-__all__ = ["GA", "IDK", "KL", "NLL", "NPO", "Objective", "RMU", "RMURetain", "SimNPO", "no_loss"]
+__all__ = ["GA", "Component", "IDK", "KL", "NLL", "NPO", "Objective", "RMU", "RMURetain", "SimNPO", "no_loss"]

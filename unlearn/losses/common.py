@@ -50,18 +50,6 @@ def mean_nll(model: nn.Module, batch: Batch) -> Tensor:
     return total / count.clamp_min(1)
 
 
-def batch_size_of(batch: Batch) -> int:
-    return int(batch["input_ids"].shape[0])
-
-
-def as_float(x: Tensor | float) -> float:
-    return float(x.detach()) if isinstance(x, Tensor) else float(x)
-
-
-def zeros_like_batch(batch: Batch) -> Tensor:
-    return torch.zeros(batch_size_of(batch), device=batch["input_ids"].device)
-
-
 def answer_mask(labels: Tensor) -> Tensor:
     """``[B, T]`` bool: the positions whose token is a label (answer tokens; all tokens of a text row)."""
     return labels != -100

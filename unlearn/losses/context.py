@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from unlearn.data.collate import collate
 from unlearn.data.format import PromptFormat
-from unlearn.training.reference import Reference, is_peft
+from unlearn.models.reference import Reference, is_peft
 
 
 @dataclass

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, mean_nll
 
 
 @dataclass(frozen=True)
-class GA:
+class GA(Component):
     """Forget loss ``−ℓ(x_f)`` per sample (spec §3): minimising it raises the forget NLL."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from unlearn.config import ConfigError
 from unlearn.data.collate import collate
 from unlearn.data.format import encode_qa
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, ids_of, mean_nll
 
 ANSWERS = (
@@ -26,7 +27,7 @@ ANSWERS = (
 ROLES = ("forget", "normal")
 
 
-class IDK:
+class IDK(Component):
     """Forget loss ``ℓ(x_f → idk)`` per sample: the NLL of a refusal-style answer to each forget
     question. The answer is one of ``answers``, fixed per row id (a hash, so runs are
     reproducible). :meth:`prepare` tokenises the targets once, keyed by row id; it needs QA rows

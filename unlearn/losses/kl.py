@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, logits_of
 
 
@@ -20,11 +21,11 @@ def token_kl(ref_logits: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     return (kl * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-class KL:
+class KL(Component):
     """Retain loss ``KL(π_ref(·|x_r) ‖ π_θ(·|x_r))`` token-averaged over the retain answer tokens
     (spec §4), per sample.
 
-    The reference is :class:`~unlearn.training.reference.Reference`, not a second model: a full
+    The reference is :class:`~unlearn.models.reference.Reference`, not a second model: a full
     fine-tune keeps one copy of the *trainable* weights (as large as the model when everything
     trains; no optimizer state, no gradients), LoRA keeps nothing (the base with the adapter
     disabled). Every step then costs one extra no-grad forward of the retain batch and its

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, mean_nll
 
 
 @dataclass(frozen=True)
-class NLL:
+class NLL(Component):
     """Retain loss ``ℓ(x_r)`` per sample (spec §4)."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, ids_of, require_number, sequence_nll, token_nll
 
 #: the roles whose rows an NPO forget loss is applied to (normal rows when SGA smoothing is on)
@@ -20,7 +21,7 @@ def npo_loss(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp))
 
 
-class NPO:
+class NPO(Component):
     """Forget loss of NPO, per sample, on sequence-summed answer log-probabilities.
 
     ``log π_ref(y|x)`` is computed once in :meth:`prepare` for every forget and normal row and
@@ -43,10 +44,6 @@ class NPO:
                 total, count = token_nll(ctx.reference_logits(batch), batch["labels"])
                 for rid, t, n in zip(ids_of(batch), total.tolist(), count.tolist()):
                     self._ref[rid] = (-t, int(n))
-
-    def set_reference(self, values: dict[str, tuple[float, int]]) -> None:
-        """Reference log-probs by row id as ``(log π_ref(y|x), answer tokens)`` (tests, resumes)."""
-        self._ref = dict(values)
 
     def reference_logps(self, batch: Batch, counts: Tensor) -> Tensor:
         """The cached ``log π_ref(y|x)`` of the batch rows, ``[B]``; unknown rows are an error."""

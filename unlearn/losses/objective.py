@@ -6,13 +6,12 @@ The objective only composes loss components; weighting the two tasks is the comb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from unlearn.hooks import Component, LossFn, as_component
 from unlearn.smoothing.sga import NoSmoothing
-
-LossFn = Callable[[nn.Module, Mapping[str, Any]], Tensor]
 
 
 @dataclass
@@ -31,25 +30,27 @@ class Objective:
     def __post_init__(self) -> None:
         if self.forget is None and self.retain is None:
             raise ValueError("forget and retain are both 'none': there is nothing to train")
+        # plain callables get the hooks here, once, so nothing below probes for them
+        self.forget = as_component(self.forget)
+        self.retain = as_component(self.retain)
+        self.smoothing = as_component(self.smoothing)
 
     @property
     def tasks(self) -> list[str]:
         return [t for t in ("retain", "forget") if getattr(self, t) is not None]
 
-    def components(self) -> list[Any]:
+    def components(self) -> list[Component]:
         return [c for c in (self.forget, self.retain, self.smoothing) if c is not None]
 
     def prepare(self, ctx: Any) -> None:
-        """Let components that need it (NPO's cached reference log-probs, RMU's hooks...) set up."""
+        """Let components set up (NPO's cached reference log-probs, RMU's hooks...)."""
         for c in self.components():
-            if hasattr(c, "prepare"):
-                c.prepare(ctx)
+            c.prepare(ctx)
 
     def before_step(self, step: int, model: nn.Module, batch: Mapping[str, Any]) -> None:
         """Called once per optimizer step, before its first micro-batch (SGA's ``rate: auto``)."""
-        hook = getattr(self.smoothing, "before_step", None)
-        if hook is not None and self.forget is not None:
-            hook(step, self.forget, model, batch)
+        for c in self.components():
+            c.before_step(step, self.forget, model, batch)
 
     def loss(self, task: str, model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
         if task == "forget":

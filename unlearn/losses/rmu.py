@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.config import ConfigError
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, answer_mask, require_number
-from unlearn.training.reference import is_peft
+from unlearn.models.reference import is_peft
 
 
 class _Stop(Exception):
@@ -71,7 +72,7 @@ def _int_or_none(value: Any, key: str) -> int | None:
     return value
 
 
-class RMU:
+class RMU(Component):
     """Forget loss ``‖h_k(x_f) − c·u‖²`` per sample (MSE over hidden units and answer tokens).
 
     ``u`` is a fixed random unit vector (uniform entries, normalised, as in the WMDP code; seeded),
@@ -133,9 +134,9 @@ class RMU:
         return masked_mse(h, control.expand_as(h), batch["labels"])
 
 
-class RMURetain:
+class RMURetain(Component):
     """RMU's retain partner ``‖h_k(x_r) − h_k^ref(x_r)‖²`` per sample, the reference being the
-    frozen starting model (:class:`~unlearn.training.reference.Reference`: a copy of the few
+    frozen starting model (:class:`~unlearn.models.reference.Reference`: a copy of the few
     trained tensors, or the LoRA base). ``layer`` defaults to the forget loss's layer in config."""
 
     runs_reference = True  # runs the frozen starting model during training (see unlearn.training.fsdp.check_sharded)

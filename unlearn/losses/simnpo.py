@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.hooks import Component
 from unlearn.losses.common import Batch, require_number, sequence_nll
 
 
@@ -14,7 +15,7 @@ def simnpo_loss(mean_nll: Tensor, beta: float, delta: float) -> Tensor:
     return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta))
 
 
-class SimNPO:
+class SimNPO(Component):
     """Forget loss of SimNPO per sample (spec §3): β > 0 (default 2.5), margin δ (default 0).
 
     The loss falls as the forget NLL rises and flattens once ``ℓ`` is well above ``δ``, so unlike

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from unlearn.config import ConfigError
-from unlearn.training.reference import is_peft
+from unlearn.models.reference import is_peft
 
 
 def wanted(cfg: DictConfig) -> bool:

@@ -1,7 +1,7 @@
 """Training a LoRA adapter (PEFT) instead of the full model: ``model.lora={r: 8, alpha: 16}``.
 
 With an adapter, the reference model of NPO, KL and RMU is the base model with the adapter
-disabled (:class:`~unlearn.training.reference.Reference`): no copy of any weight is kept.
+disabled (:class:`~unlearn.models.reference.Reference`): no copy of any weight is kept.
 Saving (``save_model=true``) merges the adapter into the base weights.
 """
 

@@ -176,7 +176,7 @@ def _trainable(cfg: DictConfig, model: Any, forget: Any) -> tuple[Any, list[Any]
 
 
 def _reference(forget: Any, retain: Any, lora: bool, train_bytes: int) -> tuple[int, str]:
-    """Bytes and description of what keeps the starting model (see unlearn.training.reference)."""
+    """Bytes and description of what keeps the starting model (see unlearn.models.reference)."""
     if isinstance(retain, (KL, RMURetain)):
         if lora:
             return 0, "LoRA base with the adapter off (no copy)"

@@ -1,5 +1,8 @@
 """``rate: auto``: re-estimating SGA's smoothing rate ``r*`` from the gradients (spec §5).
 
+This module sits below :mod:`unlearn.smoothing.sga` (which calls it), so it knows the smoother only
+by the two attributes it reads, ``K`` and ``convention``.
+
 With ``F`` the per-sample forget loss and ``s = +1`` (``gls``) or ``−1`` (``ga_gd``), the smoothed
 group loss is ``F(x_f) + r·(ḡ-loss − F(x_f))`` where the ḡ-loss ``(F(x_f) + s·Σ_j F(x_n^j))/K`` is
 the group's mean (signed as the convention weights it). Its gradient is ``d(r) = g_f + r·(ḡ − g_f)``
@@ -15,7 +18,6 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from unlearn.smoothing.sga import optimal_rate
 from unlearn.distributed import all_reduce_mean
 
 
@@ -23,6 +25,21 @@ def _grads(loss: Tensor, params: list[nn.Parameter], keep: bool) -> list[Tensor]
     gs = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
     # contiguous: autograd may hand back an expanded view (stride 0), which all-reduce cannot write
     return [torch.zeros_like(p) if g is None else g.contiguous() for g, p in zip(gs, params)]
+
+
+def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
+    """``r* = <g_f, g_f − ḡ> / ‖g_f − ḡ‖²`` (spec §5; a reconstruction of the SGA paper's derivation).
+
+    Minimises the norm of the one-step update ``d(r) = g_f + r·(ḡ − g_f)``. ``g_f`` is the gradient
+    of the forget samples' loss, ``ḡ`` the mean gradient over the K samples of each group.
+    """
+    num = torch.zeros((), dtype=torch.float64)
+    den = torch.zeros((), dtype=torch.float64)
+    for f, b in zip(g_f, g_bar):
+        d = (f - b).double()
+        num += (f.double() * d).sum()
+        den += (d * d).sum()
+    return float(num / den) if den > 0 else 0.0
 
 
 def estimate_rate(smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> float:

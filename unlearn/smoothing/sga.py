@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import torch
 from torch import Tensor, nn
+
+from unlearn.hooks import Component
+from unlearn.smoothing.auto import estimate_rate
 
 CONVENTIONS = ("gls", "ga_gd")
 
@@ -31,7 +33,7 @@ def _check_rate(rate: float, key: str = "smoothing.rate") -> float:
     return float(rate)
 
 
-class SGA:
+class SGA(Component):
     """Generalised label smoothing over groups of one forget and ``K−1`` normal samples.
 
     ``rate`` is a number ``<= 1`` or ``"auto"`` (re-estimated from the gradients every
@@ -94,13 +96,11 @@ class SGA:
             loss = loss + w_n * grouped.sum(-1)
         return loss.mean()
 
-    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> None:
+    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor] | None, model: nn.Module, batch: Mapping[str, Any]) -> None:
         """``rate: auto``: every ``auto_every`` optimizer steps, re-estimate ``r*`` on this batch
         (see :mod:`unlearn.smoothing.auto`) and use it, clipped to ``auto_range``."""
-        if not self.auto or step % self.auto_every or "normal" not in batch:
+        if not self.auto or forget is None or step % self.auto_every or "normal" not in batch:
             return
-        from unlearn.smoothing.auto import estimate_rate
-
         self.estimate = estimate_rate(self, forget, model, batch)
         self.set_rate(self.estimate)
 
@@ -124,7 +124,7 @@ class SGA:
         return self.rate
 
 
-class NoSmoothing:
+class NoSmoothing(Component):
     """The ``none`` option: the plain mean of the per-sample forget losses."""
 
     active = False
@@ -138,18 +138,3 @@ class NoSmoothing:
 
     def reduce(self, per_forget: Tensor, per_normal: Tensor | None) -> Tensor:
         return per_forget.mean()
-
-
-def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
-    """``r* = <g_f, g_f − ḡ> / ‖g_f − ḡ‖²`` (spec §5; a reconstruction of the SGA paper's derivation).
-
-    Minimises the norm of the one-step update ``d(r) = g_f + r·(ḡ − g_f)``. ``g_f`` is the gradient
-    of the forget samples' loss, ``ḡ`` the mean gradient over the K samples of each group.
-    """
-    num = torch.zeros((), dtype=torch.float64)
-    den = torch.zeros((), dtype=torch.float64)
-    for f, b in zip(g_f, g_bar):
-        d = (f - b).double()
-        num += (f.double() * d).sum()
-        den += (d * d).sum()
-    return float(num / den) if den > 0 else 0.0

@@ -165,7 +165,7 @@ class UnlearnModule(L.LightningModule):
             ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params)]
         checkpoint["unlearn"] = {
             "ema": ema,
-            "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components()) if hasattr(c, "state_dict")},
+            "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components())},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -173,7 +173,7 @@ class UnlearnModule(L.LightningModule):
         if self._ema is not None and state.get("ema") is not None:
             self._ema.value = list(state["ema"])
         for i, c in enumerate(self.objective.components()):
-            if hasattr(c, "load_state_dict") and str(i) in state.get("components", {}):
+            if str(i) in state.get("components", {}):
                 c.load_state_dict(state["components"][str(i)])
 
     # -- the step ------------------------------------------------------------------------------
@@ -279,9 +279,8 @@ class UnlearnModule(L.LightningModule):
         metrics: dict[str, Tensor | float] = {f"train/loss/{k}": v for k, v in self._losses.items()}
         metrics.update({f"train/grad/{k}": v for k, v in stats.items()})
         metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
-        for extra in self.objective.components():
-            if hasattr(extra, "log_values"):
-                metrics.update(extra.log_values())
+        for c in self.objective.components():
+            metrics.update(c.log_values())
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
 
     def _diverging(self, stats: Mapping[str, Tensor]) -> bool:

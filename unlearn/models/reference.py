@@ -4,6 +4,7 @@ Reference-based losses (NPO, KL, RMU's retain term) need ``π_ref``, the model a
 unlearning. Only the *trainable* parameters ever change, so the reference is the live model run
 with a snapshot of just those parameters swapped in (``torch.func.functional_call``). With a LoRA
 adapter (PEFT) the reference is the base model with the adapter disabled: no copy at all.
+It lives in models/ (not training/) because the loss components use it, and they sit below training/.
 Costs: a full fine-tune keeps one extra copy of the trainable weights (no optimizer state, no
 gradients); LoRA keeps nothing.
 """

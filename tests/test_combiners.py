@@ -1,4 +1,4 @@
-"""Property tests of the gradient combiners (spec §2), claiming only the guarantee each one has,
+"""Property tests of the gradient combiners (docs/methods.md §2), claiming only the guarantee each one has,
 plus pinned values on one small hand-made input."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from unlearn.combiners.base import Combination, Combiner
 
 ALL = [Sum(), PCGrad(), PCGradGlobal(), PCGradSymmetric(), SAGO(), SAGO(prefer_retain=True), SAGO(gate="soft"),
        Sum(alpha=0.5, gamma=2.0), PCGrad(alpha=0.3, gamma=1.7), SAGO(alpha=0.1, gamma=1.0)]
-# spec §2's literal soft gate σ(κ·g_f⊙g_r) is not positively homogeneous, so it is not in ALL
+# docs/methods.md §2's literal soft gate σ(κ·g_f⊙g_r) is not positively homogeneous, so it is not in ALL
 SOFT_RAW = [SAGO(gate="soft_raw"), SAGO(gate="soft_raw", kappa=0.3, alpha=0.5, gamma=2.0, prefer_retain=True)]
 
 # gradient-like values: exact zeros (ties in the sign tests) or magnitudes in [1e-3, 10]

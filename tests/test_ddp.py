@@ -1,4 +1,4 @@
-"""Data parallelism (spec §1): each task's gradient is accumulated, averaged across ranks, and only
+"""Data parallelism (docs/methods.md §1): each task's gradient is accumulated, averaged across ranks, and only
 then combined. Two CPU processes (Lightning DDP over gloo) must end with the same parameters as one
 process trained on the union of their batches, with a nonlinear combiner (SAGO)."""
 

@@ -231,7 +231,7 @@ def test_a_plain_callable_gets_the_hooks_it_defines_and_no_ops_for_the_rest():
 
     calls = []
 
-    class Foreign:  # written without the base, like the README's extension example
+    class Foreign:  # written without the base, like the extension example in docs/extending.md
         runs_reference = True
 
         def __call__(self, model, batch):

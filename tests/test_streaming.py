@@ -106,7 +106,7 @@ def test_the_tensorwise_step_equals_the_whole_list_step(tiny, toy_splits, name, 
 
 
 def test_a_whole_list_combiner_still_trains_buffered(tiny, toy_splits):
-    """A user combiner that implements only _combine (the README's extension point) takes the
+    """A user combiner that implements only _combine (docs/extending.md, "A combiner") takes the
     buffered path, and train.stream=true refuses it before training."""
     model, tok = tiny
     c = whole_lists(Sum(gamma=0.5))

@@ -49,7 +49,7 @@ class Component:
 
 class Adapted(Component):
     """A plain callable (a function, or a class written without :class:`Component`, as in the
-    README's extension example) given the component interface. The optional hooks it defines are
+    extension example in docs/extending.md) given the component interface. The optional hooks it defines are
     looked up once, here at the boundary, so the rest of the code calls hooks without probing.
     Other attributes read through to the wrapped object.
     """

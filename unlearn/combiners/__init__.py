@@ -1,4 +1,4 @@
-"""Gradient combiners: pure functions from ``(g_retain, g_forget)`` to one update (spec §2)."""
+"""Gradient combiners: pure functions from ``(g_retain, g_forget)`` to one update (docs/methods.md §2)."""
 
 from unlearn.combiners.base import Combination, Combiner
 from unlearn.combiners.diagnostics import gradient_diagnostics

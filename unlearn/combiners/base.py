@@ -6,7 +6,7 @@ Combiners are pure: no model, no optimizer, no state, no logging. Diagnostics co
 :class:`Combination.stats` and the training module logs them.
 
 The retain weight ``alpha`` and forget weight ``gamma`` are applied *inside* the combiner
-(spec §1): the losses themselves are unweighted.
+(docs/methods.md §1): the losses themselves are unweighted.
 """
 
 from __future__ import annotations

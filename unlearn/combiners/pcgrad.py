@@ -1,7 +1,7 @@
 """PCGrad-style projections of the forget gradient away from the retain gradient.
 
 ``PCGrad`` is the asymmetric, per-tensor ("module-wise") adaptation used by the SAGO paper
-(Retention-first gradient synthesis, spec §2); ``PCGradGlobal`` is the same projection with one dot
+(Retention-first gradient synthesis, docs/methods.md §2); ``PCGradGlobal`` is the same projection with one dot
 product over all parameters (what GRU does); ``PCGradSymmetric`` is the original two-task PCGrad of
 Yu et al. (2020), which projects each task's gradient onto the other's normal plane.
 """
@@ -114,7 +114,7 @@ class PCGradSymmetric(Combiner):
     Unlike the asymmetric variants it does modify the retain gradient.
 
     It refuses a ``reference`` (``train.retain_ema``) instead of ignoring it: Yu et al.'s rule tests
-    and projects *both* task gradients against each other, and spec §2's guarantee (neither task
+    and projects *both* task gradients against each other, and docs/methods.md §2's guarantee (neither task
     opposed) holds only for the raw pair. An EMA of ``g_r`` has no single faithful place in it
     (the sign test only? project onto the EMA? project the EMA?), and each reading loses that
     guarantee, so a silent choice would misreport what was run.

@@ -1,4 +1,4 @@
-"""SAGO: retention-first, element-wise gradient synthesis (spec §2).
+"""SAGO: retention-first, element-wise gradient synthesis (docs/methods.md §2).
 
 For each coordinate the forget gradient is used unless it conflicts in sign with the retain
 gradient, in which case the (weighted) retain gradient is used instead. Being element-wise it needs
@@ -18,10 +18,10 @@ _GATES = ("hard", "soft", "soft_raw")
 
 
 def _soft_gate(f: Tensor, r: Tensor, kappa: float, normalise: bool = True, scale: Tensor | None = None) -> Tensor:
-    """``σ(κ·p̂)`` with ``p̂ = (g_f⊙r) / mean|g_f⊙r|`` (``gate: soft``), or spec §2's literal
+    """``σ(κ·p̂)`` with ``p̂ = (g_f⊙r) / mean|g_f⊙r|`` (``gate: soft``), or docs/methods.md §2's literal
     ``σ(κ·g_f⊙r)`` with ``normalise=False`` (``gate: soft_raw``).
 
-    A deliberate deviation from spec §2 in the default soft gate: raw gradient products are tiny
+    A deliberate deviation from docs/methods.md §2 in the default soft gate: raw gradient products are tiny
     (~1e-8) and their scale differs by layer and changes as training goes, so with the literal
     formula one ``kappa`` is either ~0 everywhere (``w ≈ 1/2``: a plain average, no gating) or must
     be tuned per model, layer and step. Normalising per tensor makes ``kappa`` a unitless
@@ -45,7 +45,7 @@ class SAGO(Combiner):
     there is no conflict. Guarantee (hard gate, no reference): ``update^i · g_r^i >= 0`` for every
     coordinate. ``gate="soft"`` mixes ``w·gamma·g_f + (1−w)·alpha·g_r`` with ``w = σ(κ·p̂)``, where
     ``p̂`` is ``g_f⊙r`` normalised per tensor by its mean absolute value: a deliberate deviation
-    from spec §2's ``σ(κ·g_f⊙g_r)``, which ``gate="soft_raw"`` implements literally (see
+    from docs/methods.md §2's ``σ(κ·g_f⊙g_r)``, which ``gate="soft_raw"`` implements literally (see
     :func:`_soft_gate` for why the normalised gate is the default). Soft gates trade the sign
     guarantee for smoothness; each coordinate of their update lies between ``alpha*g_r^i`` and
     the no-conflict value. ``soft`` is positively homogeneous, ``soft_raw`` is not.

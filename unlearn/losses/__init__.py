@@ -1,4 +1,4 @@
-"""Loss components: small per-sample callables composed by config (spec §3–4)."""
+"""Loss components: small per-sample callables composed by config (docs/methods.md §3–4)."""
 
 from unlearn.hooks import Component
 from unlearn.losses.ga import GA

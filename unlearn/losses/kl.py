@@ -23,7 +23,7 @@ def token_kl(ref_logits: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
 
 class KL(Component):
     """Retain loss ``KL(π_ref(·|x_r) ‖ π_θ(·|x_r))`` token-averaged over the retain answer tokens
-    (spec §4), per sample.
+    (docs/methods.md §4), per sample.
 
     The reference is :class:`~unlearn.models.reference.Reference`, not a second model: a full
     fine-tune keeps one copy of the *trainable* weights (as large as the model when everything

@@ -12,7 +12,7 @@ from unlearn.losses.common import Batch, mean_nll
 
 @dataclass(frozen=True)
 class NLL(Component):
-    """Retain loss ``ℓ(x_r)`` per sample (spec §4)."""
+    """Retain loss ``ℓ(x_r)`` per sample (docs/methods.md §4)."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:
         return mean_nll(model, batch)

@@ -1,4 +1,4 @@
-"""The two tasks of one unlearning step (spec §1): a forget-task loss and a retain-task loss.
+"""The two tasks of one unlearning step (docs/methods.md §1): a forget-task loss and a retain-task loss.
 
 The objective only composes loss components; weighting the two tasks is the combiner's job.
 """

@@ -16,7 +16,7 @@ def simnpo_loss(mean_nll: Tensor, beta: float, delta: float) -> Tensor:
 
 
 class SimNPO(Component):
-    """Forget loss of SimNPO per sample (spec §3): β > 0 (default 2.5), margin δ (default 0).
+    """Forget loss of SimNPO per sample (docs/methods.md §3): β > 0 (default 2.5), margin δ (default 0).
 
     The loss falls as the forget NLL rises and flattens once ``ℓ`` is well above ``δ``, so unlike
     GA it stops pushing samples that are already forgotten.

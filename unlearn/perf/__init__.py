@@ -1,1 +1,1 @@
-"""Performance benchmarks: ``python -m unlearn.perf.combiners`` (the README's Performance section)."""
+"""Performance benchmarks: ``python -m unlearn.perf.combiners`` (docs/performance.md)."""

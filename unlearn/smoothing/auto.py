@@ -1,4 +1,4 @@
-"""``rate: auto``: re-estimating SGA's smoothing rate ``r*`` from the gradients (spec §5).
+"""``rate: auto``: re-estimating SGA's smoothing rate ``r*`` from the gradients (docs/methods.md §5).
 
 This module sits below :mod:`unlearn.smoothing.sga` (which calls it), so it knows the smoother only
 by the two attributes it reads, ``K`` and ``convention``.
@@ -28,7 +28,7 @@ def _grads(loss: Tensor, params: list[nn.Parameter], keep: bool) -> list[Tensor]
 
 
 def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
-    """``r* = <g_f, g_f − ḡ> / ‖g_f − ḡ‖²`` (spec §5; a reconstruction of the SGA paper's derivation).
+    """``r* = <g_f, g_f − ḡ> / ‖g_f − ḡ‖²`` (docs/methods.md §5; a reconstruction of the SGA paper's derivation).
 
     Minimises the norm of the one-step update ``d(r) = g_f + r·(ḡ − g_f)``. ``g_f`` is the gradient
     of the forget samples' loss, ``ḡ`` the mean gradient over the K samples of each group.
@@ -46,7 +46,7 @@ def estimate_rate(smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], mo
     """``r*`` on one batch (``forget`` rows and their ``normal`` groups), over the trainable
     parameters. Leaves ``.grad`` untouched.
 
-    Under data parallelism ``g_f`` and ``ḡ`` are averaged across ranks first (spec §1: estimates
+    Under data parallelism ``g_f`` and ``ḡ`` are averaged across ranks first (docs/methods.md §1: estimates
     come from the all-reduced gradients), so every rank gets the ``r*`` of the global batch. ``r*``
     is a ratio of quadratic forms, so the mean of per-rank ``r*`` would be a different number.
     """

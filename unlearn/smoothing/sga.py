@@ -1,4 +1,4 @@
-"""Normal-data smoothing: Smoothed Gradient Ascent (SGA, spec §5).
+"""Normal-data smoothing: Smoothed Gradient Ascent (SGA, docs/methods.md §5).
 
 Each forget sample ``x_f`` is grouped with ``K−1`` normal samples ``x_n^j`` and the group is
 weighted by generalised label smoothing at rate ``r`` (``r <= 1``): the forget sample gets

@@ -1,6 +1,6 @@
 """Data parallelism for the two-task step: Lightning's DDP, without DDP's gradient reducer.
 
-Spec §1: each rank accumulates ``g_r`` and ``g_f`` in its own buffers, the buffers are averaged
+docs/methods.md §1: each rank accumulates ``g_r`` and ``g_f`` in its own buffers, the buffers are averaged
 across ranks, and only then is the combiner applied, once. :class:`~unlearn.training.gradients.
 TaskGradients` does that averaging itself. PyTorch's ``DistributedDataParallel`` wrapper would
 average ``.grad`` after a ``backward()``, i.e. the *combined* update, and a nonlinear combiner of

@@ -1,7 +1,7 @@
 """Gradient plumbing: per-task buffers, accumulation, all-reduce, and writing ``.grad``.
 
 This is the only place that moves gradients around; the math lives in :mod:`unlearn.combiners`.
-The order (spec §1) is: accumulate each task's gradient over the micro-batches in its own buffer,
+The order (docs/methods.md §1) is: accumulate each task's gradient over the micro-batches in its own buffer,
 all-reduce (mean) the buffers across ranks, and only then combine once.
 
 Every task gradient comes from ``loss.backward()`` with a post-accumulate hook on each trainable

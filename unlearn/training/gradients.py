@@ -193,14 +193,18 @@ class TensorwiseUpdate:
         else:
             s = self.ema.update_tensor(i, r, len(self.retain)) if self.ema is not None else r
         u = self.run.tensor(i, r, f, s)
-        self.parts[i] = tensor_diagnostics(r, f, u) if self.diagnostics else {"nu2": sq_norms([u])[0]}
+        if self.diagnostics:
+            self.parts[i] = tensor_diagnostics(r, f, u)
         self.retain[i] = None  # type: ignore[call-overload]
         set_grad(self.grads.params[i], u)
 
     def stats(self) -> dict[str, Tensor]:
         """The combiner's statistics and the diagnostics; sharded, their per-tensor shares are
         first added over the ranks, all in one collective."""
-        parts = [self.parts[i] for i in sorted(self.parts)]
+        if self.diagnostics:
+            parts = [self.parts[i] for i in sorted(self.parts)]
+        else:  # the update's norm alone (the divergence guard's), in one foreach call over .grad
+            parts = [{"nu2": sq_norms([local(p.grad) for p in self.grads.params]).sum()}]
         if not self.grads.sharded:
             stats = self.run.stats()
         else:
@@ -210,7 +214,7 @@ class TensorwiseUpdate:
         if self.diagnostics:
             stats.update(finish_diagnostics(parts))
         else:
-            stats["norm_update"] = torch.sqrt(torch.stack([p["nu2"] for p in parts]).sum())
+            stats["norm_update"] = torch.sqrt(parts[0]["nu2"])
         return stats
 
 

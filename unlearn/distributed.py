@@ -34,17 +34,17 @@ def sum_over_ranks(parts: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tens
 
     Every rank holds the same tensors and keys (its shard's share of each); the dtypes come back.
     """
-    parts = [dict(p) for p in parts]
+    out = [dict(p) for p in parts]
     if world_size() == 1:
-        return parts
-    slots = [(i, k) for i, p in enumerate(parts) for k in sorted(p)]
+        return out
+    slots = [(i, k) for i, p in enumerate(out) for k in sorted(p)]
     if not slots:
-        return parts
-    flat = torch.stack([parts[i][k].detach().reshape(()).to(torch.float64) for i, k in slots])
+        return out
+    flat = torch.stack([out[i][k].detach().reshape(()).to(torch.float64) for i, k in slots])
     _all_reduce(flat)
-    for (i, k), v in zip(slots, flat.unbind()):
-        parts[i][k] = v.to(parts[i][k].dtype)
-    return parts
+    for (i, k), v in zip(slots, flat.unbind(), strict=True):
+        out[i][k] = v.to(out[i][k].dtype)
+    return out
 
 
 def all_reduce_mean(tensors: Sequence[Tensor]) -> None:

@@ -94,7 +94,7 @@ def weighted_sum(a: Grads, wa: Sequence[float] | float, b: Grads, wb: float) -> 
     """
     weights = [float(wa)] * len(a) if isinstance(wa, (int, float)) else [float(w) for w in wa]
     if all(acc_dtype(t) == t.dtype for t in a):
-        out = torch._foreach_mul(list(a), weights)
+        out = list(torch._foreach_mul(list(a), weights))
         torch._foreach_add_(out, list(b), alpha=float(wb))
         return out
     return [axpby(x, w, (y, wb)) for x, y, w in zip(a, b, weights)]

@@ -130,15 +130,16 @@ class BenchModule(UnlearnModule):
         if not self.plain:
             return super().training_step(batch, batch_idx)
         accumulate = self.step_cfg.accumulate
-        loss = sum(self.objective.loss(task, self.model, batch) for task in self.objective.tasks)
+        loss = torch.stack([self.objective.loss(task, self.model, batch) for task in self.objective.tasks]).sum()
         (loss / accumulate).backward()  # L_r + L_f: alpha = gamma = 1, as the sum combiner's defaults
         if (batch_idx + 1) % accumulate != 0:
             return None
-        opt = self.optimizers()
+        opt: Any = self.optimizers()  # one optimizer, one scheduler (configure_optimizers)
+        sched: Any = self.lr_schedulers()
         if self.step_cfg.clip_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=self.step_cfg.clip_norm, gradient_clip_algorithm="norm")
         opt.step()
-        self.lr_schedulers().step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         self.log("train/loss/plain", loss.detach(), on_step=True, on_epoch=False, batch_size=1)
         return None
@@ -158,11 +159,11 @@ class TurnTaking(L.Callback):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
         if idx % self.accumulate != 0:
             return  # a later micro-batch of the same optimizer step
         name, what = self.plan[idx // self.accumulate]
-        module.plain = name == PLAIN  # type: ignore[attr-defined]
+        module.plain = name == PLAIN
         if name != PLAIN:
             module.combiner = self.built[name]  # a combiner is pure: swapping it between steps is safe
         if what == "memory":

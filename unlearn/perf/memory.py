@@ -16,6 +16,7 @@ differences between variants are exact.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 from types import TracebackType
 
 import torch
@@ -23,7 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 
 def _events_peak(prof: profile) -> int:
-    raw = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    results: Any = prof.profiler.kineto_results if prof.profiler is not None else None  # torch's private event list
+    raw = [e for e in (results.events() if results is not None else []) if e.name() == "[memory]"]
     raw.sort(key=lambda e: e.start_ns())
     level = peak = 0
     for e in raw:

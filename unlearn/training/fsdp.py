@@ -90,12 +90,19 @@ class TaskFSDPStrategy(TaskDDPStrategy):
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if isinstance(self._launcher, _MultiProcessingLauncher):
-            self._launcher = _FullStateLauncher(self, start_method=self._start_method)
+            self._launcher = _FullStateLauncher(self, start_method=self._start_method)  # type: ignore[arg-type]  # popen never reaches here
+
+    def _task_module(self) -> Any:
+        """The :class:`~unlearn.training.module.UnlearnModule` being trained (typed ``Any``: its
+        model, gradients and EMA are read and replaced here)."""
+        module = self.lightning_module
+        assert module is not None, "the strategy has no module attached"
+        return module
 
     def configure_ddp(self) -> None:
         assert self.model is not None
         _sync_module_states(self.model)  # rank 0's weights everywhere, then each rank keeps its shard
-        module = self.lightning_module
+        module = self._task_module()
         self.fsdp_units = shard(module.model, self.world_size)
         # The task gradients hold the sharded parameters, taken now: inside a forward pass the
         # root unit's parameters are swapped for their unsharded (unreduced) versions.
@@ -108,7 +115,7 @@ class TaskFSDPStrategy(TaskDDPStrategy):
     def teardown(self) -> None:
         """Launched by torchrun/srun the trained model stays in this process, sharded: rank 0
         gathers the whole weights (every rank takes part) for the job to evaluate and save."""
-        module = self.lightning_module
+        module: Any = self.lightning_module
         env = self.cluster_environment
         if module is not None and env is not None and env.creates_processes_externally and module._grads is not None and module._grads.sharded:
             full = get_model_state_dict(module.model, options=FULL)
@@ -117,15 +124,15 @@ class TaskFSDPStrategy(TaskDDPStrategy):
 
     # -- checkpoints hold full tensors (collectives: every rank takes part) ---------------------
     def lightning_module_state_dict(self) -> dict[str, Any]:
-        return get_model_state_dict(self.lightning_module, options=FULL)
+        return get_model_state_dict(self._task_module(), options=FULL)
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         opt = getattr(optimizer, "_optimizer", optimizer)
-        return get_optimizer_state_dict(self.lightning_module, opt, options=FULL)
+        return get_optimizer_state_dict(self._task_module(), opt, options=FULL)
 
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
         for opt, state in zip(self.optimizers, checkpoint["optimizer_states"]):
-            set_optimizer_state_dict(self.lightning_module, opt, state, options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(self._task_module(), opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def is_sharded(strategy: Any) -> bool:

@@ -130,6 +130,7 @@ class TaskGradients:
                                        "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false")
                 seen[i] = True
                 g, p.grad = p.grad, None
+                assert g is not None  # a post-accumulate hook fires with the gradient in .grad
                 sink(i, local(g))
             return take
 
@@ -204,7 +205,7 @@ class TensorwiseUpdate:
         if self.diagnostics:
             parts = [self.parts[i] for i in sorted(self.parts)]
         else:  # the update's norm alone (the divergence guard's), in one foreach call over .grad
-            parts = [{"nu2": sq_norms([local(p.grad) for p in self.grads.params]).sum()}]
+            parts = [{"nu2": sq_norms([local(p.grad) for p in self.grads.params if p.grad is not None]).sum()}]
         if not self.grads.sharded:
             stats = self.run.stats()
         else:

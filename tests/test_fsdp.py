@@ -227,18 +227,18 @@ def test_cli_fsdp_run_killed_mid_training_resumes_and_equals_the_uninterrupted_r
 def test_fsdp_refuses_what_it_cannot_honour_before_training(tmp_path, overrides, expected):
     from conftest import job_config
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.config import ConfigError
     from unlearn.rundir import RunDir
 
     with pytest.raises(ConfigError, match=expected):
-        make_setup(job_config(["trainer=fsdp", *overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+        build_job(job_config(["trainer=fsdp", *overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
 
 
 def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
     from conftest import job_config
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.config import ConfigError
     from unlearn.rundir import RunDir
 
@@ -252,5 +252,5 @@ def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
     (msg,) = check_sharded(WholeList(), None, lora=False, smoothing_rate=0.0)
     assert "implements _combine on whole lists" in msg and "or use trainer=ddp" in msg
     assert check_sharded(PCGrad(), None, lora=False, smoothing_rate=0.0) == []
-    s = make_setup(job_config(["trainer=fsdp", "method=npo", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "ok"))
+    s = build_job(job_config(["trainer=fsdp", "method=npo", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "ok"))
     assert s.loop.world_size == 2  # NPO's reference is cached before training: fine under FSDP

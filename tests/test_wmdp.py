@@ -123,12 +123,12 @@ def test_evaluator_on_the_tiny_model_subsets_and_validation(tiny):
 
 def test_benchmark_configs_build_without_reading_data(tmp_path):
     from conftest import job_config
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = make_setup(job_config(["benchmark=wmdp_cyber", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(job_config(["benchmark=wmdp_cyber", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     assert (s.data.domain, s.data.forget_path, s.evaluator.name, s.evaluator.subject) == ("cyber", None, "wmdp_cyber", "cybersecurity")
-    s = make_setup(job_config([*fixture_args("bio"), f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
+    s = build_job(job_config([*fixture_args("bio"), f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
     assert (s.data.domain, s.evaluator.name, s.evaluator.n_shot) == ("bio", "wmdp_bio", 5)
 
 

@@ -53,7 +53,7 @@ def compose(model: str, combiner: str) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from unlearn.__main__ import conf_dir
+    from unlearn.hydra_setup import conf_dir
 
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         return hydra_compose("config", overrides=[f"model={model}", f"combiner={combiner}", "logger=none"])

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional
 
-from unlearn.rules import SEED, Rule, choice, integer, num, refuse_invalid, setting
+from unlearn.rules import SEED, Rule, choice, integer, is_number, num, refuse_invalid, setting
 
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-true", "64-true", "64", "transformer-engine")
@@ -24,7 +24,7 @@ LR = num(0, lo_open=True)
 WEIGHT_DECAY = num(0)
 SCHEDULE = choice(*SCHEDULES)
 WARMUP_RATIO = num(0, 1, hi_open=True)
-RETAIN_EMA = Rule(lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1), "a decay in [0, 1) or null")
+RETAIN_EMA = Rule(lambda v: v is None or (is_number(v) and 0 <= v < 1), "a decay in [0, 1) or null")
 
 
 def _betas_ok(v: Any) -> bool:

@@ -84,7 +84,7 @@ def test_training_moves_only_the_adapter_and_saving_merges_it(tiny, toy_splits, 
     before = {n: p.detach().clone() for n, p in pm.named_parameters()}
     fmt = PromptFormat()
     stream = PairedStream(encode_rows(tok, fmt, toy_splits["forget"], 64), encode_rows(tok, fmt, toy_splits["retain"], 64), 12, seed=0)
-    fit(UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, schedule="constant")), stream, tok.pad_token_id, 4, 3,
+    fit(UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")), stream, tok.pad_token_id, 4, 3,
         LoopConfig(accelerator="cpu", enable_progress_bar=False))
     changed = {n for n, p in pm.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed)

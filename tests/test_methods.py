@@ -35,7 +35,7 @@ def known(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     enc = encode_rows(tok, PromptFormat(), toy_splits["forget"] + toy_splits["retain"], 64)
-    fit(UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, schedule="constant")),
+    fit(UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")),
         PairedStream(None, enc, 80 * 16, seed=0), tok.pad_token_id, 16, 80, LoopConfig(accelerator="cpu", enable_progress_bar=False))
     return m, tok
 

@@ -75,7 +75,7 @@ def test_four_micro_batches_equal_one_batch_four_times_larger(tiny, toy_splits, 
     quiet_lightning()
     model, tok = tiny
     steps = 3
-    optim = OptimConfig(lr=1e-3, schedule="constant")
+    optim = OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant")
     objective = Objective(forget=GA(), retain=NLL())
     big, small = copy.deepcopy(model), copy.deepcopy(model)
     fit(UnlearnModule(big, objective, combiner, optim, StepConfig(accumulate=1)), _stream(tok, toy_splits, steps, 8), tok.pad_token_id, 8, steps, LOOP)
@@ -114,7 +114,7 @@ def test_smoke_trainable_parameters_move_frozen_do_not_and_forget_nll_rises(tiny
     batch = PairedCollate(tok.pad_token_id)([_stream(tok, toy_splits, 1, 8)[k] for k in range(8)])
     with torch.no_grad():
         nll_before = float(NLL()(m, batch["forget"]).mean())
-    module = UnlearnModule(m, Objective(forget=GA(), retain=None), SAGO(), OptimConfig(lr=1e-2, schedule="constant"))
+    module = UnlearnModule(m, Objective(forget=GA(), retain=None), SAGO(), OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant"))
     fit(module, _stream(tok, toy_splits, 5, 8), tok.pad_token_id, 8, 5, LOOP)
     after = _params(m)
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
@@ -131,7 +131,7 @@ def test_divergence_stops_training_and_is_recorded(tiny, toy_splits):
     m = copy.deepcopy(model)
     step = StepConfig()
     step.guard.max_abs_loss = 1e-3  # any real loss exceeds this: the first step must trip it
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3), step)
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step)
     before = _params(m)
     fit(module, _stream(tok, toy_splits, 5, 4), tok.pad_token_id, 4, 5, LOOP)
     assert module.diverged and "train/loss" in step.guard.reason
@@ -145,7 +145,7 @@ def test_a_single_task_step_logs_that_tasks_gradient_norm(tiny, toy_splits, tmp_
 
     quiet_lightning()
     model, tok = tiny
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=None), Sum(gamma=0.5), OptimConfig(lr=1e-3, schedule="constant"))
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=None), Sum(gamma=0.5), OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"))
     fit(module, _stream(tok, toy_splits, 3, 4), tok.pad_token_id, 4, 3, LOOP, loggers=[JsonlLogger(tmp_path / "m.jsonl")])
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/grad/norm_update" in r]
     assert len(rows) == 3
@@ -237,7 +237,7 @@ def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits, stre
     decay, steps, batch = 0.5, 3, 4
     m = copy.deepcopy(model)
     n = sum(p.requires_grad for p in m.parameters())
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3), StepConfig(retain_ema=decay, stream=stream))
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3, warmup_ratio=0.0), StepConfig(retain_ema=decay, stream=stream))
     assert module.streaming() is stream
     fit(module, _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
     assert len(calls) == steps * n

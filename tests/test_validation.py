@@ -243,7 +243,7 @@ def test_progress_lines_reach_a_redirected_stdout_during_the_run(tiny, toy_split
     quiet_lightning()
     model, tok = tiny
     f, r = (encode_rows(tok, PromptFormat(), toy_splits[k], 64) for k in ("forget", "retain"))
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3))
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3, warmup_ratio=0.0))
     fit(module, PairedStream(f, r, stream_length(4, 1, 4), seed=0), tok.pad_token_id, 4, 4, LoopConfig(accelerator="cpu", progress_every=2))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[unlearn] step")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"], lines

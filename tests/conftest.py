@@ -45,7 +45,7 @@ def compose(overrides: Sequence[str] = (), name: str = "config") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import unlearn.__main__  # noqa: F401  (registers the `safe` resolver)
+    import unlearn.hydra_setup  # noqa: F401  (registers the resolvers and the typed sections' schemas)
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return hydra_compose(name, overrides=list(overrides), return_hydra_config=True)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import job_config
 from unlearn.cache import digest
-from unlearn.components import Setup, make_setup
+from unlearn.job import Job, build_job
 from unlearn.phases import ModelRef, cached_evaluation, evaluation_key, reference_model
 from unlearn.rundir import RunDir
 
@@ -40,9 +40,9 @@ class HitCache:
         return self.root, True
 
 
-def _setup(tmp_path: Path, *overrides: str) -> Setup:
+def _setup(tmp_path: Path, *overrides: str) -> Job:
     cfg = job_config([f"paths.cache_dir={tmp_path / 'cache'}", "logger=none", *overrides])
-    return make_setup(cfg, RunDir(tmp_path / "run"))
+    return build_job(cfg, RunDir(tmp_path / "run"))
 
 
 def _target_key(tmp_path: Path, splits: Any, *overrides: str) -> Any:
@@ -94,7 +94,7 @@ class CountingEvaluator:
 
 
 class StubRef(ModelRef):
-    def load(self, s: Setup) -> tuple[Any, Any]:
+    def load(self, s: Job) -> tuple[Any, Any]:
         return torch.nn.Linear(1, 1), None
 
 

@@ -96,11 +96,11 @@ def test_checkpointing_is_undone_after_training(tiny):
 
 def _unlearn(ckpt: bool, tmp_path, method: str, calls: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     from unlearn import phases
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     cfg = job_config([f"method={method}", "logger=none", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=0", "trainer.enable_progress_bar=false", "benchmark.data.n_people=10", "benchmark.data.n_holdout=2", f"model.gradient_checkpointing={str(ckpt).lower()}", f"paths.cache_dir={tmp_path / 'cache'}"])
-    s = make_setup(cfg, RunDir(tmp_path / f"run{ckpt}"))
+    s = build_job(cfg, RunDir(tmp_path / f"run{ckpt}"))
     model, tok = s.spec.load(s.dtype)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     calls[0] = 0
@@ -119,12 +119,12 @@ def test_unlearning_with_checkpointing_reaches_the_same_weights(tmp_path, method
 
 
 def test_gradient_checkpointing_must_be_a_bool(tmp_path, no_model_build):
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     cfg = job_config(["logger=none", "model.gradient_checkpointing=yes"])
     with pytest.raises(ConfigError, match=r"model.gradient_checkpointing must be true or false, got 'yes'"):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conftest import CONF, compose, job_config
-from unlearn.components import make_setup
+from unlearn.job import build_job
 from unlearn.config import ConfigError
 from unlearn.rundir import RunDir
 
@@ -119,7 +119,7 @@ def test_a_planted_wrong_keyword_or_target_fails_the_instantiation_check(tmp_pat
 
 def test_default_composes_and_builds_without_a_model(tmp_path, no_model_build):
     cfg = job_config([f"paths.cache_dir={tmp_path}"])
-    s = make_setup(cfg, RunDir(tmp_path / "run"))
+    s = build_job(cfg, RunDir(tmp_path / "run"))
     assert type(s.combiner).__name__ == "SAGO"  # the default method preset
     assert s.objective.tasks == ["retain", "forget"]
 
@@ -155,13 +155,13 @@ def test_a_method_tunes_only_the_options_it_chose(overrides, key, expected):
 def test_a_method_tuning_does_not_leak_into_another_option(tmp_path, no_model_build, overrides, absent):
     cfg = job_config([f"paths.cache_dir={tmp_path}", *overrides])
     assert OmegaConf.select(cfg, absent) is None
-    make_setup(cfg, RunDir(tmp_path / "run"))  # the components build with the other option
+    build_job(cfg, RunDir(tmp_path / "run"))  # the components build with the other option
 
 
 def test_sweep_dirs_are_per_job_and_folder_safe():
     cfg = compose(["combiner=sago", "benchmark.target.path=/a b/c"])
     assert cfg.hydra.sweep.dir.startswith("multirun/")
-    from unlearn.__main__ import safe_name
+    from unlearn.hydra_setup import safe_name
 
     assert safe_name("benchmark.target.path=/a b/c,combiner=sago") == "benchmark.target.path=_a_b_c,combiner=sago"
     assert "${hydra.job.num}" in OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
@@ -187,14 +187,14 @@ BAD = [
 def test_bad_values_name_the_key_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     cfg = job_config([*overrides, f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=message):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 def test_a_missing_required_value_names_the_key(tmp_path, no_model_build):
     cfg = job_config([f"paths.cache_dir={tmp_path}"])
     OmegaConf.update(cfg, "benchmark.target.path", "???")
     with pytest.raises(ConfigError, match=r"benchmark.target.path: a value is required"):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("overrides,fragment", [
@@ -219,7 +219,7 @@ def test_every_value_a_preset_sweeps_over_sets_up(path, tmp_path, no_model_build
     for key, values in params.items():
         for value in str(values).split(","):
             cfg = job_config([f"experiment={name}", f"{key}={value}", f"paths.cache_dir={tmp_path}"])
-            s = make_setup(cfg, RunDir(tmp_path / "run"))
+            s = build_job(cfg, RunDir(tmp_path / "run"))
             if key == "method":
                 assert cfg.method.name == value
             if key == "smoothing.rate":
@@ -228,11 +228,11 @@ def test_every_value_a_preset_sweeps_over_sets_up(path, tmp_path, no_model_build
 
 FINETUNE_BAD = [
     (["benchmark.finetune.batch_size=0"], r"benchmark\.finetune\.batch_size must be an integer > 0, got 0"),
-    (["benchmark.finetune.lr=0"], r"benchmark\.finetune\.lr must be a number > 0, got 0"),
-    (["benchmark.finetune.epochs=-1"], r"benchmark\.finetune\.epochs must be a number > 0, got -1"),
+    (["benchmark.finetune.lr=0"], r"benchmark\.finetune\.lr must be a number > 0 \(finite\), got 0\.0"),
+    (["benchmark.finetune.epochs=-1"], r"benchmark\.finetune\.epochs must be a number > 0 \(finite\), got -1\.0"),
     (["+benchmark.finetune.max_length=0"], r"benchmark\.finetune\.max_length must be an integer > 0"),
     (["benchmark.finetune.schedule=step"], r"benchmark\.finetune\.schedule must be one of"),
-    (["benchmark.finetune.warmup_ratio=1.5"], r"benchmark\.finetune\.warmup_ratio must be in \[0, 1\)"),
+    (["benchmark.finetune.warmup_ratio=1.5"], r"benchmark\.finetune\.warmup_ratio must be a number in \[0, 1\)"),
 ]
 
 
@@ -240,7 +240,7 @@ FINETUNE_BAD = [
 def test_a_bad_finetune_recipe_names_the_key_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     cfg = job_config([*overrides, f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=message):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("overrides,used", [
@@ -259,9 +259,9 @@ def test_the_finetune_recipe_is_checked_only_where_it_is_used(tmp_path, no_model
     cfg = job_config([*overrides, "benchmark.finetune.batch_size=0", f"paths.cache_dir={tmp_path}"])
     if used:
         with pytest.raises(ConfigError, match="benchmark.finetune.batch_size"):
-            make_setup(cfg, RunDir(tmp_path / "run"))
+            build_job(cfg, RunDir(tmp_path / "run"))
     else:
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("overrides,role", [
@@ -273,7 +273,7 @@ def test_a_role_naming_no_split_stops_before_any_fine_tuning(tmp_path, no_model_
     from unlearn import pipeline
 
     cfg = job_config([*overrides, f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
-    s = make_setup(cfg, RunDir(tmp_path / "run"))
+    s = build_job(cfg, RunDir(tmp_path / "run"))
     with pytest.raises(ConfigError, match=rf"benchmark\.roles\.{role}: the benchmark has no split '\w+' \(it has \[.*'retain'.*\]\)"):
         pipeline.run_unlearn(s, {})  # the toy benchmark builds its splits without a model
     assert not (tmp_path / "cache" / "models").exists()
@@ -283,7 +283,7 @@ def test_a_role_the_method_does_not_use_is_not_checked(tmp_path, no_model_build,
     from unlearn.phases import check_roles
 
     cfg = job_config(["method=ga", "benchmark.roles.retain=[retian]", f"paths.cache_dir={tmp_path}"])
-    check_roles(make_setup(cfg, RunDir(tmp_path / "run")), toy_splits)  # GA has no retain loss
+    check_roles(build_job(cfg, RunDir(tmp_path / "run")), toy_splits)  # GA has no retain loss
     cfg = job_config(["method=gd", "benchmark.roles.retain=[retian]", f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"benchmark\.roles\.retain"):
-        check_roles(make_setup(cfg, RunDir(tmp_path / "run")), toy_splits)
+        check_roles(build_job(cfg, RunDir(tmp_path / "run")), toy_splits)

@@ -32,7 +32,7 @@ def _stream(tok, splits, batch: int, world: int = 1) -> PairedStream:
 
 
 def _module(model):
-    return UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, schedule="constant"), StepConfig(accumulate=ACCUMULATE))
+    return UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"), StepConfig(accumulate=ACCUMULATE))
 
 
 def _params(model):

@@ -61,7 +61,7 @@ def _run(model, tok, splits, combiner, accumulate: int, world: int, tmp_path, ob
     # lr 1e-4: AdamW's first steps are nearly sign(g)·lr, so a coordinate whose gradient is ~0 can
     # move by ±lr on a rounding difference of the reduction order; the parameters still move by
     # ~3e-4 each, 30 times the tolerance, and the diagnostics compare the rule itself
-    module = UnlearnModule(m, objective, combiner, OptimConfig(lr=1e-4, schedule="constant"),
+    module = UnlearnModule(m, objective, combiner, OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"),
                            StepConfig(accumulate=accumulate, stream=False))
     loop = LoopConfig(accelerator="cpu", devices=world, strategy=FSDP if world > 1 else "auto", enable_progress_bar=False)
     trainer = fit(module, _stream(tok, splits, BATCH * (WORLD // world), accumulate, world), tok.pad_token_id,
@@ -150,7 +150,7 @@ class GradSizes(L.Callback):
 def test_each_rank_holds_half_of_every_gradient(tiny, toy_splits, tmp_path):
     quiet_lightning()
     model, tok = tiny
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), PCGrad(), OptimConfig(lr=1e-3), StepConfig(accumulate=2))
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), PCGrad(), OptimConfig(lr=1e-3, warmup_ratio=0.0), StepConfig(accumulate=2))
     loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=FSDP, enable_progress_bar=False)
     trainer = fit(module, _stream(tok, toy_splits, BATCH, 2, WORLD), tok.pad_token_id, BATCH, STEPS, loop,
                   callbacks=[GradSizes()], default_root_dir=str(tmp_path))
@@ -249,18 +249,18 @@ def test_cli_fsdp_run_killed_mid_training_resumes_and_equals_the_uninterrupted_r
 def test_fsdp_refuses_what_it_cannot_honour_before_training(tmp_path, overrides, expected):
     from conftest import job_config
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.config import ConfigError
     from unlearn.rundir import RunDir
 
     with pytest.raises(ConfigError, match=expected):
-        make_setup(job_config(["trainer=fsdp", *overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+        build_job(job_config(["trainer=fsdp", *overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
 
 
 def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
     from conftest import job_config
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.config import ConfigError
     from unlearn.rundir import RunDir
 
@@ -274,5 +274,5 @@ def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
     (msg,) = check_sharded(WholeList(), None, lora=False, smoothing_rate=0.0)
     assert "implements _combine on whole lists" in msg and "or use trainer=ddp" in msg
     assert check_sharded(PCGrad(), None, lora=False, smoothing_rate=0.0) == []
-    s = make_setup(job_config(["trainer=fsdp", "method=npo", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "ok"))
+    s = build_job(job_config(["trainer=fsdp", "method=npo", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "ok"))
     assert s.loop.world_size == 2  # NPO's reference is cached before training: fine under FSDP

@@ -88,14 +88,14 @@ def test_the_launchers_environments_are_read(monkeypatch):
 def test_launched_processes_need_a_data_parallel_trainer(monkeypatch, tmp_path):
     from conftest import job_config
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.config import ConfigError
     from unlearn.rundir import RunDir
 
     _fake(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", GROUP_RANK="0", TORCHELASTIC_RUN_ID="x")
     with pytest.raises(ConfigError, match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\).*add trainer=ddp or trainer=fsdp"):
-        make_setup(job_config([f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
-    s = make_setup(job_config(["trainer=fsdp", "trainer.devices=8", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+        build_job(job_config([f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(job_config(["trainer=fsdp", "trainer.devices=8", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     assert s.loop.world_size == 2 and s.loop.devices == 2, "the launched processes decide, not trainer.devices"
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import batch_of, job_config
 from test_losses import context
-from unlearn.components import make_setup
+from unlearn.job import build_job
 from unlearn.config import ConfigError
 from unlearn.losses import KL, NPO, NLL, GA, Objective
 from unlearn.losses.common import logits_of, sequence_nll
@@ -84,7 +84,7 @@ def test_training_moves_only_the_adapter_and_saving_merges_it(tiny, toy_splits, 
     before = {n: p.detach().clone() for n, p in pm.named_parameters()}
     fmt = PromptFormat()
     stream = PairedStream(encode_rows(tok, fmt, toy_splits["forget"], 64), encode_rows(tok, fmt, toy_splits["retain"], 64), 12, seed=0)
-    fit(UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, schedule="constant")), stream, tok.pad_token_id, 4, 3,
+    fit(UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")), stream, tok.pad_token_id, 4, 3,
         LoopConfig(accelerator="cpu", enable_progress_bar=False))
     changed = {n for n, p in pm.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed)
@@ -100,10 +100,10 @@ def test_training_moves_only_the_adapter_and_saving_merges_it(tiny, toy_splits, 
 
 def test_lora_is_set_from_the_command_line_and_bad_keys_name_the_key(tmp_path):
     cfg = job_config(["model.lora={r: 4, alpha: 8, target_modules: [q_proj]}", f"paths.cache_dir={tmp_path}"])
-    make_setup(cfg, RunDir(tmp_path / "run"))
+    build_job(cfg, RunDir(tmp_path / "run"))
     for bad, message in [("model.lora={rank: 4}", r"model.lora: unknown keys \['rank'\]"), ("model.lora={r: 0}", "model.lora.r must be an integer >= 1")]:
         with pytest.raises(ConfigError, match=message):
-            make_setup(job_config([bad, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
+            build_job(job_config([bad, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
 
 
 def test_rmu_under_lora_trains_only_the_adapter_of_its_layers(tiny, toy_splits):

@@ -11,7 +11,7 @@ import torch
 
 from conftest import CONF, batch_of, job_config
 from unlearn import phases
-from unlearn.components import make_setup
+from unlearn.job import build_job
 from unlearn.data.format import PromptFormat, encode_rows
 from unlearn.data.paired import PairedStream
 from unlearn.losses import NLL, Objective
@@ -35,7 +35,7 @@ def known(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     enc = encode_rows(tok, PromptFormat(), toy_splits["forget"] + toy_splits["retain"], 64)
-    fit(UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, schedule="constant")),
+    fit(UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")),
         PairedStream(None, enc, 80 * 16, seed=0), tok.pad_token_id, 16, 80, LoopConfig(accelerator="cpu", enable_progress_bar=False))
     return m, tok
 
@@ -60,7 +60,7 @@ def test_every_method_preset_unlearns_with_every_combiner(known, toy_splits, sha
     model, tok = known
     overrides = [f"method={method}", f"combiner={combiner}", f"train.steps={STEPS}", "train.batch_size=4", "trainer.accelerator=cpu",
                  "trainer.enable_progress_bar=false", "logger=none", f"paths.cache_dir={shared_cache}", *FOR_TWO_LAYERS.get(method, [])]
-    s = make_setup(job_config(overrides), RunDir(tmp_path / "run"))
+    s = build_job(job_config(overrides), RunDir(tmp_path / "run"))
     assert type(s.combiner).__name__.lower().startswith(combiner.replace("_", ""))
     m = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}

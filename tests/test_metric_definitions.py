@@ -181,10 +181,10 @@ def test_every_benchmark_has_the_shared_collapse_check():
 
 def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tiny):
     from unlearn import phases, pipeline
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = make_setup(job_config(["logger=none", "train.checkpoint_every=0", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(job_config(["logger=none", "train.checkpoint_every=0", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     model, tok = tiny
 
     class Evaluator:  # the toy evaluator's record shape: utility 0 after unlearning, losses finite

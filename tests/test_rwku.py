@@ -138,9 +138,9 @@ def test_cli_unlearns_rwku_on_the_fixture(tmp_path, cache_dir):
 
 def test_config_builds_without_reading_data(tmp_path):
     from conftest import job_config
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = make_setup(job_config(["benchmark=rwku", "benchmark.data.targets=[1,3]", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(job_config(["benchmark=rwku", "benchmark.data.targets=[1,3]", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     assert R.parse_targets(s.data.targets, "t") == [1, 3] and s.data.hub_id == "jinzhuoran/RWKU"
     assert isinstance(s.evaluator, E.RWKUEvaluator) and s.evaluator.max_new_tokens == 30

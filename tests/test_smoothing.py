@@ -66,7 +66,7 @@ RATE_ZERO = {"fixed": lambda: SGA(rate=0.0, K=4), "auto_clipped_to_0": lambda: S
 def test_sga_with_rate_zero_equals_ga_exactly(tiny, toy_splits, case):
     quiet_lightning()
     model, tok = tiny
-    optim = OptimConfig(lr=1e-2, schedule="constant")
+    optim = OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")
     runs = {}
     for name, smoothing in {"ga": NoSmoothing(), "sga0": RATE_ZERO[case]()}.items():
         m = copy.deepcopy(model)
@@ -195,7 +195,7 @@ def test_auto_rate_runs_inside_training_and_is_logged_every_step(tiny, toy_split
     quiet_lightning()
     model, tok = tiny
     sga = SGA(rate="auto", K=4, auto_every=2, auto_range=[-1.0, 1.0])
-    fit(UnlearnModule(copy.deepcopy(model), Objective(GA(), None, sga), optim=OptimConfig(lr=1e-3, schedule="constant")),
+    fit(UnlearnModule(copy.deepcopy(model), Objective(GA(), None, sga), optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant")),
         _stream(tok, toy_splits, 4, 4), tok.pad_token_id, 4, 4, LOOP, loggers=[JsonlLogger(tmp_path / "m.jsonl")])
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/smoothing/rate" in r]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]

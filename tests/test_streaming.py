@@ -77,7 +77,7 @@ def _stream(tok, splits, steps, batch, accumulate):
 
 
 def _train(model, tok, splits, combiner, ema, accumulate, steps=3, batch=4):
-    module = Recording(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), combiner, OptimConfig(lr=1e-3, schedule="constant"),
+    module = Recording(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), combiner, OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
                        StepConfig(accumulate=accumulate, retain_ema=ema, clip_norm=1.0))
     fit(module, _stream(tok, splits, steps, batch, accumulate), tok.pad_token_id, batch, steps, LOOP)
     return module
@@ -141,7 +141,7 @@ def test_a_diverged_loss_stops_before_the_forget_backward(tiny, toy_splits, monk
     step = StepConfig(stream=True)
     step.guard.max_abs_loss = 1e-3
     m = copy.deepcopy(model)
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3), step)
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step)
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.diverged and "train/loss" in step.guard.reason and module.global_step == 0
     assert calls == [False], "only the retain backward ran"
@@ -160,7 +160,7 @@ def test_a_non_finite_update_never_reaches_the_optimizer(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     step = StepConfig()
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Poison(), OptimConfig(lr=1e-3), step)
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Poison(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step)
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.streaming() and module.diverged and "norm_update=nan" in step.guard.reason
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters(), strict=True))
@@ -171,7 +171,7 @@ def test_frozen_parameters_get_no_hook_and_stay_put(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     m.model.embed_tokens.weight.requires_grad_(False)
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), PCGrad(gamma=0.5), OptimConfig(lr=1e-3))
+    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), PCGrad(gamma=0.5), OptimConfig(lr=1e-3, warmup_ratio=0.0))
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.streaming() and "model.embed_tokens.weight" not in module.grads.names
     assert torch.equal(m.model.embed_tokens.weight, model.model.embed_tokens.weight)
@@ -186,11 +186,11 @@ def test_frozen_parameters_get_no_hook_and_stay_put(tiny, toy_splits):
 ])
 def test_bad_stream_settings_stop_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     from conftest import job_config
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     with pytest.raises(ConfigError, match=message):
-        make_setup(job_config([*overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+        build_job(job_config([*overrides, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from scipy import stats
 from conftest import REPO, job_config
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.tofu import TofuData
-from unlearn.components import make_setup
+from unlearn.job import build_job
 from unlearn.config import ConfigError, build
 from unlearn.data.format import PromptFormat
 from unlearn.eval.scoring import normalized_prob, score_answers
@@ -51,7 +51,7 @@ def test_the_split_option_picks_the_matching_retain_and_eval_sets():
 def test_a_bad_split_names_the_key(tmp_path):
     cfg = _cfg("benchmark.split=forget20", f"paths.cache_dir={tmp_path}")
     with pytest.raises(ConfigError, match=r"benchmark.split must be one of \['forget01', 'forget05', 'forget10'\], got 'forget20'"):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 def test_a_missing_field_names_the_data_set_and_the_field(tmp_path):
@@ -149,6 +149,6 @@ def test_oracle_eval_file_errors_name_the_key(tmp_path):
     bad = tmp_path / "oracle.json"
     bad.write_text(json.dumps({"metrics": {"x": 1}}))
     cfg = _cfg(f"benchmark.oracle.eval_file={bad}", f"paths.cache_dir={tmp_path}")
-    s = make_setup(cfg, RunDir(tmp_path / "run"))
+    s = build_job(cfg, RunDir(tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"benchmark.oracle.eval_file: .*oracle.json has neither arrays.forget_truth_ratio"):
         oracle_record(s, {})

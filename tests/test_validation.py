@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from _stubs import fake_model_folder
 from conftest import job_config, run_cli
-from unlearn.components import make_setup
+from unlearn.job import build_job
 from unlearn.config import ConfigError
 from unlearn.rundir import RunDir
 
@@ -50,7 +51,7 @@ BAD = [
     (["seed=4294967296"], r"seed must be an integer in \[0, 4294967295\] \(numpy's seed range\), got 4294967296"),
     (["benchmark.data.seed=4294967296"], r"benchmark\.data\.seed must be an integer in \[0, 4294967295\]"),
     (["benchmark.finetune.seed=4294967296"], r"benchmark\.finetune\.seed must be an integer in \[0, 4294967295\]"),
-    (["benchmark.finetune.epochs=inf"], r"benchmark\.finetune\.epochs must be a number > 0, got inf"),
+    (["benchmark.finetune.epochs=inf"], r"benchmark\.finetune\.epochs must be a number > 0 \(finite\), got inf"),
     (["optim.weight_decay=nan"], r"optim\.weight_decay must be a number >= 0 \(finite\), got nan"),
     (["combiner.alpha=nan"], r"combiner\.alpha must be a finite number, got nan"),
     (["optim.lr=inf"], r"optim\.lr must be a number > 0 \(finite\), got inf"),
@@ -58,13 +59,11 @@ BAD = [
     (["combiner=sago", "combiner.kappa=inf"], r"combiner\.kappa must be a finite number, got inf"),
     (["method=npo", "forget.beta=nan"], r"forget\.beta must be a finite number, got nan"),
     (["train.retain_ema=nan"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got nan"),
-    # integers are integers, strings among the allowed values
-    (["train.clip_norm=abc"], r"train\.clip_norm must be a number > 0 \(finite; global norm of the combined update\) or null, got 'abc'"),
-    (["train.batch_size=2.5"], r"train\.batch_size must be an integer > 0, got 2\.5"),
-    (["train.checkpoint_every=1.5"], r"train\.checkpoint_every must be an integer >= 0 \(optimizer steps; 0 = none\), got 1\.5"),
+    # strings among the allowed values; integers are integers (in the typed sections their schema
+    # says so at composition: test_a_wrong_type_in_a_typed_section_stops_composition)
+    (["train.clip_norm=-1"], r"train\.clip_norm must be a number > 0 \(finite; global norm of the combined update\) or null, got -1\.0"),
     (["trainer.num_workers=-1"], r"trainer\.num_workers must be an integer >= 0, got -1"),
     (["trainer.accelerator=gpux"], r"trainer\.accelerator must be one of \('auto', 'cpu', .*\), got 'gpux'"),
-    (["trainer.log_every_n_steps=abc"], r"trainer\.log_every_n_steps must be an integer > 0, got 'abc'"),
     (["trainer.threads=0"], r"trainer\.threads must be an integer > 0 \(torch threads; null = torch's choice\) or null, got 0"),
     (["trainer.progress_every=0"], r"trainer\.progress_every must be an integer > 0"),
     (["method=sga", "smoothing.K=2.5"], r"smoothing\.K must be int, got 2\.5"),
@@ -110,13 +109,13 @@ def _resolve(overrides: list[str], tmp: Path) -> list[str]:
 def test_bad_input_is_refused_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     cfg = job_config(_resolve(overrides, tmp_path))
     with pytest.raises(ConfigError, match=message):
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
 
 
 def test_every_error_is_reported_at_once(tmp_path, no_model_build):
-    cfg = job_config(["optim.lr=inf", "seed=-1", "+train.foo=1", "train.clip_norm=abc", "combiner=sago", "combiner.gate=medium", f"paths.cache_dir={tmp_path}"])
+    cfg = job_config(["optim.lr=inf", "seed=-1", "+train.foo=1", "train.clip_norm=0", "combiner=sago", "combiner.gate=medium", f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ConfigError) as e:
-        make_setup(cfg, RunDir(tmp_path / "run"))
+        build_job(cfg, RunDir(tmp_path / "run"))
     msg = str(e.value)
     assert msg.startswith("5 errors in the config:"), msg
     for fragment in ("optim.lr must be", "seed must be", "train.foo: no component", "train.clip_norm must be", "combiner.gate must be one of"):
@@ -124,18 +123,42 @@ def test_every_error_is_reported_at_once(tmp_path, no_model_build):
     assert "not supported between" not in msg  # a constructor's echo of a key already named is dropped
 
 
+TYPE_ERRORS = [
+    ("train.clip_norm=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("train.batch_size=2.5", "Value '2.5' of type 'float' could not be converted to Integer"),
+    ("train.checkpoint_every=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+    ("trainer.log_every_n_steps=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("train.stream=maybe", "Value 'maybe' is not a valid bool"),
+    ("optim.lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+    ("benchmark.finetune.seed=one", "Value 'one' of type 'str' could not be converted to Integer"),
+]
+
+
+@pytest.mark.parametrize("override,cause", TYPE_ERRORS, ids=[o for o, _ in TYPE_ERRORS])
+def test_a_wrong_type_in_a_typed_section_stops_composition(override, cause):
+    """train, optim, trainer and benchmark.finetune have schemas (unlearn/schema.py): OmegaConf
+    refuses a wrong type while composing, naming the key and the value."""
+    from hydra.errors import HydraException
+
+    from conftest import compose
+
+    with pytest.raises(HydraException, match=re.escape(override)) as e:
+        compose([override])
+    assert cause in str(e.value.__cause__) and f"full_key: {override.split('=')[0]}" in str(e.value.__cause__)
+
+
 def test_good_paths_pass(tmp_path, no_model_build):
     fake_model_folder(tmp_path / "m")
     (tmp_path / "normal.jsonl").write_text('{"id": "a", "normal": ["x"]}\n')
-    make_setup(job_config([f"benchmark.target.path={tmp_path}/m", f"paths.cache_dir={tmp_path}/new/cache"]), RunDir(tmp_path / "run"))
-    make_setup(job_config(["method=sga", "smoothing/provider=file", f"smoothing.provider.path={tmp_path}/normal.jsonl", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    build_job(job_config([f"benchmark.target.path={tmp_path}/m", f"paths.cache_dir={tmp_path}/new/cache"]), RunDir(tmp_path / "run"))
+    build_job(job_config(["method=sga", "smoothing/provider=file", f"smoothing.provider.path={tmp_path}/normal.jsonl", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
 
 
 def test_an_empty_holdout_stops_before_any_fine_tuning(tmp_path, no_model_build):
     from unlearn import pipeline
 
     cfg = job_config(["benchmark.data.n_holdout=0", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
-    s = make_setup(cfg, RunDir(tmp_path / "run"))
+    s = build_job(cfg, RunDir(tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"benchmark\.eval\.holdout: split 'holdout' is empty, so its metrics cannot be computed"):
         pipeline.run_unlearn(s, {})
     assert not (tmp_path / "cache" / "models").exists()
@@ -220,7 +243,7 @@ def test_progress_lines_reach_a_redirected_stdout_during_the_run(tiny, toy_split
     quiet_lightning()
     model, tok = tiny
     f, r = (encode_rows(tok, PromptFormat(), toy_splits[k], 64) for k in ("forget", "retain"))
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3))
+    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3, warmup_ratio=0.0))
     fit(module, PairedStream(f, r, stream_length(4, 1, 4), seed=0), tok.pad_token_id, 4, 4, LoopConfig(accelerator="cpu", progress_every=2))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[unlearn] step")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"], lines

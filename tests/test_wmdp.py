@@ -124,12 +124,12 @@ def test_evaluator_on_the_tiny_model_subsets_and_validation(tiny):
 
 def test_benchmark_configs_build_without_reading_data(tmp_path):
     from conftest import job_config
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = make_setup(job_config(["benchmark=wmdp_cyber", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(job_config(["benchmark=wmdp_cyber", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     assert (s.data.domain, s.data.forget_path, s.evaluator.name, s.evaluator.subject) == ("cyber", None, "wmdp_cyber", "cybersecurity")
-    s = make_setup(job_config([*fixture_args("bio"), f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
+    s = build_job(job_config([*fixture_args("bio"), f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
     assert (s.data.domain, s.evaluator.name, s.evaluator.n_shot) == ("bio", "wmdp_bio", 5)
 
 
@@ -174,7 +174,7 @@ def test_the_backend_is_a_target_and_the_old_strings_still_name_one(tmp_path):
     """`benchmark.eval.backend` is a `_target_` node; `benchmark.eval.backend=lmeval` (the README's
     command) replaces it with the old string, which names the lm-eval backend."""
     from conftest import job_config
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
     from unlearn.eval.lmeval import LMEval
     from unlearn.eval.mc_backend import LetterScorer
     from unlearn.rundir import RunDir
@@ -186,8 +186,8 @@ def test_the_backend_is_a_target_and_the_old_strings_still_name_one(tmp_path):
         (["benchmark.eval.backend._target_=unlearn.eval.lmeval.LMEval"], LMEval),
     ]):
         for bench in ("wmdp_cyber", "rwku"):
-            s = make_setup(job_config([f"benchmark={bench}", *extra, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / f"run{i}{bench}"))
-            assert type(s.evaluator.backend) is want, (bench, extra)
+            job = build_job(job_config([f"benchmark={bench}", *extra, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / f"run{i}{bench}"))
+            assert type(job.evaluator.backend) is want, (bench, extra)
     assert WMDPEvaluator(backend=LMEval()).backend == LMEval()
     with pytest.raises(ValueError, match="benchmark.eval.chat=true is not supported"):
         WMDPEvaluator(backend="lmeval", chat=True)

@@ -13,33 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.config import ConfigError
-from unlearn.labels import wandb_name, wandb_tags  # also registers the folder-name resolvers
+from unlearn.hydra_setup import conf_dir, sweep_group
+from unlearn.labels import wandb_name, wandb_tags
 from unlearn.resume import completed, config_hash
 from unlearn.rundir import RunDir, write_json
 from unlearn.training.launch import from_rank0
-from unlearn.sweepnames import job_dirname, safe_name
-
-
-def conf_dir() -> str:
-    """The repo's top-level ``conf/`` (source checkouts, editable installs) or the wheel's copy."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "conf", here / "conf"):
-        if (cand / "config.yaml").exists():
-            return str(cand)
-    raise RuntimeError(f"no conf/config.yaml next to {here}")
-
-
-def sweep_group(sweep_dir: str) -> str:
-    """The W&B group of a sweep: its folder below ``multirun/`` (``2026-11-22_08-13-25``, ``rate_grid``)."""
-    parts = Path(sweep_dir).parts
-    tail = parts[parts.index("multirun") + 1 :] if "multirun" in parts else parts[-1:]
-    return safe_name("_".join(tail) or "sweep")
-
-
-if not OmegaConf.has_resolver("safe"):
-    OmegaConf.register_new_resolver("safe", safe_name)
-if not OmegaConf.has_resolver("job_dirname"):
-    OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
 def job_meta(cfg: DictConfig) -> dict[str, Any]:
@@ -67,10 +45,10 @@ def app(cfg: DictConfig) -> Any:
     run_dir = RunDir(run_dir, writes=rank0)
     try:
         if rank0:
-            write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever make_setup can pass
-        setup = start(cfg, run_dir, meta)
-        check_fits(cfg, setup.device)  # on a GPU: stop before loading weights that cannot fit
-        results = run(setup, meta)
+            write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever build_job can pass
+        job = start(cfg, run_dir, meta)
+        check_fits(cfg, job.device)  # on a GPU: stop before loading weights that cannot fit
+        results = run(job, meta)
     except ConfigError as e:
         run_dir.status("failed", f"{e.kind}: {e}")
         print(f"{e.kind}: {e}", file=sys.stderr)
@@ -110,13 +88,13 @@ def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:
     """Validate and set up the job, set torch's threads (``trainer.threads``), write provenance.json."""
     import torch
 
-    from unlearn.components import make_setup
+    from unlearn.job import build_job
 
-    setup = make_setup(cfg, run_dir)
-    if setup.loop.threads is not None:
-        torch.set_num_threads(int(setup.loop.threads))
-    run_dir.write_provenance(int(cfg.seed), {"overrides": meta["overrides"], "group": meta["group"], "threads": setup.loop.threads})
-    return setup
+    job = build_job(cfg, run_dir)
+    if job.loop.threads is not None:
+        torch.set_num_threads(job.loop.threads)
+    run_dir.write_provenance(job.seed, {"overrides": meta["overrides"], "group": meta["group"], "threads": job.loop.threads})
+    return job
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:

@@ -7,7 +7,6 @@ validation pass that collects all of them is :mod:`unlearn.validation`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -48,16 +47,3 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
     return node
-
-
-def is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def is_nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def is_pos_number(v: Any) -> bool:
-    """A finite number > 0 (``inf`` and ``nan`` are not)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0

@@ -12,7 +12,9 @@ them all into :class:`Problems` and raises one :class:`~unlearn.config.ConfigErr
 - paths: a given checkpoint folder must hold a readable Hugging Face model; files must exist;
 - options that have no effect together, and presets used with a benchmark they do not fit.
 
-The components' own constructors still check their arguments; :func:`unlearn.components.make_setup`
+Types and the keys of the typed sections (``train``, ``optim``, ``trainer``, ``benchmark.finetune``)
+are their schemas' job, at composition (:mod:`unlearn.schema`); their ranges come from there too.
+The components' own constructors still check their arguments; :func:`unlearn.job.build_job`
 runs them inside the same :class:`Problems`, so their errors join the list.
 """
 
@@ -35,8 +37,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from unlearn.config import TASKS, ConfigError
+from unlearn.rules import ANY, BOOL, SEED, SEED_MAX, STR, Rule, choice, field_rules, integer, is_int, is_number, kind, num
+from unlearn.schema import SECTIONS as SCHEMA_SECTIONS
 
-SEED_MAX = 2**32 - 1  # numpy's RandomState accepts 0 ... 2**32 - 1
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -81,62 +84,13 @@ def _lead_key(message: str) -> str:
 
 
 # -- rules ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    ok: Callable[[Any], bool]
-    allowed: str
-    inf_ok: bool = False  # .inf has a meaning for this key (e.g. "no limit")
+def _typed_rules() -> dict[str, Rule]:
+    """The typed sections' rules, from their dataclasses (each stated there, once)."""
+    return {f"{where}.{name}": rule for _, schema, where in SCHEMA_SECTIONS for name, rule in field_rules(schema).items()}
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, null: bool = False, inf_ok: bool = False, what: str = "") -> Rule:
-    def ok(v: Any) -> bool:
-        if v is None:
-            return null
-        if not _is_num(v) or math.isnan(v) or (math.isinf(v) and not inf_ok):
-            return False
-        return (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
-
-    if lo is not None and hi is not None:
-        rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    elif lo is not None:
-        rng = f"{'>' if lo_open else '>='} {lo:g}"
-    else:
-        rng = "finite"
-    notes = "; ".join(n for n in ("" if inf_ok else "finite", what) if n)
-    return Rule(ok, f"a number {rng}{f' ({notes})' if notes else ''}{' or null' if null else ''}", inf_ok)
-
-
-def integer(lo: int = 0, hi: int | None = None, null: bool = False, what: str = "") -> Rule:
-    def ok(v: Any) -> bool:
-        return (v is None and null) or (_is_int(v) and v >= lo and (hi is None or v <= hi))
-
-    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}" if lo != 1 else "> 0"
-    return Rule(ok, f"an integer {rng}{f' ({what})' if what else ''}{' or null' if null else ''}")
-
-
-def choice(*values: Any, null: bool = False) -> Rule:
-    return Rule(lambda v: (v is None and null) or (isinstance(v, (str, int)) and not isinstance(v, bool) and v in values), f"one of {values}{' or null' if null else ''}")
-
-
-def kind(*types_: type, what: str, null: bool = False) -> Rule:
-    return Rule(lambda v: (v is None and null) or (isinstance(v, types_) and not (isinstance(v, bool) and bool not in types_)), what + (" or null" if null else ""))
-
-
-ANY = Rule(lambda v: True, "anything")
-BOOL = kind(bool, what="true or false")
-STR = kind(str, what="a string")
-SEED = integer(0, SEED_MAX, what="numpy's seed range")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-true", "64-true", "64", "transformer-engine")
-
-#: the keys of the sections without a ``_target_``, and what each allows; a key absent here is unknown
+#: the keys of the sections without a ``_target_``, and what each allows; a key absent here is unknown.
+#: The typed sections (train, optim, trainer, benchmark.finetune) bring their own (unlearn.schema).
 RULES: dict[str, Rule] = {
     "task": choice(*TASKS),
     "seed": SEED,
@@ -146,34 +100,6 @@ RULES: dict[str, Rule] = {
     "resume": BOOL,
     "objective_metric": kind(str, list, ListConfig, what="a results.json key or a list of them", null=True),
     "paths.cache_dir": STR,
-    "train.steps": integer(1, what="optimizer steps"),
-    "train.epochs": num(0, lo_open=True, null=True, what="passes over the forget set; replaces train.steps"),
-    "train.batch_size": integer(1),
-    "train.accumulate": integer(1),
-    "train.clip_norm": num(0, lo_open=True, null=True, what="global norm of the combined update"),
-    "train.max_length": integer(1, what="tokens"),
-    "train.retain_ema": Rule(lambda v: v is None or (_is_num(v) and 0 <= v < 1), "a decay in [0, 1) or null"),
-    "train.diagnostics": BOOL,
-    "train.stream": Rule(lambda v: v is None or isinstance(v, bool), "true, false or null (true insists on streaming, false buffers, null streams when possible)"),
-    "train.max_abs_loss": num(0, lo_open=True, inf_ok=True, what=".inf disables the limit"),
-    "train.checkpoint_every": integer(0, what="optimizer steps; 0 = none"),
-    "train.keep_checkpoint": BOOL,
-    "train.callbacks": kind(list, ListConfig, what="a list of {_target_: ...} callbacks"),
-    "optim.lr": num(0, lo_open=True),
-    "optim.weight_decay": num(0),
-    "optim.schedule": choice("constant", "linear", "cosine"),
-    "optim.warmup_ratio": num(0, 1, hi_open=True),
-    "optim.betas": Rule(lambda v: isinstance(v, (list, ListConfig)) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    "trainer.accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
-    "trainer.devices": Rule(lambda v: (_is_int(v) and v >= 1) or (isinstance(v, (list, ListConfig)) and len(v) > 0) or v == "auto", "an integer > 0 or a list of device indices"),
-    "trainer.strategy": kind(str, DictConfig, dict, what="a Lightning strategy name or a {_target_: ...} node"),
-    "trainer.precision": choice(*PRECISIONS, "16-mixed", 32, 64, 16),  # 16-mixed: LoopConfig says why not
-    "trainer.num_workers": integer(0),
-    "trainer.log_every_n_steps": integer(1),
-    "trainer.enable_progress_bar": BOOL,
-    "trainer.progress_every": integer(1, what="optimizer steps between progress lines when stdout is not a terminal"),
-    "trainer.threads": integer(1, null=True, what="torch threads; null = torch's choice"),
-    "trainer.extra": kind(DictConfig, dict, what="a mapping of extra lightning.Trainer arguments"),
     "model.name": STR,
     "model.device": STR,
     "model.dtype": STR,
@@ -194,14 +120,6 @@ RULES: dict[str, Rule] = {
     "benchmark.oracle.path": kind(str, what="a Hugging Face model folder", null=True),
     "benchmark.oracle.eval_file": kind(str, what="an eval_oracle.json file", null=True),
     "benchmark.oracle.finetune_on": kind(list, ListConfig, what="a list of split names", null=True),
-    "benchmark.finetune.lr": ANY,  # the recipe is checked where it is used: components.finetune_recipe
-    "benchmark.finetune.weight_decay": ANY,
-    "benchmark.finetune.schedule": ANY,
-    "benchmark.finetune.warmup_ratio": ANY,
-    "benchmark.finetune.batch_size": ANY,
-    "benchmark.finetune.epochs": ANY,
-    "benchmark.finetune.max_length": ANY,
-    "benchmark.finetune.seed": ANY,
     "benchmark.report": ANY,  # read by unlearn.report
     "plan.gpus": integer(1, null=True, what="GPUs to plan for; null: trainer.devices"),
     "plan.sharded": kind(bool, null=True, what="true or false (null: as the trainer, true under trainer=fsdp)"),
@@ -209,7 +127,10 @@ RULES: dict[str, Rule] = {
     "plan.headroom": num(0, 1, hi_open=True, what="the fraction of GPU memory left free"),
     "plan.config": kind(str, what="a config.json or model folder", null=True),
     "plan.check": BOOL,
+    **_typed_rules(),
 }
+#: checked where it is used (unlearn.job.build_job): a job that fine-tunes nothing may leave it unfit
+CHECKED_WHEN_USED = "benchmark.finetune."
 #: sections whose keys are checked against RULES (a ``_target_`` node is checked against its signature)
 SECTIONS = {"", "plan", "paths", "train", "optim", "trainer", "model", "method", "logger", "preset", "benchmark", "benchmark.roles", "benchmark.target", "benchmark.oracle", "benchmark.finetune"}
 #: top-level keys that are whole groups, each a ``_target_`` node (or null for none)
@@ -261,28 +182,21 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 def check_values(cfg: DictConfig, problems: Problems) -> None:
     """Completeness, the :data:`RULES` table, finiteness everywhere and seeds wherever they appear."""
     for key, _ in _leaves(cfg, ""):
-        if key.startswith("hydra.") or key.startswith("benchmark.report."):
+        if key.startswith(("hydra.", "benchmark.report.", CHECKED_WHEN_USED)):
             continue
         ok, v = _value(cfg, key, problems)
         if not ok:
             continue
         rule = RULES.get(key)
         if rule is not None:
-            if not _safe_ok(rule, v):
-                problems.add(f"{key} must be {rule.allowed}, got {v!r}")
+            if (why := rule.problem(key, v)) is not None:
+                problems.add(why)
             continue
         last = key.rsplit(".", 1)[-1]
-        if last == "seed" and not (v is None or _safe_ok(SEED, v)):
-            problems.add(f"{key} must be {SEED.allowed}, got {v!r}")
+        if last == "seed" and v is not None and (why := SEED.problem(key, v)) is not None:
+            problems.add(why)
         elif isinstance(v, float) and not math.isfinite(v):
             problems.add(f"{key} must be a finite number, got {v!r}")
-
-
-def _safe_ok(rule: Rule, v: Any) -> bool:
-    try:
-        return bool(rule.ok(v))
-    except TypeError:
-        return False
 
 
 def check_known_keys(cfg: DictConfig, problems: Problems) -> None:
@@ -332,9 +246,9 @@ def _fits(v: Any, tp: Any) -> bool | None:
     if tp is bool:
         return isinstance(v, bool)
     if tp is int:
-        return _is_int(v)
+        return is_int(v)
     if tp is float:
-        return _is_num(v)
+        return is_number(v)
     if tp is str:
         return isinstance(v, str)
     container = origin or tp

@@ -61,7 +61,7 @@ def compose(model: str, combiner: str) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from unlearn.__main__ import conf_dir
+    from unlearn.hydra_setup import conf_dir
 
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         return hydra_compose("config", overrides=[f"model={model}", f"combiner={combiner}", "logger=none"])
@@ -188,7 +188,7 @@ def time_steps(model: torch.nn.Module, built: dict[str, Combiner], stream: Paire
     """One training run of ``len(plan)`` optimizer steps whose row changes every step (see :func:`schedule`)."""
     step = step if step is not None else StepConfig()
     clock = TurnTaking(built, plan, device, step.accumulate)
-    module = BenchModule(model, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-5, schedule="constant"), step)
+    module = BenchModule(model, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-5, schedule="constant", warmup_ratio=0.0), step)
     loop = LoopConfig(accelerator=device.type, enable_progress_bar=False)
     fit(module, stream, pad_id=0, batch_size=batch, steps=len(plan), loop=loop, callbacks=[clock])
     return clock

@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from unlearn.__main__ import conf_dir
+from unlearn.hydra_setup import conf_dir
 from unlearn.config import ConfigError
 from unlearn.plan.budget import GiB, make_plan
 from unlearn.plan.check import alternatives, budget, describe, options

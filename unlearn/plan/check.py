@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from unlearn.config import ConfigError, is_pos_int, to_plain
+from unlearn.config import ConfigError, to_plain
+from unlearn.rules import is_int
 from unlearn.validation import require
 from unlearn.plan.budget import GiB, Options, Plan, make_plan, with_overrides
 
@@ -35,7 +36,7 @@ def options(cfg: DictConfig) -> Options:
     gpus = OmegaConf.select(cfg, "plan.gpus", default=None)
     if gpus is None:
         devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-        gpus = devices if is_pos_int(devices) else len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else 1
+        gpus = devices if is_int(devices) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else 1
     else:
         require(cfg, "plan.gpus")
     sharded = require(cfg, "plan.sharded")

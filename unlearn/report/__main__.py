@@ -47,9 +47,9 @@ def table_metrics(runs: list[Run], bench: str, available: list[str]) -> list[str
 def wandb_group(runs: list[Run], root: Path) -> str:
     """The W&B group the sweep's jobs logged to, so the report run lands beside them: the one group
     their provenance.json records (``group=``, else the sweep folder below ``multirun/``, as
-    ``unlearn.__main__.sweep_group`` names it); where the runs name none, or several, the group a
+    ``unlearn.hydra_setup.sweep_group`` names it); where the runs name none, or several, the group a
     sweep in ``root`` gets."""
-    from unlearn.__main__ import sweep_group
+    from unlearn.hydra_setup import sweep_group
 
     groups = sorted({g for g in (r.group for r in runs) if g})
     if len(groups) == 1:

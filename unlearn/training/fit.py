@@ -6,82 +6,20 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, Sampler
 
 from unlearn.data.paired import PairedCollate, PairedStream
 from unlearn.training.ddp import InOrderSampler
+from unlearn.schema import LoopConfig
 from unlearn.training.module import UnlearnModule
 
-
-@dataclass
-class LoopConfig:
-    """Lightning Trainer settings that a user may change (the rest is fixed by manual optimisation).
-
-    ``strategy`` is a Lightning strategy name, or a mapping with a ``_target_`` (built afresh for
-    each Trainer, as a strategy object belongs to one). More than one process needs a data-parallel
-    ``_target_`` strategy such as ``unlearn.training.ddp.TaskDDPStrategy`` (``trainer=ddp``): the
-    step all-reduces each task's gradient itself, and the training stream is sized by
-    :attr:`world_size`.
-    """
-
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: Any = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
-    log_every_n_steps: int = 1
-    enable_progress_bar: bool = True
-    progress_every: int = 10     # optimizer steps between progress lines when stdout is not a terminal
-    threads: int | None = None   # torch threads (torch.set_num_threads); None = torch's choice
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.precision in ("16-mixed", "16", 16):
-            raise ValueError("trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or 32-true")
-        if isinstance(self.strategy, Mapping) and "_target_" not in self.strategy:
-            raise ValueError(f"trainer.strategy must be a Lightning strategy name or have a _target_, got {dict(self.strategy)!r}")
-        processes = self._devices() * int(self.extra.get("num_nodes", 1))
-        if processes > 1 and not isinstance(self.strategy, Mapping):
-            raise ValueError(
-                f"trainer.devices={self.devices!r} needs a data-parallel strategy that all-reduces the per-task gradients "
-                f"before the combiner: use trainer=ddp (strategy._target_: unlearn.training.ddp.TaskDDPStrategy), got strategy {self.strategy!r}"
-            )
-
-    def live_bar(self) -> bool:
-        """Lightning's bar only on a terminal: redirected, it would reach the log only at the end."""
-        return self.enable_progress_bar and sys.stdout.isatty()
-
-    def _devices(self) -> int:
-        if isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1:
-            return self.devices
-        if isinstance(self.devices, (list, tuple)) and self.devices:
-            return len(self.devices)
-        raise ValueError(f"trainer.devices must be a positive integer or a list of device indices, got {self.devices!r}")
-
-    @property
-    def world_size(self) -> int:
-        """Processes that split the training stream (each takes every ``world_size``-th item)."""
-        return self._devices() * int(self.extra.get("num_nodes", 1)) if isinstance(self.strategy, Mapping) else 1
-
-    def launched_as(self, launch: Any) -> "LoopConfig":
-        """The settings for a job started as ``launch.world`` processes by torchrun or srun: each
-        process is one device of the data-parallel strategy (``trainer.devices`` per node)."""
-        if not isinstance(self.strategy, Mapping):
-            raise ValueError(
-                f"trainer.strategy: this job was started as {launch.world} processes (torchrun or srun), which need a data-parallel "
-                f"strategy, got {self.strategy!r}: add trainer=ddp or trainer=fsdp (or start one process)"
-            )
-        return replace(self, devices=launch.local_world, extra={**self.extra, "num_nodes": launch.nodes})
-
-    def single_process(self) -> "LoopConfig":
-        """The same settings in one process (for recipes whose result must not depend on the trainer)."""
-        return replace(self, devices=1, strategy="auto", extra={k: v for k, v in self.extra.items() if k != "num_nodes"})
+__all__ = ["LoopConfig", "ProgressLines", "ResumeSampler", "fit", "quiet_lightning", "stream_length"]
 
 
 def quiet_lightning() -> None:
@@ -163,7 +101,7 @@ def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: in
         max_epochs=1,  # the stream holds exactly `steps` optimizer steps of items
         logger=list(loggers) if loggers else False,
         callbacks=list(callbacks),
-        enable_checkpointing=bool(callbacks) and any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=loop.live_bar(),
         enable_model_summary=False,
         log_every_n_steps=loop.log_every_n_steps,

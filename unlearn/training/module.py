@@ -26,22 +26,21 @@ from unlearn.config import ConfigError
 from unlearn.losses.objective import Objective
 from unlearn.distributed import mean_over_ranks, sum_over_ranks, world_size
 from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, full_tensor
+from unlearn.schema import TrainConfig
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 
 @dataclass
 class DivergenceGuard:
-    """Stops training when a loss or the update stops being finite or grows past ``max_abs_loss``."""
+    """Stops training when a loss or the update stops being finite or grows past ``max_abs_loss``
+    (``train.max_abs_loss``, whose rule is :class:`unlearn.schema.TrainConfig`'s)."""
 
     max_abs_loss: float = 1e4
     reason: str | None = None
     step: int | None = None
 
     def __post_init__(self) -> None:
-        x = self.max_abs_loss
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
-            raise ValueError(f"train.max_abs_loss must be a number > 0 (.inf disables the limit), got {x!r}")
-        self.max_abs_loss = float(x)
+        self.max_abs_loss = float(self.max_abs_loss)
 
     def check(self, step: int, values: Mapping[str, Tensor]) -> bool:
         for name, v in values.items():
@@ -57,6 +56,9 @@ class DivergenceGuard:
 class StepConfig:
     """How one optimizer step is taken: micro-batches to accumulate, clipping, the EMA of g_r.
 
+    Built from ``train`` (:meth:`from_train`), whose schema (:class:`unlearn.schema.TrainConfig`)
+    holds the range of each value; this class adds only the rule that ties two of them together.
+
     ``stream``: combine during the forget backward (one gradient buffer). ``None`` does so whenever
     it can (one micro-batch, one device, a per-tensor combiner) and buffers otherwise; ``True``
     insists (and refuses a setting that cannot stream); ``False`` always buffers ``g_r`` and ``g_f``.
@@ -70,21 +72,17 @@ class StepConfig:
     stream: bool | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.accumulate, bool) or not isinstance(self.accumulate, int) or self.accumulate < 1:
-            raise ValueError(f"train.accumulate must be an integer >= 1, got {self.accumulate!r}")
-        if self.stream not in (None, True, False):
-            raise ValueError(f"train.stream must be true, false or null (stream whenever possible), got {self.stream!r}")
         if self.stream and self.accumulate > 1:
             raise ValueError(
                 f"train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
                 f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across micro-batches) "
                 "or train.accumulate=1"
             )
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"train.clip_norm must be > 0 or null, got {self.clip_norm!r}")
-        ema = self.retain_ema
-        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1):
-            raise ValueError(f"train.retain_ema must be a decay in [0, 1) or null, got {ema!r}")
+
+    @classmethod
+    def from_train(cls, train: TrainConfig) -> "StepConfig":
+        return cls(accumulate=train.accumulate, clip_norm=train.clip_norm, retain_ema=train.retain_ema, diagnostics=train.diagnostics,
+                   guard=DivergenceGuard(max_abs_loss=train.max_abs_loss), stream=train.stream)
 
 
 def check_combiner(step: StepConfig, combiner: Combiner) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unlearn.combiners import SAGO, PCGrad, Sum, gradient_diagnostics
 from unlearn.perf.combiners import main
 from unlearn.perf.flatten import FLAT, flat_diagnostics
 from unlearn.perf.memory import PeakMemory
-from unlearn.combiners import PCGrad, SAGO, Sum, gradient_diagnostics
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (11,)]
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from unlearn.benchmarks.hub import hub_reachable
 
 pytestmark = pytest.mark.slow

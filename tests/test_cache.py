@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import job_config
+
 from unlearn.cache import digest
 from unlearn.job import Job, build_job
 from unlearn.phases import ModelRef, cached_evaluation, evaluation_key, reference_model

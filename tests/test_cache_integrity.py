@@ -4,7 +4,6 @@ another's lock says what it waits for."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path

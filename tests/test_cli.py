@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from unlearn.loggers import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from _asserts import (
     _fp32_slack,
     assert_coordinatewise_agreement,
@@ -20,6 +17,9 @@ from _asserts import (
     assert_shapes_and_finite,
     assert_zero_inputs,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from unlearn.combiners import SAGO, PCGrad, PCGradGlobal, PCGradSymmetric, Sum, gradient_diagnostics
 from unlearn.combiners.base import Combination, Combiner
 

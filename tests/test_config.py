@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import CONF, compose, job_config
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import CONF, compose, job_config
-from unlearn.job import build_job
 from unlearn.config import ConfigError
+from unlearn.job import build_job
 from unlearn.rundir import RunDir
 
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 from unlearn.combiners import SAGO

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 from conftest import REPO
 
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from _stubs import MemorizerLM
+
 from unlearn.benchmarks.hub import DataUnavailable, load_rows
 from unlearn.eval import metrics as M
 from unlearn.eval.generate import first_tokens, greedy, prompt_budget

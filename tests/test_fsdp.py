@@ -12,12 +12,11 @@ import json
 import lightning as L
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
-
 from conftest import run_cli
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
-from unlearn.combiners import PCGrad, PCGradGlobal, PCGradSymmetric, SAGO, Sum
+from unlearn.combiners import SAGO, PCGrad, PCGradGlobal, PCGradSymmetric, Sum
 from unlearn.data.format import PromptFormat, encode_rows
 from unlearn.data.paired import PairedStream
 from unlearn.loggers import read_metrics
@@ -249,8 +248,8 @@ def test_cli_fsdp_run_killed_mid_training_resumes_and_equals_the_uninterrupted_r
 def test_fsdp_refuses_what_it_cannot_honour_before_training(tmp_path, overrides, expected):
     from conftest import job_config
 
-    from unlearn.job import build_job
     from unlearn.config import ConfigError
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     with pytest.raises(ConfigError, match=expected):
@@ -260,11 +259,9 @@ def test_fsdp_refuses_what_it_cannot_honour_before_training(tmp_path, overrides,
 def test_fsdp_refuses_a_whole_list_combiner_and_takes_npo(tmp_path):
     from conftest import job_config
 
-    from unlearn.job import build_job
-    from unlearn.config import ConfigError
-    from unlearn.rundir import RunDir
-
     from unlearn.combiners.base import Combination, Combiner
+    from unlearn.job import build_job
+    from unlearn.rundir import RunDir
     from unlearn.training.fsdp import check_sharded
 
     class WholeList(Combiner):

@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
-
 from _stubs import MemorizerLM
 from conftest import REPO, job_config
+
 from unlearn.benchmarks.harry_potter import HarryPotterData, book_prompts
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.config import build

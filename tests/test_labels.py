@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import compose, run_cli
 from omegaconf import OmegaConf, open_dict
 
-from conftest import compose, run_cli
 from unlearn.labels import job_folder, run_label, wandb_name, wandb_tags
 from unlearn.report.collect import frame, load_runs
 from unlearn.report.curves import series_name

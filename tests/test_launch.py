@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from unlearn.loggers import read_metrics
 
 SMOKE = ["experiment=smoke", "hydra.run.dir=run"]
@@ -88,8 +88,8 @@ def test_the_launchers_environments_are_read(monkeypatch):
 def test_launched_processes_need_a_data_parallel_trainer(monkeypatch, tmp_path):
     from conftest import job_config
 
-    from unlearn.job import build_job
     from unlearn.config import ConfigError
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     _fake(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", GROUP_RANK="0", TORCHELASTIC_RUN_ID="x")

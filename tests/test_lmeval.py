@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from unlearn.benchmarks.wmdp import WMDPData
-from unlearn.eval.wmdp import WMDPEvaluator
 from unlearn.eval.choice import evaluate_task
+from unlearn.eval.wmdp import WMDPEvaluator
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'unlearn[lmeval]'; the dev extra has it)")
 
@@ -56,8 +56,8 @@ def test_rwku_utility_gives_the_same_answers_on_either_backend(tiny, chat):
     import copy
 
     from unlearn.benchmarks.rwku import RWKUData
-    from unlearn.eval.rwku import RWKUEvaluator
     from unlearn.data.format import PromptFormat
+    from unlearn.eval.rwku import RWKUEvaluator
 
     model, tok = tiny
     tok = copy.deepcopy(tok)

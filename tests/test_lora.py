@@ -7,21 +7,21 @@ import copy
 
 import pytest
 import torch
-
 from conftest import batch_of, job_config
 from test_losses import context
-from unlearn.job import build_job
+
 from unlearn.config import ConfigError
-from unlearn.losses import KL, NPO, NLL, GA, Objective
+from unlearn.job import build_job
+from unlearn.losses import GA, KL, NLL, NPO, Objective
 from unlearn.losses.common import logits_of, sequence_nll
 from unlearn.losses.kl import token_kl
 from unlearn.models.load import load_checkpoint, save_checkpoint
 from unlearn.models.lora import apply_lora
+from unlearn.models.reference import Reference
 from unlearn.rundir import RunDir
 from unlearn.training.fit import LoopConfig, fit, quiet_lightning
 from unlearn.training.module import UnlearnModule
 from unlearn.training.optim import OptimConfig
-from unlearn.models.reference import Reference
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import batch_of
+
 from unlearn.config import ConfigError
 from unlearn.data.format import PromptFormat, encode_rows
 from unlearn.losses import GA, IDK, KL, NLL, NPO, RMU, RMURetain, SimNPO

@@ -8,14 +8,14 @@ import copy
 
 import pytest
 import torch
-
 from conftest import CONF, batch_of, job_config
+
 from unlearn import phases
-from unlearn.job import build_job
 from unlearn.data.format import PromptFormat, encode_rows
 from unlearn.data.paired import PairedStream
-from unlearn.losses import NLL, Objective
+from unlearn.job import build_job
 from unlearn.loggers import JsonlLogger, read_metrics
+from unlearn.losses import NLL, Objective
 from unlearn.rundir import RunDir
 from unlearn.training.fit import LoopConfig, fit, quiet_lightning
 from unlearn.training.module import UnlearnModule

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, compose, job_config
+
 from unlearn.config import ConfigError, build
 from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import job_config
+
 from unlearn.config import build
 from unlearn.models.hub import HubModel, ModelUnavailable
 from unlearn.models.load import save_checkpoint

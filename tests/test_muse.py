@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-
 from _stubs import MemorizerLM
 from conftest import REPO, job_config
+
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.muse import MuseData
 from unlearn.config import build

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
 
 # no cached models needed: the untrained tiny model is the target, and there is no oracle

@@ -123,10 +123,10 @@ def test_buffers_by_step_path_and_sharding():
 def test_activation_estimate_is_near_a_measured_step(ckpt):
     """tiny_10m, one GA step at 8x128 in fp32: the plan's activations plus one gradient buffer
     against the peak tensor memory of the forward and backward pass (CPU profiler)."""
-    from unlearn.perf.memory import PeakMemory
     from unlearn.config import build
     from unlearn.losses import GA
     from unlearn.models.checkpointing import checkpointing
+    from unlearn.perf.memory import PeakMemory
 
     cfg = job_config(["model=tiny_10m", "model.dtype=float32", "method=ga", "retain=none", "smoothing=none", "train.batch_size=8", "train.max_length=128", f"model.gradient_checkpointing={str(ckpt).lower()}"])
     plan = make_plan(cfg)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 # the examples moved from the README's "Extending" section to their own page (issue 12 §5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -193,9 +192,8 @@ BENCHMARKS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "bench
 
 @pytest.mark.parametrize("bench", BENCHMARKS)
 def test_every_benchmark_plots_metrics_its_evaluator_defines_in_the_right_direction(bench):
-    from hydra.utils import get_class
-
     from conftest import compose
+    from hydra.utils import get_class
 
     cfg = compose([f"benchmark={bench}"]).benchmark
     rep = cfg.get("report")

@@ -129,8 +129,8 @@ def test_a_level_a_curve_does_not_reach_is_a_dash_and_the_match_metric_can_be_ch
     with pytest.raises(SystemExit, match=r"--match 'forget_rate' is not a metric of benchmark toy"):
         report(lr_sweep, tmp_path / "out2", match="forget_rate")
     # a level beyond one curve's reach: sum's forget_prob spans [0.05, 0.4], sago's [0.1, 0.5]
-    from unlearn.report.curves import matched
     from unlearn.report.collect import frame
+    from unlearn.report.curves import matched
 
     df = frame(load_runs(lr_sweep))
     far = matched(df, ["method", "combiner"], "optim.lr", "eval/toy/forget_prob", ["eval/toy/model_utility"], [("x", 0.07)]).set_index("combiner")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
 from unlearn.loggers import read_metrics
 
 pytestmark = pytest.mark.slow

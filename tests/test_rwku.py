@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 import torch
-
 from _stubs import MemorizerLM
 from conftest import REPO, run_cli
+
 from unlearn.benchmarks import rwku as R
-from unlearn.eval import rwku as E
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.data.format import PromptFormat
+from unlearn.eval import rwku as E
 
 FIX = REPO / "tests" / "fixtures" / "rwku"
 
@@ -138,6 +138,7 @@ def test_cli_unlearns_rwku_on_the_fixture(tmp_path, cache_dir):
 
 def test_config_builds_without_reading_data(tmp_path):
     from conftest import job_config
+
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import batch_of
 from unlearn.data.format import PromptFormat, encode_rows
 from unlearn.data.paired import PairedStream
 from unlearn.losses import GA, Objective

@@ -186,6 +186,7 @@ def test_frozen_parameters_get_no_hook_and_stay_put(tiny, toy_splits):
 ])
 def test_bad_stream_settings_stop_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     from conftest import job_config
+
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 

@@ -9,15 +9,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, job_config
 from scipy import stats
 
-from conftest import REPO, job_config
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.tofu import TofuData
-from unlearn.job import build_job
 from unlearn.config import ConfigError, build
 from unlearn.data.format import PromptFormat
 from unlearn.eval.scoring import normalized_prob, score_answers
+from unlearn.job import build_job
 from unlearn.rundir import RunDir
 
 FIX = REPO / "tests" / "fixtures" / "tofu"

@@ -158,6 +158,7 @@ def test_a_single_task_step_logs_that_tasks_gradient_norm(tiny, toy_splits, tmp_
 # -- train.* values are checked before any model is built -----------------------------------------
 def _setup(tmp_path, overrides):
     from conftest import job_config
+
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
@@ -188,9 +189,8 @@ def test_bad_train_values_name_the_key_before_any_model_is_built(tmp_path, no_mo
 ])
 def test_train_values_of_the_wrong_type_stop_composition(override, cause):
     """The schema of train (unlearn.schema.TrainConfig) refuses them while Hydra composes, before the validation pass."""
-    from hydra.errors import HydraException
-
     from conftest import compose
+    from hydra.errors import HydraException
 
     with pytest.raises(HydraException) as e:
         compose([override])

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 from _stubs import fake_model_folder
 from conftest import job_config, run_cli
-from unlearn.job import build_job
+
 from unlearn.config import ConfigError
+from unlearn.job import build_job
 from unlearn.rundir import RunDir
 
 
@@ -138,9 +138,8 @@ TYPE_ERRORS = [
 def test_a_wrong_type_in_a_typed_section_stops_composition(override, cause):
     """train, optim, trainer and benchmark.finetune have schemas (unlearn/schema.py): OmegaConf
     refuses a wrong type while composing, naming the key and the value."""
-    from hydra.errors import HydraException
-
     from conftest import compose
+    from hydra.errors import HydraException
 
     with pytest.raises(HydraException, match=re.escape(override)) as e:
         compose([override])
@@ -188,7 +187,7 @@ def test_an_impossible_run_directory_is_a_config_error_not_a_traceback(tmp_path,
     (tmp_path / "f").write_text("x")
     proc = run_cli([f"hydra.run.dir={run_dir}"], cwd=tmp_path, cache=tmp_path / "cache")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"config error: hydra.run.dir: " in proc.stderr and fragment in proc.stderr
+    assert "config error: hydra.run.dir: " in proc.stderr and fragment in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -232,10 +231,10 @@ def test_a_sweep_with_long_fixed_overrides_names_jobs_by_their_swept_values(tmp_
 
 
 def test_progress_lines_reach_a_redirected_stdout_during_the_run(tiny, toy_splits, capsys):
+    from unlearn.combiners import Sum
     from unlearn.data.format import PromptFormat, encode_rows
     from unlearn.data.paired import PairedStream
     from unlearn.losses import GA, NLL, Objective
-    from unlearn.combiners import Sum
     from unlearn.training.fit import LoopConfig, fit, quiet_lightning, stream_length
     from unlearn.training.module import UnlearnModule
     from unlearn.training.optim import OptimConfig

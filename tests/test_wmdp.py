@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import REPO, run_cli
 from torch import nn
 
-from conftest import REPO, run_cli
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.mmlu import load_mmlu
 from unlearn.benchmarks.wmdp import WMDPData, chunk_words
-from unlearn.eval.wmdp import WMDPEvaluator
 from unlearn.eval.choice import encode_pair
+from unlearn.eval.wmdp import WMDPEvaluator
 
 F = REPO / "tests" / "fixtures"
 MMLU = dict(mmlu_path=str(F / "mmlu/test.jsonl"), mmlu_dev_path=str(F / "mmlu/dev.jsonl"))
@@ -124,6 +124,7 @@ def test_evaluator_on_the_tiny_model_subsets_and_validation(tiny):
 
 def test_benchmark_configs_build_without_reading_data(tmp_path):
     from conftest import job_config
+
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
@@ -174,9 +175,10 @@ def test_the_backend_is_a_target_and_the_old_strings_still_name_one(tmp_path):
     """`benchmark.eval.backend` is a `_target_` node; `benchmark.eval.backend=lmeval` (the README's
     command) replaces it with the old string, which names the lm-eval backend."""
     from conftest import job_config
-    from unlearn.job import build_job
+
     from unlearn.eval.lmeval import LMEval
     from unlearn.eval.mc_backend import LetterScorer
+    from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
     for i, (extra, want) in enumerate([

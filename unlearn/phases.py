@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
-import torch
 
 from unlearn import resume
 from unlearn.cache import RECIPE_VERSION, digest
@@ -26,9 +25,9 @@ from unlearn.losses.nll import NLL
 from unlearn.losses.objective import Objective
 from unlearn.models.checkpointing import checkpointing
 from unlearn.models.load import checkpoint_fingerprint, load_checkpoint, save_checkpoint
+from unlearn.models.reference import Reference
 from unlearn.training.fit import fit, stream_length
 from unlearn.training.module import StepConfig, UnlearnModule
-from unlearn.models.reference import Reference
 from unlearn.utils.progress import say
 
 Rows = list[dict[str, Any]]

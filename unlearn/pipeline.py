@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 from lightning.pytorch.loggers import WandbLogger
 
-
 from unlearn import phases, resume
 from unlearn.eval.collapse import collapse_reason
 from unlearn.evaluator import as_evaluator
@@ -22,8 +21,8 @@ from unlearn.job import Job
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
 from unlearn.rundir import write_json
-from unlearn.training.launch import from_rank0
 from unlearn.summary import print_table
+from unlearn.training.launch import from_rank0
 from unlearn.utils.progress import say
 from unlearn.validation import check_splits
 

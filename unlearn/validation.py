@@ -28,16 +28,28 @@ import os
 import struct
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from unlearn.config import TASKS, ConfigError
-from unlearn.rules import ANY, BOOL, SEED, SEED_MAX, STR, Rule, choice, field_rules, integer, is_int, is_number, kind, num
+from unlearn.rules import (
+    ANY,
+    BOOL,
+    SEED,
+    STR,
+    Rule,
+    choice,
+    field_rules,
+    integer,
+    is_int,
+    is_number,
+    kind,
+    num,
+)
 from unlearn.schema import SECTIONS as SCHEMA_SECTIONS
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

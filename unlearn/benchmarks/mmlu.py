@@ -9,7 +9,7 @@ data set and the field, instead of deep inside the scorer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from unlearn.benchmarks.hub import DataUnavailable, Row, load_rows
 

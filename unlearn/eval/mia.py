@@ -14,6 +14,7 @@ import numpy as np
 from unlearn.eval.metrics import auc
 from unlearn.eval.scoring import Scores
 
+
 def loss_score(token_nll: np.ndarray) -> float:
     """−mean NLL (Yeom et al., 2018)."""
     return -float(token_nll.mean()) if token_nll.size else 0.0

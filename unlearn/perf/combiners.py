@@ -41,11 +41,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from unlearn.perf.flatten import FLAT, flat_diagnostics
-from unlearn.perf.memory import PeakMemory
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.data.paired import PairedCollate, PairedStream
 from unlearn.losses import GA, NLL, Objective
+from unlearn.perf.flatten import FLAT, flat_diagnostics
+from unlearn.perf.memory import PeakMemory
 from unlearn.training.fit import LoopConfig, fit
 from unlearn.training.module import StepConfig, UnlearnModule
 from unlearn.training.optim import OptimConfig

@@ -16,8 +16,8 @@ differences between variants are exact.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile

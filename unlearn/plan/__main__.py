@@ -12,8 +12,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from unlearn.hydra_setup import conf_dir
 from unlearn.config import ConfigError
+from unlearn.hydra_setup import conf_dir
 from unlearn.plan.budget import GiB, make_plan
 from unlearn.plan.check import alternatives, budget, describe, options
 

@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.config import ConfigError, to_plain
+from unlearn.plan.budget import GiB, Options, Plan, make_plan, with_overrides
 from unlearn.rules import is_int
 from unlearn.validation import require
-from unlearn.plan.budget import GiB, Options, Plan, make_plan, with_overrides
 
 
 class WontFit(ConfigError):

@@ -15,8 +15,8 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, Sampler
 
 from unlearn.data.paired import PairedCollate, PairedStream
-from unlearn.training.ddp import InOrderSampler
 from unlearn.schema import LoopConfig
+from unlearn.training.ddp import InOrderSampler
 from unlearn.training.module import UnlearnModule
 
 __all__ = ["LoopConfig", "ProgressLines", "ResumeSampler", "fit", "quiet_lightning", "stream_length"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from torch import nn

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.combiners.base import sq_norms
 from unlearn.config import ConfigError
-from unlearn.losses.objective import Objective
 from unlearn.distributed import mean_over_ranks, sum_over_ranks, world_size
-from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, full_tensor
+from unlearn.losses.objective import Objective
 from unlearn.schema import TrainConfig
+from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, full_tensor
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 

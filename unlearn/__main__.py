@@ -41,7 +41,7 @@ def app(cfg: DictConfig) -> Any:
     if done is not None:
         if rank0:
             print(f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)", file=sys.stderr)
-        return _objective(cfg, done)
+        return _sweep_objective(cfg, done)
     run_dir = RunDir(run_dir, writes=rank0)
     try:
         if rank0:
@@ -53,7 +53,7 @@ def app(cfg: DictConfig) -> Any:
         run_dir.status("failed", f"{e.kind}: {e}")
         print(f"{e.kind}: {e}", file=sys.stderr)
         if meta["multirun"]:
-            return _objective(cfg, {})
+            return _sweep_objective(cfg, {})
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: recorded, the checkpoints kept for the next run to resume
         run_dir.status("interrupted", "KeyboardInterrupt (Ctrl-C)")
@@ -65,8 +65,8 @@ def app(cfg: DictConfig) -> Any:
         if not meta["multirun"]:
             raise
         print(f"[unlearn] job failed ({type(e).__name__}: {e}); see {run_dir.file('traceback.txt')}", file=sys.stderr)
-        return _objective(cfg, {})
-    return _objective(cfg, results)
+        return _sweep_objective(cfg, {})
+    return _sweep_objective(cfg, results)
 
 
 def _launched_run_dir(own: Path) -> tuple[Path, bool]:
@@ -115,7 +115,7 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return dict(done) if done is not None else None
 
 
-def _objective(cfg: DictConfig, results: dict[str, Any]) -> Any:
+def _sweep_objective(cfg: DictConfig, results: dict[str, Any]) -> Any:
     """What a Hydra sweeper (Optuna) optimises: the ``objective_metric`` value(s) from the results;
     NaN for a failed or diverged job, which Optuna records as a failed trial."""
     keys = cfg.get("objective_metric")

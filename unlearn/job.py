@@ -123,7 +123,7 @@ def _source(cfg: DictConfig, role: str) -> ModelSource | None:
     return ModelSource(role, str(path) if path else None, tuple(names), str(eval_file) if eval_file else None)
 
 
-def _objective(cfg: DictConfig) -> Objective | None:
+def _build_objective(cfg: DictConfig) -> Objective | None:
     forget = build(cfg, "forget")
     retain = build(cfg, "retain")
     smoothing = build(cfg, "smoothing") or NoSmoothing()
@@ -184,7 +184,7 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
     make("data", lambda: build(cfg, "benchmark.data"), "benchmark.data")
     make("evaluator", lambda: build(cfg, "benchmark.eval"), "benchmark.eval")
     make("collapse", lambda: build(cfg, "benchmark.collapse"), "benchmark.collapse")
-    make("objective", lambda: _objective(cfg) if cfg.task == "unlearn" else None)
+    make("objective", lambda: _build_objective(cfg) if cfg.task == "unlearn" else None)
     make("callbacks", lambda: [build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))], "train.callbacks")
     _check_together(cfg, built, problems)
     problems.raise_if_any()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,6 +174,7 @@ def _own_prompts(task: MCTask, chat: PromptFormat | None) -> bool:
     return task.shots is not None or any(r.get("examples") for r in task.rows)
 
 
+@dataclass(frozen=True)  # stateless: repr, equality and hash by type
 class LMEval:
     """lm-evaluation-harness as the multiple-choice backend (``pip install 'unlearn[lmeval]'``).
 
@@ -190,12 +192,3 @@ class LMEval:
                 contexts, special = task_contexts(tokenizer, t, chat)
                 out[t.name] = evaluate_contexts(model, tokenizer, t.name, contexts, t.answers(), t.labels, special, batch_size)
         return {t.name: out[t.name] for t in tasks}
-
-    def __repr__(self) -> str:
-        return "LMEval()"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is LMEval
-
-    def __hash__(self) -> int:
-        return hash(LMEval)

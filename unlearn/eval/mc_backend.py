@@ -10,6 +10,7 @@ those two targets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from torch import nn
@@ -23,21 +24,13 @@ class MCBackend(Protocol):
     def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]: ...
 
 
+@dataclass(frozen=True)  # stateless: repr, equality and hash by type
 class LetterScorer:
     """The built-in backend: the likelihood of each answer letter after our prompts
     (:func:`~unlearn.eval.choice.evaluate_task`), in the chat template when ``chat`` is given."""
 
     def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]:
         return {t.name: evaluate_task(model, tokenizer, t, batch_size, chat) for t in tasks}
-
-    def __repr__(self) -> str:
-        return "LetterScorer()"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is LetterScorer
-
-    def __hash__(self) -> int:
-        return hash(LetterScorer)
 
 
 #: the string values ``benchmark.eval.backend`` took before it was a ``_target_``

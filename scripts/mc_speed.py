@@ -44,7 +44,10 @@ def main() -> None:
     data = load_mmlu(path=str(FIXTURES / "test.jsonl"), dev_path=str(FIXTURES / "dev.jsonl"))
     base = data["mmlu"]
     # distinct questions (lm-eval reuses the forward pass of identical contexts)
-    rows = [{**base[i % len(base)], "id": f"q{i}", "question": f"{base[i % len(base)]['question']} (variant {i})"} for i in range(args.questions)]
+    rows = [
+        {**base[i % len(base)], "id": f"q{i}", "question": f"{base[i % len(base)]['question']} (variant {i})"}
+        for i in range(args.questions)
+    ]
     task = MCTask("mmlu", rows, n_shot=args.shots, dev=data["mmlu_dev"])
     model, tok = load_model(args.model)
     model.eval()
@@ -56,7 +59,9 @@ def main() -> None:
     t_theirs = time.perf_counter() - t
     same = ours["pred"] == theirs["pred"]
     gap = float(np.abs(ours["logprobs"] - theirs["logprobs"]).max())
-    print(f"model={args.model} questions={args.questions} shots={args.shots} batch={args.batch_size} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} questions={args.questions} shots={args.shots} batch={args.batch_size} threads={torch.get_num_threads()}"
+    )
     print(f"builtin: {t_ours:.1f}s  lm-eval: {t_theirs:.1f}s  ratio {t_theirs / t_ours:.2f}x")
     print(f"accuracy {ours['acc']:.3f} vs {theirs['acc']:.3f}; same answers: {same}; max |logprob gap| {gap:.2e}")
 

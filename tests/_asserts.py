@@ -31,7 +31,9 @@ def assert_nonneg_inner_product_per_tensor(c: Combiner, g_r: list[torch.Tensor],
         assert d >= -tol, f"<update, g_r> = {float(d)} < 0 on a tensor"
 
 
-def assert_nonneg_inner_product_global(c: Combiner, g_r: list[torch.Tensor], g_f: list[torch.Tensor], other: list[torch.Tensor] | None = None) -> None:
+def assert_nonneg_inner_product_global(
+    c: Combiner, g_r: list[torch.Tensor], g_f: list[torch.Tensor], other: list[torch.Tensor] | None = None
+) -> None:
     ref = g_r if other is None else other
     out = c(g_r, g_f)
     d = sum(torch.dot(u.flatten().double(), r.flatten().double()) for u, r in zip(out, ref, strict=True))
@@ -44,7 +46,9 @@ def assert_coordinatewise_agreement(c: Combiner, g_r: list[torch.Tensor], g_f: l
         assert ((u * r) >= 0).all(), "an update coordinate opposes g_r"
 
 
-def assert_positive_homogeneous(c: Combiner, g_r: list[torch.Tensor], g_f: list[torch.Tensor], scale: float = 4.0) -> None:
+def assert_positive_homogeneous(
+    c: Combiner, g_r: list[torch.Tensor], g_f: list[torch.Tensor], scale: float = 4.0
+) -> None:
     """combine(s·g_r, s·g_f) = s·combine(g_r, g_f) for s > 0 (a power of two keeps it exact in
     floating point, so conflict tests on near-zero products cannot flip)."""
     a = c([scale * r for r in g_r], [scale * f for f in g_f])

@@ -14,11 +14,20 @@ from torch import nn
 
 
 class MemorizerLM(nn.Module):
-    def __init__(self, tokenizer: Any, continuations: Mapping[str, str] = {}, memorised: Sequence[str] = (), repeat: str | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        continuations: Mapping[str, str] = {},
+        memorised: Sequence[str] = (),
+        repeat: str | None = None,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))  # evaluators read the device from the parameters
         self.tok, self.vocab = tokenizer, len(tokenizer)
-        self.continuations = [(self._body(tokenizer(p)["input_ids"]), tokenizer(c, add_special_tokens=False)["input_ids"]) for p, c in continuations.items()]
+        self.continuations = [
+            (self._body(tokenizer(p)["input_ids"]), tokenizer(c, add_special_tokens=False)["input_ids"])
+            for p, c in continuations.items()
+        ]
         self.memorised = {tuple(tokenizer(t)["input_ids"]) for t in memorised}
         self.repeat = tokenizer(f" {repeat}", add_special_tokens=False)["input_ids"] if repeat else None
         self.prompts_seen: list[list[int]] = []
@@ -31,12 +40,14 @@ class MemorizerLM(nn.Module):
             return (self.repeat * n)[:n]
         body = self._body(prompt)
         for known, cont in self.continuations:
-            if body and known[-len(body):] == body:  # a left-truncated prompt still matches
+            if body and known[-len(body) :] == body:  # a left-truncated prompt still matches
                 return cont[:n]
         return []
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pad_token_id: int, **_: Any) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pad_token_id: int, **_: Any
+    ) -> torch.Tensor:
         rows = []
         for ids, mask in zip(input_ids, attention_mask, strict=True):
             self.prompts_seen.append(ids[mask.bool()].tolist())

@@ -65,7 +65,9 @@ def run_cli(args: Sequence[str], cwd: Path, cache: Path, timeout: int = 600) -> 
     """Run `python -m unlearn ARGS` in ``cwd`` with an isolated cache and offline W&B."""
     env = {**os.environ, "UNLEARN_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "unlearn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "unlearn", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def batch_of(tokenizer, rows, fmt=None, max_length: int = 64) -> dict[str, Any]:

@@ -21,7 +21,14 @@ def _grads(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [torch.randn(s, generator=g) for s in SHAPES], [torch.randn(s, generator=g) for s in SHAPES]
 
 
-@pytest.mark.parametrize("name, combiner", [("sum", Sum(alpha=0.7, gamma=1.3)), ("pcgrad", PCGrad(alpha=0.7, gamma=1.3)), ("sago", SAGO(alpha=0.7, gamma=1.3))])
+@pytest.mark.parametrize(
+    "name, combiner",
+    [
+        ("sum", Sum(alpha=0.7, gamma=1.3)),
+        ("pcgrad", PCGrad(alpha=0.7, gamma=1.3)),
+        ("sago", SAGO(alpha=0.7, gamma=1.3)),
+    ],
+)
 @pytest.mark.parametrize("seed", range(3))
 def test_flatten_baseline_computes_what_the_combiners_compute(name, combiner, seed):
     g_r, g_f = _grads(seed)
@@ -50,7 +57,9 @@ def test_benchmark_command_prints_both_tables(capsys):
     header = next(line for line in out.splitlines() if line.startswith("| model | params |"))
     assert "peak − plain (grad buffers)" in header and "× plain" in header
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| tiny |")]
-    assert [r[4].strip() for r in rows[:2]] == ["plain", "sago"], out  # plain (always measured, the baseline), then sago
+    assert [r[4].strip() for r in rows[:2]] == ["plain", "sago"], (
+        out
+    )  # plain (always measured, the baseline), then sago
     assert rows[0][6].strip() == "1.000" and rows[0][8].strip() == "+0.00"
     assert float(rows[1][8]) <= 0.2, out  # sago streams: about one tensor over plain, not a buffer
     assert len(rows) == 4 and rows[2][2].strip() == "sago"  # the combine table

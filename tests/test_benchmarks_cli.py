@@ -16,13 +16,38 @@ from unlearn.benchmarks.hub import hub_reachable
 pytestmark = pytest.mark.slow
 
 FIX = REPO / "tests" / "fixtures"
-SMALL_MODEL = ["model.spec.hidden_size=64", "model.spec.num_layers=2", "model.spec.num_heads=2", "model.spec.intermediate_size=128"]
-QUICK = [*SMALL_MODEL, "benchmark.finetune.lr=5e-3", "benchmark.finetune.batch_size=4", "train.steps=5", "logger=none", "trainer.enable_progress_bar=false"]
-TOFU = ["benchmark=tofu", f"benchmark.data.local_dir={FIX / 'tofu'}", "benchmark.finetune.epochs=15", "benchmark.eval.max_new_tokens=24",
-        # the fixture's target also learns the utility sets, as a pretrained model knows real authors
-        "benchmark.target.finetune_on=[full,real_authors,world_facts]", *QUICK]
-MUSE = ["benchmark=muse_news", f"benchmark.data.local_dir={FIX / 'muse'}", "benchmark.data.chunk_words=30", "benchmark.finetune.epochs=25",
-        "benchmark.eval.verbmem_max_new_tokens=24", "benchmark.eval.knowmem_max_new_tokens=16", *QUICK]
+SMALL_MODEL = [
+    "model.spec.hidden_size=64",
+    "model.spec.num_layers=2",
+    "model.spec.num_heads=2",
+    "model.spec.intermediate_size=128",
+]
+QUICK = [
+    *SMALL_MODEL,
+    "benchmark.finetune.lr=5e-3",
+    "benchmark.finetune.batch_size=4",
+    "train.steps=5",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
+TOFU = [
+    "benchmark=tofu",
+    f"benchmark.data.local_dir={FIX / 'tofu'}",
+    "benchmark.finetune.epochs=15",
+    "benchmark.eval.max_new_tokens=24",
+    # the fixture's target also learns the utility sets, as a pretrained model knows real authors
+    "benchmark.target.finetune_on=[full,real_authors,world_facts]",
+    *QUICK,
+]
+MUSE = [
+    "benchmark=muse_news",
+    f"benchmark.data.local_dir={FIX / 'muse'}",
+    "benchmark.data.chunk_words=30",
+    "benchmark.finetune.epochs=25",
+    "benchmark.eval.verbmem_max_new_tokens=24",
+    "benchmark.eval.knowmem_max_new_tokens=16",
+    *QUICK,
+]
 
 
 def _results(run: Path) -> dict:
@@ -45,10 +70,24 @@ def test_tofu_unlearns_and_reports_tofus_metrics(tofu_run):
     run, proc = tofu_run
     res = _results(run)
     assert res["status"] == "ok"
-    for key in ("forget_quality", "forget_quality_log10", "model_utility", "forget_prob", "forget_rouge", "forget_truth_ratio", "retain_prob",
-                "real_authors_prob", "real_authors_rouge", "real_authors_truth_ratio", "world_facts_prob", "world_facts_truth_ratio"):
+    for key in (
+        "forget_quality",
+        "forget_quality_log10",
+        "model_utility",
+        "forget_prob",
+        "forget_rouge",
+        "forget_truth_ratio",
+        "retain_prob",
+        "real_authors_prob",
+        "real_authors_rouge",
+        "real_authors_truth_ratio",
+        "world_facts_prob",
+        "world_facts_truth_ratio",
+    ):
         assert f"eval/tofu/{key}" in res, key
-    assert res["target/tofu/forget_prob"] > 2 * res["oracle/tofu/forget_prob"], "the target learned the forget authors, the oracle did not"
+    assert res["target/tofu/forget_prob"] > 2 * res["oracle/tofu/forget_prob"], (
+        "the target learned the forget authors, the oracle did not"
+    )
     assert res["eval/tofu/forget_prob"] < res["target/tofu/forget_prob"]
     assert 0 < res["target/tofu/model_utility"] <= 1 and 0 <= res["eval/tofu/forget_quality"] <= 1
     assert len(json.loads((run / "eval_unlearned.json").read_text())["arrays"]["forget_truth_ratio"]) == 12
@@ -65,7 +104,17 @@ def test_tofu_finetune_task_builds_target_and_oracle_then_eval_starts_from_a_che
     assert ft["target/tofu/forget_prob"] == pytest.approx(_results(tofu_run[0])["target/tofu/forget_prob"])
     # a given checkpoint and a saved oracle evaluation instead of an oracle model
     oracle_file = tofu_run[0] / "eval_oracle.json"
-    proc = run_cli([*TOFU, "task=eval", f"benchmark.target.path={target}", f"benchmark.oracle.eval_file={oracle_file}", "hydra.run.dir=ev"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        [
+            *TOFU,
+            "task=eval",
+            f"benchmark.target.path={target}",
+            f"benchmark.oracle.eval_file={oracle_file}",
+            "hydra.run.dir=ev",
+        ],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     _ok(proc)
     ev = _results(tmp_path / "ev")
     assert ev["eval/tofu/forget_quality"] == pytest.approx(_results(tofu_run[0])["target/tofu/forget_quality"])
@@ -78,15 +127,23 @@ def test_muse_news_unlearns_and_reports_muses_metrics(tmp_path, cache_dir):
     assert res["status"] == "ok"
     for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak", "privleak_auc", "privleak_reference_auc"):
         assert f"eval/muse_news/{key}" in res, key
-    assert res["target/muse_news/verbmem_f"] > res["oracle/muse_news/verbmem_f"], "the target memorised the forget articles"
+    assert res["target/muse_news/verbmem_f"] > res["oracle/muse_news/verbmem_f"], (
+        "the target memorised the forget articles"
+    )
     assert res["eval/muse_news/privleak_reference_auc"] == res["oracle/muse_news/privleak_auc"]
     assert res["target/muse_news/privleak"] < 0, "the target recognises its forget texts: PrivLeak below 0"
     assert "verbmem_f" in proc.stdout
 
 
 def test_harry_potter_runs_on_an_invented_book(tmp_path, cache_dir):
-    hp = ["benchmark=harry_potter", f"benchmark.data.local_dir={FIX / 'harry_potter'}", "benchmark.data.chunk_words=40", "benchmark.finetune.epochs=40",
-          "benchmark.eval.max_new_tokens=24", *QUICK]
+    hp = [
+        "benchmark=harry_potter",
+        f"benchmark.data.local_dir={FIX / 'harry_potter'}",
+        "benchmark.data.chunk_words=40",
+        "benchmark.finetune.epochs=40",
+        "benchmark.eval.max_new_tokens=24",
+        *QUICK,
+    ]
     proc = run_cli([*hp, "hydra.run.dir=run"], cwd=tmp_path, cache=cache_dir)
     _ok(proc)
     res = _results(tmp_path / "run")
@@ -95,7 +152,9 @@ def test_harry_potter_runs_on_an_invented_book(tmp_path, cache_dir):
         assert f"eval/harry_potter/{key}" in res, key
     assert res["target/harry_potter/collapsed"] == 0.0 and res["target/harry_potter/completion_bleu"] > 0
     assert res["target/harry_potter/forget_ppl"] < res["target/harry_potter/general_ppl"], "the target learned the book"
-    assert res["eval/harry_potter/forget_ppl"] > res["target/harry_potter/forget_ppl"], "unlearning made the book less likely"
+    assert res["eval/harry_potter/forget_ppl"] > res["target/harry_potter/forget_ppl"], (
+        "unlearning made the book less likely"
+    )
 
     # a diverging run is still evaluated and reported as collapsed, not just "diverged"
     proc = run_cli([*hp, "train.max_abs_loss=1e-3", "hydra.run.dir=diverged"], cwd=tmp_path, cache=cache_dir)
@@ -113,7 +172,10 @@ def test_offline_without_local_data_fails_fast_with_the_how_to(tmp_path, cache_d
     start = time.perf_counter()
     proc = run_cli(["benchmark=tofu", "logger=none", "hydra.run.dir=run"], cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 2
-    assert "data unavailable: tofu forget: cannot load locuslab/TOFU" in proc.stderr and "benchmark.data.paths.forget=" in proc.stderr
+    assert (
+        "data unavailable: tofu forget: cannot load locuslab/TOFU" in proc.stderr
+        and "benchmark.data.paths.forget=" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and "fine-tuning" not in proc.stderr
     assert _results(tmp_path / "run")["status"] == "failed"
     assert time.perf_counter() - start < 60  # interpreter start-up included

@@ -34,9 +34,13 @@ def mlp_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def _task_grads(model, objective, batch, tokenizer, ckpt: bool, calls: list[int], encoded) -> tuple[dict[str, list[torch.Tensor]], int]:
+def _task_grads(
+    model, objective, batch, tokenizer, ckpt: bool, calls: list[int], encoded
+) -> tuple[dict[str, list[torch.Tensor]], int]:
     model.train()
-    ctx = PrepareContext(model=model, reference=Reference(model), tokenizer=tokenizer, encoded={"forget": encoded}, batch_size=4)  # NPO caches their log-probs
+    ctx = PrepareContext(
+        model=model, reference=Reference(model), tokenizer=tokenizer, encoded={"forget": encoded}, batch_size=4
+    )  # NPO caches their log-probs
     objective.prepare(ctx)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move off the reference, or the retain gradients of KL and RMU are zero
@@ -49,7 +53,10 @@ def _task_grads(model, objective, batch, tokenizer, ckpt: bool, calls: list[int]
     with checkpointing(model, ckpt):
         for task in objective.tasks:
             loss = objective.loss(task, model, batch)
-            out[task] = [g if g is not None else torch.zeros_like(p) for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)]
+            out[task] = [
+                g if g is not None else torch.zeros_like(p)
+                for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True), params, strict=True)
+            ]
     return out, calls[0]
 
 
@@ -61,7 +68,9 @@ def _objective(kind: str):
     return Objective(forget=RMU(layer=1, update_layers=[0, 1]), retain=RMURetain(layer=1))
 
 
-@pytest.mark.parametrize("kind,lora", [("ga_nll", False), ("npo_kl", False), ("rmu", False), ("ga_nll", True), ("npo_kl", True)])
+@pytest.mark.parametrize(
+    "kind,lora", [("ga_nll", False), ("npo_kl", False), ("rmu", False), ("ga_nll", True), ("npo_kl", True)]
+)
 def test_same_per_task_gradients_with_checkpointing(tiny, toy_splits, kind, lora, mlp_calls):
     base, tok = tiny
     rows = toy_splits["forget"][:4]
@@ -94,12 +103,27 @@ def test_checkpointing_is_undone_after_training(tiny):
     assert not model.is_activation_checkpointing and model.config.use_cache is not False
 
 
-def _unlearn(ckpt: bool, tmp_path, method: str, calls: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+def _unlearn(
+    ckpt: bool, tmp_path, method: str, calls: list[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     from unlearn import phases
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    cfg = job_config([f"method={method}", "logger=none", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=0", "trainer.enable_progress_bar=false", "benchmark.data.n_people=10", "benchmark.data.n_holdout=2", f"model.gradient_checkpointing={str(ckpt).lower()}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    cfg = job_config(
+        [
+            f"method={method}",
+            "logger=none",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.checkpoint_every=0",
+            "trainer.enable_progress_bar=false",
+            "benchmark.data.n_people=10",
+            "benchmark.data.n_holdout=2",
+            f"model.gradient_checkpointing={str(ckpt).lower()}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     s = build_job(cfg, RunDir(tmp_path / f"run{ckpt}"))
     model, tok = s.spec.load(s.dtype)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -154,11 +178,26 @@ def test_ddp_workers_train_with_checkpointing_to_the_same_weights(tiny, toy_spli
     quiet_lightning()
     model, tok = tiny
     one = copy.deepcopy(model)
-    fit(_module(one), _stream(tok, toy_splits, WORLD * BATCH), tok.pad_token_id, WORLD * BATCH, STEPS, LoopConfig(accelerator="cpu", enable_progress_bar=False))
+    fit(
+        _module(one),
+        _stream(tok, toy_splits, WORLD * BATCH),
+        tok.pad_token_id,
+        WORLD * BATCH,
+        STEPS,
+        LoopConfig(accelerator="cpu", enable_progress_bar=False),
+    )
     two = copy.deepcopy(model)
     loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=DDP, enable_progress_bar=False)
     with checkpointing(two):
-        fit(_module(two), _stream(tok, toy_splits, BATCH, WORLD), tok.pad_token_id, BATCH, STEPS, loop, default_root_dir=str(tmp_path))
+        fit(
+            _module(two),
+            _stream(tok, toy_splits, BATCH, WORLD),
+            tok.pad_token_id,
+            BATCH,
+            STEPS,
+            loop,
+            default_root_dir=str(tmp_path),
+        )
     a, b = _params(one), _params(two)
     assert any(not torch.equal(_params(model)[n], b[n]) for n in b)
     for n in a:

@@ -34,7 +34,10 @@ def test_prompt_is_lm_evals_mmlu_format():
     assert question_block(Q1) == "What is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer:"
     assert question_block(Q1, with_answer=True).endswith("Answer: B")
     prompt = mc_prompt(Q2, [Q1], "About {subject}.\n\n".format(subject="maths"))
-    assert prompt == "About maths.\n\nWhat is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer: B\n\nWhat is 10 - 4?\nA. 6\nB. 5\nC. 7\nD. 4\nAnswer:"
+    assert (
+        prompt
+        == "About maths.\n\nWhat is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer: B\n\nWhat is 10 - 4?\nA. 6\nB. 5\nC. 7\nD. 4\nAnswer:"
+    )
 
 
 def test_few_shot_examples_come_from_the_same_subject_or_the_row_itself():
@@ -45,7 +48,9 @@ def test_few_shot_examples_come_from_the_same_subject_or_the_row_itself():
     assert shots({"subject": "geography", "examples": [Q1, Q2]}) == [Q1, Q2]
     assert first_n_by_subject([Q1], 0)({"subject": "elementary_mathematics"}) == []
     task = MCTask("t", [Q2], n_shot=1, dev=[Q1])
-    assert task.contexts()[0].startswith("The following are multiple choice questions (with answers) about elementary mathematics.\n\nWhat is 2 + 3?")
+    assert task.contexts()[0].startswith(
+        "The following are multiple choice questions (with answers) about elementary mathematics.\n\nWhat is 2 + 3?"
+    )
     assert "about biology" in MCTask("t", [Q2], default_subject="biology", row_subject=False).contexts()[0]
 
 

@@ -56,8 +56,15 @@ def test_smoke_run_unlearns_the_forget_set(smoke_run):
 def test_smoke_run_logs_every_step_locally(smoke_run):
     rows = [r for r in read_metrics(smoke_run[0] / "metrics.jsonl") if "train/loss/forget" in r]
     assert [r["step"] for r in rows] == list(range(10))
-    for key in ("train/loss/retain", "train/grad/norm_forget", "train/grad/norm_retain", "train/grad/cos_forget_retain",
-                "train/grad/cos_update_retain", "train/grad/conflict_frac", "train/lr"):
+    for key in (
+        "train/loss/retain",
+        "train/grad/norm_forget",
+        "train/grad/norm_retain",
+        "train/grad/cos_forget_retain",
+        "train/grad/cos_update_retain",
+        "train/grad/conflict_frac",
+        "train/lr",
+    ):
         assert key in rows[0], key
     assert rows[-1]["train/loss/forget"] < rows[0]["train/loss/forget"], "GA's loss (-NLL) must go down"
 
@@ -65,7 +72,11 @@ def test_smoke_run_logs_every_step_locally(smoke_run):
 def test_second_run_reuses_the_cached_target_and_oracle(smoke_run, tmp_path, cache_dir):
     start = time.perf_counter()
     # train.epochs replaces train.steps: 0.5 passes over the 24 forget rows at batch 4 -> 3 steps
-    proc = run_cli(["experiment=smoke", "hydra.run.dir=run", "train.epochs=0.5", "train.batch_size=4"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        ["experiment=smoke", "hydra.run.dir=run", "train.epochs=0.5", "train.batch_size=4"],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fine-tuning the" not in proc.stderr and "cached" in proc.stderr
     res = _results(tmp_path / "run")
@@ -74,17 +85,34 @@ def test_second_run_reuses_the_cached_target_and_oracle(smoke_run, tmp_path, cac
 
 
 def test_a_changed_recipe_is_not_served_from_the_cache(smoke_run, tmp_path, cache_dir):
-    proc = run_cli(["experiment=smoke", "hydra.run.dir=run", "train.steps=1", "benchmark.finetune.epochs=2", "benchmark.oracle.finetune_on=null"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            "hydra.run.dir=run",
+            "train.steps=1",
+            "benchmark.finetune.epochs=2",
+            "benchmark.oracle.finetune_on=null",
+        ],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fine-tuning the target model" in proc.stderr
 
 
 def test_multirun_gives_every_job_its_own_directory(smoke_run, tmp_path, cache_dir):
-    proc = run_cli(["-m", "experiment=smoke", "combiner=sum,pcgrad,sago", "train.steps=3", "hydra.sweep.dir=sweep"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        ["-m", "experiment=smoke", "combiner=sum,pcgrad,sago", "train.steps=3", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert [j.name for j in jobs] == ["0_simnpo+nll+sum_experiment=smoke,train.steps=3", "1_simnpo+nll+pcgrad_experiment=smoke,train.steps=3",
-                                     "2_simnpo+nll+sago_experiment=smoke,train.steps=3"]
+    assert [j.name for j in jobs] == [
+        "0_simnpo+nll+sum_experiment=smoke,train.steps=3",
+        "1_simnpo+nll+pcgrad_experiment=smoke,train.steps=3",
+        "2_simnpo+nll+sago_experiment=smoke,train.steps=3",
+    ]
     targets = set()
     for j in jobs:
         res = _results(j)
@@ -112,7 +140,9 @@ def test_unknown_option_lists_the_available_ones(tmp_path, cache_dir):
 
 
 def test_wandb_logs_offline_into_the_run_directory(smoke_run, tmp_path, cache_dir):
-    proc = run_cli(["experiment=smoke", "logger=wandb", "train.steps=2", "hydra.run.dir=run"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        ["experiment=smoke", "logger=wandb", "train.steps=2", "hydra.run.dir=run"], cwd=tmp_path, cache=cache_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))

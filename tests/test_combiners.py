@@ -23,8 +23,18 @@ from hypothesis import strategies as st
 from unlearn.combiners import SAGO, PCGrad, PCGradGlobal, PCGradSymmetric, Sum, gradient_diagnostics
 from unlearn.combiners.base import Combination, Combiner
 
-ALL = [Sum(), PCGrad(), PCGradGlobal(), PCGradSymmetric(), SAGO(), SAGO(prefer_retain=True), SAGO(gate="soft"),
-       Sum(alpha=0.5, gamma=2.0), PCGrad(alpha=0.3, gamma=1.7), SAGO(alpha=0.1, gamma=1.0)]
+ALL = [
+    Sum(),
+    PCGrad(),
+    PCGradGlobal(),
+    PCGradSymmetric(),
+    SAGO(),
+    SAGO(prefer_retain=True),
+    SAGO(gate="soft"),
+    Sum(alpha=0.5, gamma=2.0),
+    PCGrad(alpha=0.3, gamma=1.7),
+    SAGO(alpha=0.1, gamma=1.0),
+]
 # docs/methods.md §2's literal soft gate σ(κ·g_f⊙g_r) is not positively homogeneous, so it is not in ALL
 SOFT_RAW = [SAGO(gate="soft_raw"), SAGO(gate="soft_raw", kappa=0.3, alpha=0.5, gamma=2.0, prefer_retain=True)]
 
@@ -37,8 +47,15 @@ values = st.one_of(st.just(0.0), _mag, _mag.map(lambda x: -x))
 def grad_pairs(draw):
     """Two lists of same-shaped float32 tensors (1–4 tensors, up to 3×4 elements each)."""
     shapes = draw(st.lists(st.sampled_from([(1,), (3,), (2, 2), (3, 4)]), min_size=1, max_size=4))
+
     def tensors():
-        return [torch.tensor(draw(st.lists(values, min_size=math.prod(s), max_size=math.prod(s))), dtype=torch.float32).view(s) for s in shapes]
+        return [
+            torch.tensor(
+                draw(st.lists(values, min_size=math.prod(s), max_size=math.prod(s))), dtype=torch.float32
+            ).view(s)
+            for s in shapes
+        ]
+
     return tensors(), tensors()
 
 
@@ -297,7 +314,9 @@ def test_pinned_diagnostics():
     assert float(d["cos_forget_retain"]) == pytest.approx(-2 / math.sqrt(30))
     assert float(d["conflict_frac"]) == pytest.approx(2 / 4)  # coords with g_f·g_r < 0
     u = torch.cat([t.flatten() for t in res.update])
-    assert float(d["cos_update_retain"]) == pytest.approx(float(u @ torch.tensor([1.0, 0, 1, 1]) / u.norm() / math.sqrt(3)))
+    assert float(d["cos_update_retain"]) == pytest.approx(
+        float(u @ torch.tensor([1.0, 0, 1, 1]) / u.norm() / math.sqrt(3))
+    )
 
 
 # -- the rule is abstract ------------------------------------------------------------------------

@@ -37,7 +37,18 @@ def _override(path: Path) -> str:
 
 def test_conf_has_the_groups_the_framework_documents():
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    assert {"model", "method", "benchmark", "combiner", "forget", "retain", "smoothing", "trainer", "logger", "experiment"} <= groups
+    assert {
+        "model",
+        "method",
+        "benchmark",
+        "combiner",
+        "forget",
+        "retain",
+        "smoothing",
+        "trainer",
+        "logger",
+        "experiment",
+    } <= groups
 
 
 #: options that only build beside another one (the pairing their file documents)
@@ -95,13 +106,21 @@ def test_every_config_file_composes_and_its_targets_instantiate(path, tmp_path):
     assert cfg.hydra.runtime.choices[group] == option
     OmegaConf.to_container(cfg, resolve=False)  # the whole tree is well-formed
     built = instantiate_targets(cfg, str(tmp_path / "stand-in"))
-    assert {"forget", "retain", "combiner", "smoothing", "model.spec", "benchmark.data", "benchmark.eval"} <= {b.split(":")[0] for b in built}
+    assert {"forget", "retain", "combiner", "smoothing", "model.spec", "benchmark.data", "benchmark.eval"} <= {
+        b.split(":")[0] for b in built
+    }
 
 
-@pytest.mark.parametrize("planted,fragment", [
-    ("_target_: unlearn.combiners.Sum\nalpah: 1.0\n", "alpah"),                                       # a misspelt keyword
-    ("# @package _global_\nbenchmark:\n  eval:\n    _target_: unlearn.eval.qa.QAEvaluatr\n", "QAEvaluatr"),  # a wrong _target_, deep in an experiment
-])
+@pytest.mark.parametrize(
+    "planted,fragment",
+    [
+        ("_target_: unlearn.combiners.Sum\nalpah: 1.0\n", "alpah"),  # a misspelt keyword
+        (
+            "# @package _global_\nbenchmark:\n  eval:\n    _target_: unlearn.eval.qa.QAEvaluatr\n",
+            "QAEvaluatr",
+        ),  # a wrong _target_, deep in an experiment
+    ],
+)
 def test_a_planted_wrong_keyword_or_target_fails_the_instantiation_check(tmp_path, planted, fragment):
     """The check above can fail: the same file composes cleanly, and only instantiation catches it."""
     from hydra import compose as hydra_compose
@@ -112,7 +131,9 @@ def test_a_planted_wrong_keyword_or_target_fails_the_instantiation_check(tmp_pat
     group = "combiner" if planted.startswith("_target_") else "experiment"
     (conf / group / "planted.yaml").write_text(planted)
     with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"{group}=planted", f"paths.cache_dir={tmp_path}"], return_hydra_config=True)
+        cfg = hydra_compose(
+            "config", overrides=[f"{group}=planted", f"paths.cache_dir={tmp_path}"], return_hydra_config=True
+        )
     with pytest.raises(InstantiationException, match=fragment):
         instantiate_targets(cfg, str(tmp_path / "stand-in"))
 
@@ -133,25 +154,31 @@ def test_method_preset_picks_components_and_the_command_line_still_wins():
     assert cfg.hydra.runtime.choices.combiner == "pcgrad"
 
 
-@pytest.mark.parametrize("overrides,key,expected", [
-    (["method=sago"], "forget.beta", 0.5),                           # the preset's tuned SimNPO beta
-    (["method=sago", "forget.beta=0.1"], "forget.beta", 0.1),        # the command line wins
-    (["method=sago", "forget=npo"], "forget.beta", 0.1),             # NPO keeps its own beta
-    (["method=simnpo", "experiment=sago_wmdp/bio_simnpo_sago"], "forget.beta", 0.02),  # a paper preset wins
-    (["method=rmu"], "forget.layer", 2),
-    (["method=rmu", "forget.layer=1"], "forget.layer", 1),
-    (["method=sga"], "smoothing.rate", -1.0),
-    (["method=sga", "smoothing.rate=0.5"], "smoothing.rate", 0.5),
-    (["method=gd"], "smoothing.rate", 0.0),
-])
+@pytest.mark.parametrize(
+    "overrides,key,expected",
+    [
+        (["method=sago"], "forget.beta", 0.5),  # the preset's tuned SimNPO beta
+        (["method=sago", "forget.beta=0.1"], "forget.beta", 0.1),  # the command line wins
+        (["method=sago", "forget=npo"], "forget.beta", 0.1),  # NPO keeps its own beta
+        (["method=simnpo", "experiment=sago_wmdp/bio_simnpo_sago"], "forget.beta", 0.02),  # a paper preset wins
+        (["method=rmu"], "forget.layer", 2),
+        (["method=rmu", "forget.layer=1"], "forget.layer", 1),
+        (["method=sga"], "smoothing.rate", -1.0),
+        (["method=sga", "smoothing.rate=0.5"], "smoothing.rate", 0.5),
+        (["method=gd"], "smoothing.rate", 0.0),
+    ],
+)
 def test_a_method_tunes_only_the_options_it_chose(overrides, key, expected):
     assert OmegaConf.select(compose(overrides), key) == expected
 
 
-@pytest.mark.parametrize("overrides,absent", [
-    (["method=sago", "forget=ga"], "forget.beta"),          # GA takes no beta: nothing may leak into it
-    (["method=sga", "smoothing=none"], "smoothing.rate"),
-])
+@pytest.mark.parametrize(
+    "overrides,absent",
+    [
+        (["method=sago", "forget=ga"], "forget.beta"),  # GA takes no beta: nothing may leak into it
+        (["method=sga", "smoothing=none"], "smoothing.rate"),
+    ],
+)
 def test_a_method_tuning_does_not_leak_into_another_option(tmp_path, no_model_build, overrides, absent):
     cfg = job_config([f"paths.cache_dir={tmp_path}", *overrides])
     assert OmegaConf.select(cfg, absent) is None
@@ -197,10 +224,13 @@ def test_a_missing_required_value_names_the_key(tmp_path, no_model_build):
         build_job(cfg, RunDir(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("overrides,fragment", [
-    (["combiner=nope"], "combiner"),
-    (["combiner.alpah=1"], "alpah"),
-])
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["combiner=nope"], "combiner"),
+        (["combiner.alpah=1"], "alpah"),
+    ],
+)
 def test_unknown_options_and_keys_are_refused_by_composition(overrides, fragment):
     with pytest.raises(HydraException, match=fragment):
         compose(overrides)
@@ -243,13 +273,19 @@ def test_a_bad_finetune_recipe_names_the_key_before_any_model_is_built(tmp_path,
         build_job(cfg, RunDir(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("overrides,used", [
-    ([], True),
-    (["benchmark.target.path=/m"], True),                                    # the oracle is still fine-tuned
-    (["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json"], False),
-    (["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json", "task=finetune"], True),  # builds the oracle anyway
-    (["benchmark.target.finetune_on=null", "benchmark.oracle.finetune_on=null"], False),
-])
+@pytest.mark.parametrize(
+    "overrides,used",
+    [
+        ([], True),
+        (["benchmark.target.path=/m"], True),  # the oracle is still fine-tuned
+        (["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json"], False),
+        (
+            ["benchmark.target.path=/m", "benchmark.oracle.eval_file=/e.json", "task=finetune"],
+            True,
+        ),  # builds the oracle anyway
+        (["benchmark.target.finetune_on=null", "benchmark.oracle.finetune_on=null"], False),
+    ],
+)
 def test_the_finetune_recipe_is_checked_only_where_it_is_used(tmp_path, no_model_build, overrides, used):
     from _stubs import fake_model_folder
 
@@ -264,17 +300,22 @@ def test_the_finetune_recipe_is_checked_only_where_it_is_used(tmp_path, no_model
         build_job(cfg, RunDir(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("overrides,role", [
-    (["benchmark.roles.forget=[forgot]"], "forget"),
-    (["benchmark.roles.retain=[retain,retian]"], "retain"),
-    (["method=sga", "benchmark.roles.normal_pool=[generl]"], "normal_pool"),
-])
+@pytest.mark.parametrize(
+    "overrides,role",
+    [
+        (["benchmark.roles.forget=[forgot]"], "forget"),
+        (["benchmark.roles.retain=[retain,retian]"], "retain"),
+        (["method=sga", "benchmark.roles.normal_pool=[generl]"], "normal_pool"),
+    ],
+)
 def test_a_role_naming_no_split_stops_before_any_fine_tuning(tmp_path, no_model_build, overrides, role):
     from unlearn import pipeline
 
     cfg = job_config([*overrides, f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
     s = build_job(cfg, RunDir(tmp_path / "run"))
-    with pytest.raises(ConfigError, match=rf"benchmark\.roles\.{role}: the benchmark has no split '\w+' \(it has \[.*'retain'.*\]\)"):
+    with pytest.raises(
+        ConfigError, match=rf"benchmark\.roles\.{role}: the benchmark has no split '\w+' \(it has \[.*'retain'.*\]\)"
+    ):
         pipeline.run_unlearn(s, {})  # the toy benchmark builds its splits without a model
     assert not (tmp_path / "cache" / "models").exists()
 

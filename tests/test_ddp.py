@@ -31,7 +31,13 @@ def _stream(tok, splits, batch: int, world: int = 1) -> PairedStream:
 
 
 def _module(model):
-    return UnlearnModule(model, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"), StepConfig(accumulate=ACCUMULATE))
+    return UnlearnModule(
+        model,
+        Objective(forget=GA(), retain=NLL()),
+        SAGO(),
+        OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
+        StepConfig(accumulate=ACCUMULATE),
+    )
 
 
 def _params(model):
@@ -45,14 +51,28 @@ def test_two_processes_equal_one_process_on_the_union_of_their_batches(tiny, toy
     # Rank r takes items r, r+2, r+4... (DistributedSampler, no shuffle), so its k-th micro-batch
     # and the other rank's together are the k-th micro-batch of one process with twice the batch.
     one = copy.deepcopy(model)
-    fit(_module(one), _stream(tok, toy_splits, WORLD * BATCH), tok.pad_token_id, WORLD * BATCH, STEPS,
-        LoopConfig(accelerator="cpu", enable_progress_bar=False))
+    fit(
+        _module(one),
+        _stream(tok, toy_splits, WORLD * BATCH),
+        tok.pad_token_id,
+        WORLD * BATCH,
+        STEPS,
+        LoopConfig(accelerator="cpu", enable_progress_bar=False),
+    )
 
     two = copy.deepcopy(model)
     module = _module(two)
     loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=DDP, enable_progress_bar=False)
     assert loop.world_size == WORLD
-    fit(module, _stream(tok, toy_splits, BATCH, WORLD), tok.pad_token_id, BATCH, STEPS, loop, default_root_dir=str(tmp_path))
+    fit(
+        module,
+        _stream(tok, toy_splits, BATCH, WORLD),
+        tok.pad_token_id,
+        BATCH,
+        STEPS,
+        loop,
+        default_root_dir=str(tmp_path),
+    )
 
     assert module.steps_done == STEPS and not module.diverged, "the workers' outcome must reach the main process"
     start, a, b = _params(model), _params(one), _params(two)
@@ -74,7 +94,7 @@ def test_combining_before_the_all_reduce_would_differ(tiny, toy_splits):
     def grads(items, task):
         total = [torch.zeros_like(p) for p in params]
         for k in range(0, len(items), BATCH):  # micro-batches of BATCH items, accumulated
-            g = torch.autograd.grad(objective.loss(task, m, collate([stream[i] for i in items[k:k + BATCH]])), params)
+            g = torch.autograd.grad(objective.loss(task, m, collate([stream[i] for i in items[k : k + BATCH]])), params)
             total = [t + x / (len(items) // BATCH) for t, x in zip(total, g, strict=True)]
         return total
 

@@ -76,11 +76,18 @@ def test_first_tokens_and_prompt_budget(tiny):
 
 def test_local_files_json_lines_named_json_lists_of_strings_and_txt(tmp_path):
     (tmp_path / "lines.json").write_text('{"question": "q1", "answer": "a"}\n{"question": "q2", "answer": "b"}\n')
-    assert [r["question"] for r in load_rows("tofu forget", None, path=str(tmp_path / "lines.json"), required=["question"])] == ["q1", "q2"]
+    assert [
+        r["question"] for r in load_rows("tofu forget", None, path=str(tmp_path / "lines.json"), required=["question"])
+    ] == ["q1", "q2"]
     (tmp_path / "texts.json").write_text(json.dumps(["first text", "second text"]))
-    assert load_rows("muse privleak", None, path=str(tmp_path / "texts.json"), required=["text"]) == [{"text": "first text"}, {"text": "second text"}]
+    assert load_rows("muse privleak", None, path=str(tmp_path / "texts.json"), required=["text"]) == [
+        {"text": "first text"},
+        {"text": "second text"},
+    ]
     (tmp_path / "book.txt").write_text("Chapter One.\nIt was dark.")
-    assert load_rows("book", None, path=str(tmp_path / "book.txt"), required=["text"])[0]["text"].startswith("Chapter One.")
+    assert load_rows("book", None, path=str(tmp_path / "book.txt"), required=["text"])[0]["text"].startswith(
+        "Chapter One."
+    )
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataUnavailable, match="neither JSON nor JSON lines"):
         load_rows("book", None, path=str(tmp_path / "bad.json"))
@@ -95,7 +102,9 @@ def test_one_padding_rule_for_batches_contexts_and_prompts():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, mask = pad([[5, 6, 7], [8]], 9, side="left")
     assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    b = collate([{"input_ids": [1, 2], "labels": [-100, 2], "id": "a"}, {"input_ids": [3], "labels": [3], "id": "b"}], pad_id=4)
+    b = collate(
+        [{"input_ids": [1, 2], "labels": [-100, 2], "id": "a"}, {"input_ids": [3], "labels": [3], "id": "b"}], pad_id=4
+    )
     assert b["input_ids"].tolist() == [[1, 2], [3, 4]] and b["labels"].tolist() == [[-100, 2], [3, -100]]
     assert b["attention_mask"].tolist() == [[1, 1], [1, 0]] and b["ids"] == ["a", "b"]
     with pytest.raises(ValueError, match="side"):

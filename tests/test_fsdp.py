@@ -60,11 +60,25 @@ def _run(model, tok, splits, combiner, accumulate: int, world: int, tmp_path, ob
     # lr 1e-4: AdamW's first steps are nearly sign(g)·lr, so a coordinate whose gradient is ~0 can
     # move by ±lr on a rounding difference of the reduction order; the parameters still move by
     # ~3e-4 each, 30 times the tolerance, and the diagnostics compare the rule itself
-    module = UnlearnModule(m, objective, combiner, OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"),
-                           StepConfig(accumulate=accumulate, stream=False))
-    loop = LoopConfig(accelerator="cpu", devices=world, strategy=FSDP if world > 1 else "auto", enable_progress_bar=False)
-    trainer = fit(module, _stream(tok, splits, BATCH * (WORLD // world), accumulate, world), tok.pad_token_id,
-                  BATCH * (WORLD // world), STEPS, loop, default_root_dir=str(tmp_path / f"w{world}"))
+    module = UnlearnModule(
+        m,
+        objective,
+        combiner,
+        OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"),
+        StepConfig(accumulate=accumulate, stream=False),
+    )
+    loop = LoopConfig(
+        accelerator="cpu", devices=world, strategy=FSDP if world > 1 else "auto", enable_progress_bar=False
+    )
+    trainer = fit(
+        module,
+        _stream(tok, splits, BATCH * (WORLD // world), accumulate, world),
+        tok.pad_token_id,
+        BATCH * (WORLD // world),
+        STEPS,
+        loop,
+        default_root_dir=str(tmp_path / f"w{world}"),
+    )
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/grad/")}
     return module, {n: p.detach().clone() for n, p in m.named_parameters()}, logged
 
@@ -124,7 +138,9 @@ def test_two_sharded_processes_equal_one_process(tiny, toy_splits, tmp_path, nam
     two, b, log_b = _run(model, tok, toy_splits, COMBINERS[name], accumulate, WORLD, tmp_path)
     assert two.steps_done == STEPS and not two.diverged
     start = {n: p for n, p in model.named_parameters()}
-    assert all(float((start[n] - b[n]).abs().max()) > 1e-4 for n in b), "the gathered weights must reach the main process"
+    assert all(float((start[n] - b[n]).abs().max()) > 1e-4 for n in b), (
+        "the gathered weights must reach the main process"
+    )
     for n in a:
         torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=f"{name}: {n} differs")
     assert set(log_a) == set(log_b) and log_a
@@ -142,17 +158,35 @@ class GradSizes(L.Callback):
         # the buffers are the shards the hooks handed over: every one was a local tensor
         module.log("test/held", float(held), batch_size=1)
         module.log("test/whole", float(sum(p.numel() for p in module.grads.params)), batch_size=1)
-        module.log("test/buffer_dtensors", float(sum(isinstance(g, DTensor) for b in module.grads.buffers.values() for g in b if g is not None)), batch_size=1)
+        module.log(
+            "test/buffer_dtensors",
+            float(sum(isinstance(g, DTensor) for b in module.grads.buffers.values() for g in b if g is not None)),
+            batch_size=1,
+        )
 
 
 @pytest.mark.slow
 def test_each_rank_holds_half_of_every_gradient(tiny, toy_splits, tmp_path):
     quiet_lightning()
     model, tok = tiny
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), PCGrad(), OptimConfig(lr=1e-3, warmup_ratio=0.0), StepConfig(accumulate=2))
+    module = UnlearnModule(
+        copy.deepcopy(model),
+        Objective(forget=GA(), retain=NLL()),
+        PCGrad(),
+        OptimConfig(lr=1e-3, warmup_ratio=0.0),
+        StepConfig(accumulate=2),
+    )
     loop = LoopConfig(accelerator="cpu", devices=WORLD, strategy=FSDP, enable_progress_bar=False)
-    trainer = fit(module, _stream(tok, toy_splits, BATCH, 2, WORLD), tok.pad_token_id, BATCH, STEPS, loop,
-                  callbacks=[GradSizes()], default_root_dir=str(tmp_path))
+    trainer = fit(
+        module,
+        _stream(tok, toy_splits, BATCH, 2, WORLD),
+        tok.pad_token_id,
+        BATCH,
+        STEPS,
+        loop,
+        callbacks=[GradSizes()],
+        default_root_dir=str(tmp_path),
+    )
     m = trainer.callback_metrics
     assert float(m["test/whole"]) == sum(p.numel() for p in model.parameters())
     # FSDP2 splits each tensor's first dimension, rank 0 taking the larger part when it is odd
@@ -176,7 +210,10 @@ def test_lora_with_a_kl_reference_sharded_equals_one_process(tiny, toy_splits, t
     quiet_lightning()
     model, tok = tiny
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    runs = [_run(model, tok, toy_splits, PCGrad(), 1, w, tmp_path, objective=Objective(forget=GA(), retain=KL()), lora=lora) for w in (1, WORLD)]
+    runs = [
+        _run(model, tok, toy_splits, PCGrad(), 1, w, tmp_path, objective=Objective(forget=GA(), retain=KL()), lora=lora)
+        for w in (1, WORLD)
+    ]
     (one, a, log_a), (two, b, log_b) = runs
     assert two.steps_done == STEPS and any("lora" in n for n in b)
     for n in a:
@@ -208,7 +245,15 @@ def test_rmu_with_lora_sharded_equals_one_process(tiny, toy_splits, tmp_path):
 
 
 # -- the whole job under trainer=fsdp: checkpoints, the EMA state, resuming, saving the model --------
-CLI = ["experiment=smoke", "trainer=fsdp", "train.steps=6", "train.checkpoint_every=2", "train.retain_ema=0.9", "save_model=true", "hydra.run.dir=run"]
+CLI = [
+    "experiment=smoke",
+    "trainer=fsdp",
+    "train.steps=6",
+    "train.checkpoint_every=2",
+    "train.retain_ema=0.9",
+    "save_model=true",
+    "hydra.run.dir=run",
+]
 
 
 @pytest.mark.slow
@@ -231,20 +276,32 @@ def test_cli_fsdp_run_killed_mid_training_resumes_and_equals_the_uninterrupted_r
     res = json.loads((cut / "run" / "results.json").read_text())
     differ = {k for k in ref.keys() | res.keys() if not k.startswith("time/") and not _same(res.get(k), ref.get(k))}
     assert not differ, {k: (res.get(k), ref.get(k)) for k in sorted(differ)}
-    a, b = load_file(str(whole / "run" / "model" / "model.safetensors")), load_file(str(cut / "run" / "model" / "model.safetensors"))
+    a, b = (
+        load_file(str(whole / "run" / "model" / "model.safetensors")),
+        load_file(str(cut / "run" / "model" / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(not isinstance(t, DTensor) for t in a.values())
     for n in a:
         torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-5, msg=n)
 
 
 # -- what trainer=fsdp cannot honour stops before training, naming the key and the alternative -----
-@pytest.mark.parametrize("overrides, expected", [
-    (["retain=kl"], "KL runs the frozen starting model during training.*set model.lora.*or use trainer=ddp"),
-    (["method=rmu"], "RMURetain runs the frozen starting model.*set model.lora"),
-    (["method=sga", "smoothing.rate=auto"], "smoothing.rate=auto .* set smoothing.rate to a number or use trainer=ddp"),
-    (["train.stream=true"], "train.stream=true needs one device, but this run has 2 processes"),
-    (["train.stream=true", "train.accumulate=2"], "train.stream=true combines each tensor .* train.accumulate=2: set train.stream=null"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["retain=kl"], "KL runs the frozen starting model during training.*set model.lora.*or use trainer=ddp"),
+        (["method=rmu"], "RMURetain runs the frozen starting model.*set model.lora"),
+        (
+            ["method=sga", "smoothing.rate=auto"],
+            "smoothing.rate=auto .* set smoothing.rate to a number or use trainer=ddp",
+        ),
+        (["train.stream=true"], "train.stream=true needs one device, but this run has 2 processes"),
+        (
+            ["train.stream=true", "train.accumulate=2"],
+            "train.stream=true combines each tensor .* train.accumulate=2: set train.stream=null",
+        ),
+    ],
+)
 def test_fsdp_refuses_what_it_cannot_honour_before_training(tmp_path, overrides, expected):
     from conftest import job_config
 

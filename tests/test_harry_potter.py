@@ -41,7 +41,10 @@ def test_loader_reads_the_book_prompts_and_general_text(splits):
 
 
 def test_without_a_prompts_file_prompts_are_cut_evenly_from_the_book(tmp_path):
-    paths = [f"benchmark.data.paths.{k}={FIX / f}" for k, f in (("forget", "forget.txt"), ("retain", "retain.jsonl"), ("general", "general.jsonl"))]
+    paths = [
+        f"benchmark.data.paths.{k}={FIX / f}"
+        for k, f in (("forget", "forget.txt"), ("retain", "retain.jsonl"), ("general", "general.jsonl"))
+    ]
     s = _data(*paths, "benchmark.data.n_prompts=200").build()
     words = (FIX / "forget.txt").read_text().split()
     assert len(s["prompts"]) == len(words) // 35  # fewer words than 200 windows of 15 + 20
@@ -65,14 +68,18 @@ def test_prompts_accept_muses_gt_field_and_name_a_missing_continuation(tmp_path)
 @pytest.mark.timeout(60)
 def test_no_book_and_no_hub_fails_within_seconds_saying_how_to_give_it(offline_hub):
     start = time.perf_counter()
-    with pytest.raises(DataUnavailable, match=r"harry_potter forget: cannot load muse-bench/MUSE-Books .*benchmark.data.paths.forget="):
+    with pytest.raises(
+        DataUnavailable, match=r"harry_potter forget: cannot load muse-bench/MUSE-Books .*benchmark.data.paths.forget="
+    ):
         _data().build()
     assert time.perf_counter() - start < 10
 
 
 # -- evaluator ------------------------------------------------------------------------------------
 def _evaluator(*overrides: str):
-    return build(job_config(["benchmark=harry_potter", "benchmark.eval.max_new_tokens=32", *overrides]), "benchmark.eval")
+    return build(
+        job_config(["benchmark=harry_potter", "benchmark.eval.max_new_tokens=32", *overrides]), "benchmark.eval"
+    )
 
 
 def test_a_model_that_recites_the_book_gets_full_bleu_and_rouge(tiny, splits):
@@ -94,11 +101,14 @@ def test_the_tiny_model_gets_values_in_range(tiny, splits):
     assert len(rec["arrays"]["completion_generated"]) == 3
 
 
-@pytest.mark.parametrize("how,reasons", [
-    ("explode", {"ppl"}),               # confidently wrong: perplexity ~1e16
-    ("overflow", {"ppl", "nonfinite"}),  # perplexity beyond floats: inf
-    ("nan", {"ppl", "nonfinite"}),       # NaN weights
-])
+@pytest.mark.parametrize(
+    "how,reasons",
+    [
+        ("explode", {"ppl"}),  # confidently wrong: perplexity ~1e16
+        ("overflow", {"ppl", "nonfinite"}),  # perplexity beyond floats: inf
+        ("nan", {"ppl", "nonfinite"}),  # NaN weights
+    ],
+)
 def test_a_collapsed_model_is_reported_not_raised(tiny, splits, how, reasons):
     model, tok = tiny
     broken = copy.deepcopy(model)
@@ -117,8 +127,15 @@ def test_a_collapsed_model_is_reported_not_raised(tiny, splits, how, reasons):
 
 def test_degenerate_repetition_counts_as_collapse(tiny, splits):
     _, tok = tiny
-    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(MemorizerLM(tok, repeat="the"), tok, PromptFormat(), splits)["metrics"]
-    assert m["repetition"] > 0.9 and m["collapsed"] == 1.0 and m["collapsed_repetition"] == 1.0 and m["collapsed_ppl"] == 0.0
+    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(MemorizerLM(tok, repeat="the"), tok, PromptFormat(), splits)[
+        "metrics"
+    ]
+    assert (
+        m["repetition"] > 0.9
+        and m["collapsed"] == 1.0
+        and m["collapsed_repetition"] == 1.0
+        and m["collapsed_ppl"] == 0.0
+    )
 
 
 def test_the_perplexity_limit_is_the_vocabulary_or_relative_to_the_target(tiny):
@@ -140,7 +157,8 @@ def _general_task(folder, rows) -> str:
         f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'cache'}\n"
         "test_split: test\noutput_type: multiple_choice\n"
         'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
-        "metric_list:\n  - metric: acc\n")
+        "metric_list:\n  - metric: acc\n"
+    )
     return str(folder)
 
 
@@ -159,14 +177,26 @@ def test_zero_shot_general_tasks_run_through_lm_eval(tiny, splits, tmp_path):
     pytest.importorskip("lm_eval")
     model, tok = tiny
     words = " ".join(r["text"] for r in splits["forget"]).split()
-    rows = [{"question": " ".join(words[i : i + 6]), "choices": [" ".join(words[i + 6 : i + 9]), " ".join(words[i + 20 : i + 23])]} for i in range(0, 60, 10)]
+    rows = [
+        {
+            "question": " ".join(words[i : i + 6]),
+            "choices": [" ".join(words[i + 6 : i + 9]), " ".join(words[i + 20 : i + 23])],
+        }
+        for i in range(0, 60, 10)
+    ]
     # the answer is the choice the model itself prefers, so a faithful zero-shot run scores 1 and
     # the other choice scores 0 (lm-eval puts " " between question and choice)
     best = [max((0, 1), key=lambda k: _choice_logprob(model, tok, r["question"], " " + r["choices"][k])) for r in rows]
     for answers, expected in ((best, 1.0), ([1 - b for b in best], 0.0)):
         (tmp_path / str(expected)).mkdir()
-        folder = _general_task(tmp_path / str(expected), [dict(r, answer=a) for r, a in zip(rows, answers, strict=True)])
-        ev = _evaluator("benchmark.eval.max_ppl=1e9", "benchmark.eval.general_tasks=[unlearn_general_fixture]", f"benchmark.eval.general_tasks_path={folder}")
+        folder = _general_task(
+            tmp_path / str(expected), [dict(r, answer=a) for r, a in zip(rows, answers, strict=True)]
+        )
+        ev = _evaluator(
+            "benchmark.eval.max_ppl=1e9",
+            "benchmark.eval.general_tasks=[unlearn_general_fixture]",
+            f"benchmark.eval.general_tasks_path={folder}",
+        )
         rec = ev.evaluate(model, tok, PromptFormat(), splits)
         assert rec["notes"]["general_tasks"] is None
         assert rec["metrics"]["zeroshot_unlearn_general_fixture"] == expected == rec["metrics"]["zeroshot_mean"]

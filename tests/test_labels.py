@@ -23,8 +23,15 @@ def test_the_label_names_forget_retain_and_combiner_in_that_order():
     assert job_folder("simnpo+nll+pcgrad", "combiner=pcgrad,method=sago,seed=1") == "simnpo+nll+pcgrad_seed=1"
     choices = {"forget": "simnpo", "retain": "nll", "combiner": "pcgrad", "method": "sago"}
     assert wandb_name(choices, "toy", "benchmark=toy,combiner=pcgrad,method=sago") == "simnpo+nll+pcgrad-toy"
-    assert wandb_tags(choices, "sago", "toy", "tiny") == ["method:simnpo+nll", "combiner:pcgrad", "forget:simnpo", "retain:nll",
-                                                          "preset:sago", "benchmark:toy", "model:tiny"]
+    assert wandb_tags(choices, "sago", "toy", "tiny") == [
+        "method:simnpo+nll",
+        "combiner:pcgrad",
+        "forget:simnpo",
+        "retain:nll",
+        "preset:sago",
+        "benchmark:toy",
+        "model:tiny",
+    ]
 
 
 def _folders(overrides):
@@ -34,13 +41,16 @@ def _folders(overrides):
     return cfg.hydra.run.dir.rsplit("/", 1)[-1].split("_", 1)[1], cfg.hydra.sweep.subdir
 
 
-@pytest.mark.parametrize("overrides,run,job", [
-    (["method=sago", "combiner=pcgrad"], "simnpo+nll+pcgrad_toy", "3_simnpo+nll+pcgrad"),
-    (["combiner=pcgrad", "method=sago", "seed=1"], "simnpo+nll+pcgrad_toy", "3_simnpo+nll+pcgrad_seed=1"),
-    (["method=sago"], "simnpo+nll+sago_toy", "3_simnpo+nll+sago"),
-    (["method=ga"], "ga+none+sum_toy", "3_ga+none+sum"),
-    (["experiment=sago_rwku/ga_pcgrad"], "ga+nll+pcgrad_rwku", "3_ga+nll+pcgrad_experiment=sago_rwku_ga_pcgrad"),
-])
+@pytest.mark.parametrize(
+    "overrides,run,job",
+    [
+        (["method=sago", "combiner=pcgrad"], "simnpo+nll+pcgrad_toy", "3_simnpo+nll+pcgrad"),
+        (["combiner=pcgrad", "method=sago", "seed=1"], "simnpo+nll+pcgrad_toy", "3_simnpo+nll+pcgrad_seed=1"),
+        (["method=sago"], "simnpo+nll+sago_toy", "3_simnpo+nll+sago"),
+        (["method=ga"], "ga+none+sum_toy", "3_ga+none+sum"),
+        (["experiment=sago_rwku/ga_pcgrad"], "ga+nll+pcgrad_rwku", "3_ga+nll+pcgrad_experiment=sago_rwku_ga_pcgrad"),
+    ],
+)
 def test_run_and_sweep_job_folders_name_the_options_that_ran(overrides, run, job):
     assert _folders(overrides) == (run, job)
 
@@ -71,7 +81,9 @@ def _job_dir(root, overrides, fq):
     cfg = compose(overrides)
     d = root / f"job_{len(list(root.glob('job_*')))}"
     (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": dict(cfg.hydra.runtime.choices)}}}))
+    (d / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": dict(cfg.hydra.runtime.choices)}}})
+    )
     with open_dict(cfg):
         del cfg["hydra"]
     write_json(d / "config.json", OmegaConf.to_container(cfg, resolve=True))
@@ -87,11 +99,16 @@ def test_report_series_name_the_options_that_ran(tmp_path):
     _job_dir(root, ["method=sago", "combiner=pcgrad", "optim.lr=2e-3"], 0.2)
     _job_dir(root, ["method=sago", "optim.lr=1e-3"], 0.3)
     df = frame(load_runs(root))
-    assert sorted(zip(df["method"], df["combiner"], strict=True)) == [("simnpo+nll", "pcgrad")] * 2 + [("simnpo+nll", "sago")]
+    assert sorted(zip(df["method"], df["combiner"], strict=True)) == [("simnpo+nll", "pcgrad")] * 2 + [
+        ("simnpo+nll", "sago")
+    ]
     assert "preset" not in df  # one preset per label: nothing to tell apart
     made = report(root, tmp_path / "out", along="optim.lr")
     assert sorted(made["curves"]["toy"]) == ["simnpo+nll+pcgrad", "simnpo+nll+sago"]
-    assert series_name(("simnpo+nll", "pcgrad", "npo"), ["method", "combiner", "preset"]) == "simnpo+nll+pcgrad (preset=npo)"
+    assert (
+        series_name(("simnpo+nll", "pcgrad", "npo"), ["method", "combiner", "preset"])
+        == "simnpo+nll+pcgrad (preset=npo)"
+    )
 
 
 def test_the_cli_files_a_run_and_a_sweep_job_under_pcgrad(tmp_path):
@@ -101,7 +118,11 @@ def test_the_cli_files_a_run_and_a_sweep_job_under_pcgrad(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     runs = [p.name for p in (tmp_path / "outputs").glob("*/*")]
     assert len(runs) == 1 and runs[0].endswith("_simnpo+nll+pcgrad_toy"), runs
-    proc = run_cli(["-m", "method=sago", "combiner=pcgrad", "optim.lr=-1", "hydra.sweep.dir=sweep"], cwd=tmp_path, cache=tmp_path / "cache")
+    proc = run_cli(
+        ["-m", "method=sago", "combiner=pcgrad", "optim.lr=-1", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()] == ["0_simnpo+nll+pcgrad_optim.lr=-1"]
     df = frame(load_runs(tmp_path / "sweep"))

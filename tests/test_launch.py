@@ -21,7 +21,13 @@ SMOKE = ["experiment=smoke", "hydra.run.dir=run"]
 
 
 def _env(cache: Path) -> dict[str, str]:
-    env = {**os.environ, "UNLEARN_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "UNLEARN_CACHE": str(cache),
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
         env.pop(k, None)
@@ -36,7 +42,14 @@ def _results(d: Path) -> dict:
 def one_process(tmp_path_factory, cache_dir):
     """One process at twice the per-process batch: what two launched ranks must equal."""
     cwd = tmp_path_factory.mktemp("one")
-    r = subprocess.run([sys.executable, "-m", "unlearn", *SMOKE, "train.batch_size=16"], cwd=cwd, env=_env(cache_dir), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "unlearn", *SMOKE, "train.batch_size=16"],
+        cwd=cwd,
+        env=_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return _results(cwd)
 
@@ -47,8 +60,23 @@ def test_torchrun_two_processes_one_run_directory_same_results(trainer, one_proc
     with socket.socket() as sock:  # a free port for the rendezvous (torchrun's own default may be taken)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", "-m", "unlearn"]
-    r = subprocess.run([*torchrun, *SMOKE, f"trainer={trainer}"], cwd=tmp_path, env=_env(cache_dir), capture_output=True, text=True, timeout=300)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={port}",
+        "-m",
+        "unlearn",
+    ]
+    r = subprocess.run(
+        [*torchrun, *SMOKE, f"trainer={trainer}"],
+        cwd=tmp_path,
+        env=_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "one run directory, nothing else"
     assert "Starting with 2 processes" not in r.stderr, "the launched processes train; nothing is spawned"
@@ -65,7 +93,19 @@ def test_torchrun_two_processes_one_run_directory_same_results(trainer, one_proc
 
 
 def _fake(monkeypatch, **env):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME"):
+    for k in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_JOB_NAME",
+    ):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -76,12 +116,38 @@ def test_the_launchers_environments_are_read(monkeypatch):
 
     _fake(monkeypatch)
     assert launched() is None
-    _fake(monkeypatch, RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", GROUP_RANK="1", TORCHELASTIC_RUN_ID="x")
+    _fake(
+        monkeypatch,
+        RANK="3",
+        WORLD_SIZE="4",
+        LOCAL_RANK="1",
+        LOCAL_WORLD_SIZE="2",
+        GROUP_RANK="1",
+        TORCHELASTIC_RUN_ID="x",
+    )
     got = launched()
     assert got == Launch(rank=3, world=4, local_rank=1, local_world=2) and got.nodes == 2
-    _fake(monkeypatch, SLURM_NTASKS="8", SLURM_PROCID="5", SLURM_LOCALID="1", SLURM_NTASKS_PER_NODE="4(x2)", SLURM_NODEID="1", SLURM_JOB_NAME="train", SLURM_NODELIST="n[1-2]", SLURM_JOB_ID="77")
+    _fake(
+        monkeypatch,
+        SLURM_NTASKS="8",
+        SLURM_PROCID="5",
+        SLURM_LOCALID="1",
+        SLURM_NTASKS_PER_NODE="4(x2)",
+        SLURM_NODEID="1",
+        SLURM_JOB_NAME="train",
+        SLURM_NODELIST="n[1-2]",
+        SLURM_JOB_ID="77",
+    )
     assert launched() == Launch(rank=5, world=8, local_rank=1, local_world=4)
-    _fake(monkeypatch, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", GROUP_RANK="0", TORCHELASTIC_RUN_ID="x")
+    _fake(
+        monkeypatch,
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        GROUP_RANK="0",
+        TORCHELASTIC_RUN_ID="x",
+    )
     assert launched() is None, "one launched process is an ordinary job"
 
 
@@ -92,10 +158,23 @@ def test_launched_processes_need_a_data_parallel_trainer(monkeypatch, tmp_path):
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    _fake(monkeypatch, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", GROUP_RANK="0", TORCHELASTIC_RUN_ID="x")
-    with pytest.raises(ConfigError, match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\).*add trainer=ddp or trainer=fsdp"):
+    _fake(
+        monkeypatch,
+        RANK="0",
+        WORLD_SIZE="2",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="2",
+        GROUP_RANK="0",
+        TORCHELASTIC_RUN_ID="x",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\).*add trainer=ddp or trainer=fsdp",
+    ):
         build_job(job_config([f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
-    s = build_job(job_config(["trainer=fsdp", "trainer.devices=8", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(
+        job_config(["trainer=fsdp", "trainer.devices=8", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run")
+    )
     assert s.loop.world_size == 2 and s.loop.devices == 2, "the launched processes decide, not trainer.devices"
 
 

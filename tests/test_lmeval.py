@@ -11,14 +11,23 @@ from unlearn.benchmarks.wmdp import WMDPData
 from unlearn.eval.choice import evaluate_task
 from unlearn.eval.wmdp import WMDPEvaluator
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'unlearn[lmeval]'; the dev extra has it)")
+lm_eval = pytest.importorskip(
+    "lm_eval", reason="lm-evaluation-harness is not installed (pip install 'unlearn[lmeval]'; the dev extra has it)"
+)
 
 F = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return WMDPData("cyber", forget_path=str(F / "wmdp/cyber_forget.jsonl"), retain_path=str(F / "wmdp/cyber_retain.jsonl"), questions_path=str(F / "wmdp/wmdp_cyber.jsonl"), mmlu_path=str(F / "mmlu/test.jsonl"), mmlu_dev_path=str(F / "mmlu/dev.jsonl")).build()
+    return WMDPData(
+        "cyber",
+        forget_path=str(F / "wmdp/cyber_forget.jsonl"),
+        retain_path=str(F / "wmdp/cyber_retain.jsonl"),
+        questions_path=str(F / "wmdp/wmdp_cyber.jsonl"),
+        mmlu_path=str(F / "mmlu/test.jsonl"),
+        mmlu_dev_path=str(F / "mmlu/dev.jsonl"),
+    ).build()
 
 
 @pytest.mark.slow

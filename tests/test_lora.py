@@ -83,9 +83,17 @@ def test_training_moves_only_the_adapter_and_saving_merges_it(tiny, toy_splits, 
     pm = apply_lora(copy.deepcopy(model), LORA)
     before = {n: p.detach().clone() for n, p in pm.named_parameters()}
     fmt = PromptFormat()
-    stream = PairedStream(encode_rows(tok, fmt, toy_splits["forget"], 64), encode_rows(tok, fmt, toy_splits["retain"], 64), 12, seed=0)
-    fit(UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")), stream, tok.pad_token_id, 4, 3,
-        LoopConfig(accelerator="cpu", enable_progress_bar=False))
+    stream = PairedStream(
+        encode_rows(tok, fmt, toy_splits["forget"], 64), encode_rows(tok, fmt, toy_splits["retain"], 64), 12, seed=0
+    )
+    fit(
+        UnlearnModule(pm, Objective(GA(), NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")),
+        stream,
+        tok.pad_token_id,
+        4,
+        3,
+        LoopConfig(accelerator="cpu", enable_progress_bar=False),
+    )
     changed = {n for n, p in pm.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed)
     batch = batch_of(tok, toy_splits["forget"][:2])
@@ -101,7 +109,10 @@ def test_training_moves_only_the_adapter_and_saving_merges_it(tiny, toy_splits, 
 def test_lora_is_set_from_the_command_line_and_bad_keys_name_the_key(tmp_path):
     cfg = job_config(["model.lora={r: 4, alpha: 8, target_modules: [q_proj]}", f"paths.cache_dir={tmp_path}"])
     build_job(cfg, RunDir(tmp_path / "run"))
-    for bad, message in [("model.lora={rank: 4}", r"model.lora: unknown keys \['rank'\]"), ("model.lora={r: 0}", "model.lora.r must be an integer >= 1")]:
+    for bad, message in [
+        ("model.lora={rank: 4}", r"model.lora: unknown keys \['rank'\]"),
+        ("model.lora={r: 0}", "model.lora.r must be an integer >= 1"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             build_job(job_config([bad, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
 

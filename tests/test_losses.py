@@ -25,7 +25,16 @@ from unlearn.models.reference import Reference
 def context(model, tok, rows_by_role, batch_size=4):
     fmt = PromptFormat()
     enc = {role: encode_rows(tok, fmt, rows, 64) for role, rows in rows_by_role.items()}
-    return PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=enc, batch_size=batch_size, rows=rows_by_role, fmt=fmt, max_length=64)
+    return PrepareContext(
+        model=model,
+        reference=Reference(model),
+        tokenizer=tok,
+        encoded=enc,
+        batch_size=batch_size,
+        rows=rows_by_role,
+        fmt=fmt,
+        max_length=64,
+    )
 
 
 # -- NPO and SimNPO on given log-probs -----------------------------------------------------------
@@ -82,16 +91,19 @@ def test_npo_gradient_at_the_start_equals_ga_on_the_summed_nll(tiny, toy_splits)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: NPO(beta=0), "forget.beta must be a number > 0, got 0"),
-    (lambda: SimNPO(beta=-1.0), "forget.beta must be a number > 0"),
-    (lambda: SimNPO(delta="x"), "forget.delta must be a number"),
-    (lambda: RMU(coefficient=0), "forget.coefficient must be a number > 0"),
-    (lambda: RMU(update_params=[]), "forget.update_params must be a non-empty list"),
-    (lambda: RMU(layer=1.5), "forget.layer must be an integer"),
-    (lambda: RMURetain(layer=None), "retain.layer must be set"),
-    (lambda: IDK(answers=[]), "forget.answers must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: NPO(beta=0), "forget.beta must be a number > 0, got 0"),
+        (lambda: SimNPO(beta=-1.0), "forget.beta must be a number > 0"),
+        (lambda: SimNPO(delta="x"), "forget.delta must be a number"),
+        (lambda: RMU(coefficient=0), "forget.coefficient must be a number > 0"),
+        (lambda: RMU(update_params=[]), "forget.update_params must be a non-empty list"),
+        (lambda: RMU(layer=1.5), "forget.layer must be an integer"),
+        (lambda: RMURetain(layer=None), "retain.layer must be set"),
+        (lambda: IDK(answers=[]), "forget.answers must be a non-empty list"),
+    ],
+)
 def test_hyperparameters_are_validated_naming_the_key(make, message):
     with pytest.raises(ValueError, match=message):
         make()

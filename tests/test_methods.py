@@ -35,8 +35,14 @@ def known(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     enc = encode_rows(tok, PromptFormat(), toy_splits["forget"] + toy_splits["retain"], 64)
-    fit(UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")),
-        PairedStream(None, enc, 80 * 16, seed=0), tok.pad_token_id, 16, 80, LoopConfig(accelerator="cpu", enable_progress_bar=False))
+    fit(
+        UnlearnModule(m, Objective(None, NLL()), optim=OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")),
+        PairedStream(None, enc, 80 * 16, seed=0),
+        tok.pad_token_id,
+        16,
+        80,
+        LoopConfig(accelerator="cpu", enable_progress_bar=False),
+    )
     return m, tok
 
 
@@ -58,8 +64,17 @@ def test_the_presets_are_the_documented_set():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_preset_unlearns_with_every_combiner(known, toy_splits, shared_cache, tmp_path, method, combiner):
     model, tok = known
-    overrides = [f"method={method}", f"combiner={combiner}", f"train.steps={STEPS}", "train.batch_size=4", "trainer.accelerator=cpu",
-                 "trainer.enable_progress_bar=false", "logger=none", f"paths.cache_dir={shared_cache}", *FOR_TWO_LAYERS.get(method, [])]
+    overrides = [
+        f"method={method}",
+        f"combiner={combiner}",
+        f"train.steps={STEPS}",
+        "train.batch_size=4",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        f"paths.cache_dir={shared_cache}",
+        *FOR_TWO_LAYERS.get(method, []),
+    ]
     s = build_job(job_config(overrides), RunDir(tmp_path / "run"))
     assert type(s.combiner).__name__.lower().startswith(combiner.replace("_", ""))
     m = copy.deepcopy(model)
@@ -71,10 +86,14 @@ def test_every_method_preset_unlearns_with_every_combiner(known, toy_splits, sha
         start, end = float(s.objective.forget(model, fb).mean()), float(s.objective.forget(m, fb).mean())
     assert end < start, f"{method}: the forget loss should go down ({start:.4f} -> {end:.4f})"
     if method != "rmu":
-        assert forget_nll(m, tok, toy_splits["forget"]) > forget_nll(model, tok, toy_splits["forget"]) + 0.01, "the forget answers should become less likely"
+        assert forget_nll(m, tok, toy_splits["forget"]) > forget_nll(model, tok, toy_splits["forget"]) + 0.01, (
+            "the forget answers should become less likely"
+        )
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert set(module.grads.names) == trainable  # the gradient buffers and the optimizer hold just these
-    assert {id(p) for g in module.trainer.optimizers[0].param_groups for p in g["params"]} == {id(p) for p in m.parameters() if p.requires_grad}
+    assert {id(p) for g in module.trainer.optimizers[0].param_groups for p in g["params"]} == {
+        id(p) for p in m.parameters() if p.requires_grad
+    }
     changed = {n for n, p in m.named_parameters() if not torch.equal(before[n], p)}
     assert changed and changed <= trainable, "frozen parameters must not move"
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/loss/forget" in r]

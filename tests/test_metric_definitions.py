@@ -27,7 +27,9 @@ def _tofu(*overrides: str):
 def test_truth_ratio_is_tofus_geometric_mean():
     p_para, p_pert = np.exp([-2.0]), np.exp([[-1.0, -3.0]])  # paraphrase loss 2, perturbed losses 1 and 3
     assert M.truth_ratio(p_para, p_pert)[0] == pytest.approx(1.0)
-    assert M.truth_ratio(p_para, p_pert, "arithmetic")[0] == pytest.approx(1.5431, abs=1e-4)  # the paper's printed formula
+    assert M.truth_ratio(p_para, p_pert, "arithmetic")[0] == pytest.approx(
+        1.5431, abs=1e-4
+    )  # the paper's printed formula
     with pytest.raises(ValueError, match="truth-ratio mean must be one of .*got 'harmonic'"):
         M.truth_ratio(p_para, p_pert, "harmonic")
 
@@ -36,8 +38,13 @@ def test_tofu_evaluator_and_oracle_logs_use_the_geometric_truth_ratio():
     ev = build(_tofu(), "benchmark.eval")
     assert ev.truth_ratio_mean == "geometric"
     log = {"avg_paraphrased_loss": {"0": 2.0}, "average_perturb_loss": {"0": [1.0, 3.0]}}
-    assert ev.oracle_from_file(log)["arrays"]["forget_truth_ratio"] == pytest.approx([1.0])  # TOFU's exp(mean pert − para)
-    with pytest.raises(ConfigError, match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of \['geometric', 'arithmetic'\], got 'mean'"):
+    assert ev.oracle_from_file(log)["arrays"]["forget_truth_ratio"] == pytest.approx(
+        [1.0]
+    )  # TOFU's exp(mean pert − para)
+    with pytest.raises(
+        ConfigError,
+        match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of \['geometric', 'arithmetic'\], got 'mean'",
+    ):
         build(_tofu("benchmark.eval.truth_ratio_mean=mean"), "benchmark.eval")
 
 
@@ -48,8 +55,19 @@ def test_retain_truth_ratio_score_takes_the_geometric_truth_ratio():
 
 # -- 2. PrivLeak: MUSE's sign on the QA benchmarks; TOFU's MIA as open-unlearning's ----------------
 def _res(mia_forget, mia_holdout):
-    one = {"prob": np.full(2, 0.5), "rouge": np.full(2, 0.5), "tr": np.full(2, 0.5), "generated": ["", ""], "mia": np.zeros(2)}
-    return {"forget": {**one, "mia": np.asarray(mia_forget, float)}, "retain": one, "general": one, "holdout": {"mia": np.asarray(mia_holdout, float)}}
+    one = {
+        "prob": np.full(2, 0.5),
+        "rouge": np.full(2, 0.5),
+        "tr": np.full(2, 0.5),
+        "generated": ["", ""],
+        "mia": np.zeros(2),
+    }
+    return {
+        "forget": {**one, "mia": np.asarray(mia_forget, float)},
+        "retain": one,
+        "general": one,
+        "holdout": {"mia": np.asarray(mia_holdout, float)},
+    }
 
 
 def test_qa_privleak_has_muses_sign():
@@ -74,7 +92,9 @@ def test_tofu_mia_is_open_unlearnings_min_k_without_the_last_token():
     assert (ev.holdout, ev.mia_attack, ev.min_k, ev.mia_drop_last_token) == ("holdout", "min_k", 0.4, True)
     # NLLs 1..6: the last (6) dropped, then the int(0.4 * 5) = 2 least likely: log-probs −5, −4
     assert ev.mia_score(np.arange(1.0, 7.0)) == pytest.approx(-4.5)
-    with pytest.raises(ConfigError, match=r"benchmark.eval.mia_attack must be one of \['loss', 'min_k'\], got 'gradnorm'"):
+    with pytest.raises(
+        ConfigError, match=r"benchmark.eval.mia_attack must be one of \['loss', 'min_k'\], got 'gradnorm'"
+    ):
         build(_tofu("benchmark.eval.mia_attack=gradnorm"), "benchmark.eval")
 
 
@@ -135,8 +155,13 @@ def test_verbmem_reference_counts_bos_as_muse_does(tiny):
 
 
 # -- 5. the SAGO presets' PCGrad ε is the official code's ------------------------------------------
-@pytest.mark.parametrize("preset", sorted(p.relative_to(REPO / "conf" / "experiment").with_suffix("").as_posix()
-                                          for p in (REPO / "conf" / "experiment").glob("sago_*/*pcgrad*.yaml")))
+@pytest.mark.parametrize(
+    "preset",
+    sorted(
+        p.relative_to(REPO / "conf" / "experiment").with_suffix("").as_posix()
+        for p in (REPO / "conf" / "experiment").glob("sago_*/*pcgrad*.yaml")
+    ),
+)
 def test_sago_pcgrad_presets_use_the_official_eps(preset):
     cfg = compose([f"experiment={preset}"])
     assert cfg.combiner._target_ == "unlearn.combiners.PCGrad" and cfg.combiner.eps == 1e-10
@@ -166,7 +191,9 @@ def test_collapse_floor_is_chance_on_multiple_choice_and_loops_count():
         assert wmdp.limit({"metrics": {"mmlu_acc": at_chance}}) is None
         assert not wmdp.reasons({"metrics": {"mmlu_acc": at_chance}}, {"metrics": {"mmlu_acc": at_chance}})
     muse = CollapseCheck(utility="knowmem_r", generated=("knowmem_r_generated",))
-    assert "repetition" in muse.reasons({"metrics": {"knowmem_r": 0.4}, "arrays": {"knowmem_r_generated": ["the the the the the the"]}})
+    assert "repetition" in muse.reasons(
+        {"metrics": {"knowmem_r": 0.4}, "arrays": {"knowmem_r_generated": ["the the the the the the"]}}
+    )
     with pytest.raises(ConfigError, match=r"benchmark.collapse.min_fraction must be in \[0, 1\), got 1.5"):
         build(job_config(["benchmark.collapse.min_fraction=1.5"]), "benchmark.collapse")
 
@@ -184,7 +211,9 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = build_job(job_config(["logger=none", "train.checkpoint_every=0", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(
+        job_config(["logger=none", "train.checkpoint_every=0", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run")
+    )
     model, tok = tiny
 
     class Evaluator:  # the toy evaluator's record shape: utility 0 after unlearning, losses finite
@@ -196,7 +225,11 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
     monkeypatch.setattr(pipeline, "_load_splits", lambda s: {})
     monkeypatch.setattr(phases, "reference_model", lambda s, splits, role: ref)
     monkeypatch.setattr(phases, "oracle_record", lambda s, splits: None)
-    monkeypatch.setattr(phases, "cached_evaluation", lambda s, ref, splits, role, oracle=None: {"metrics": {"model_utility": 0.62}, "arrays": {}})
+    monkeypatch.setattr(
+        phases,
+        "cached_evaluation",
+        lambda s, ref, splits, role, oracle=None: {"metrics": {"model_utility": 0.62}, "arrays": {}},
+    )
     monkeypatch.setattr(phases, "unlearn", lambda *a, **k: SimpleNamespace(diverged=False, steps_done=3))
     res = pipeline.run_unlearn(s, {"name": "ga"})
     assert res["status"] == "collapsed" and "model_utility" in res["reason"]
@@ -210,7 +243,9 @@ def test_rwku_probe_rouge_does_not_stem(tiny, monkeypatch):
     _, tok = tiny
     monkeypatch.setattr(rwku, "greedy", lambda model, tokenizer, prompts, *a, **k: ["she writes novels"] * len(prompts))
     ev = rwku.RWKUEvaluator()
-    score, _ = ev._probes(None, tok, PromptFormat(), [{"query": "What does she write? ___", "answer": "novel"}], "forget_level2")
+    score, _ = ev._probes(
+        None, tok, PromptFormat(), [{"query": "What does she write? ___", "answer": "novel"}], "forget_level2"
+    )
     assert score == 0.0  # TOFU's stemmed ROUGE would give 1.0 ("novels" -> "novel")
 
 
@@ -228,7 +263,9 @@ def test_copyright_rouge_is_stemmed_recall(tiny, monkeypatch):
 
     _, tok = tiny
     ev = cr.CopyrightEvaluator(forget_text=None)
-    monkeypatch.setattr(cr, "greedy", lambda model, tokenizer, prompts, *a, **k: ["wizards walked home slowly and then"] * len(prompts))
+    monkeypatch.setattr(
+        cr, "greedy", lambda model, tokenizer, prompts, *a, **k: ["wizards walked home slowly and then"] * len(prompts)
+    )
     monkeypatch.setattr(cr, "text_perplexity", lambda *a, **k: 10.0)
     splits = {"prompts": [{"prompt": "p", "continuation": "the wizard walked"}], "general": [{"text": "x"}]}
     m = ev.evaluate(torch.nn.Linear(1, 1), tok, PromptFormat(), splits)["metrics"]

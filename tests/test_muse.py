@@ -32,7 +32,18 @@ def splits():
 
 def test_loader_reads_every_part_and_chunks_the_training_text(splits):
     n = {k: len(v) for k, v in splits.items()}
-    assert n == {"forget": 8, "retain1": 7, "retain2": 5, "verbmem": 4, "forget_qa": 6, "retain_qa": 6, "forget_qa_icl": 2, "retain_qa_icl": 2, "privleak_forget": 4, "privleak_holdout": 4}
+    assert n == {
+        "forget": 8,
+        "retain1": 7,
+        "retain2": 5,
+        "verbmem": 4,
+        "forget_qa": 6,
+        "retain_qa": 6,
+        "forget_qa_icl": 2,
+        "retain_qa_icl": 2,
+        "privleak_forget": 4,
+        "privleak_holdout": 4,
+    }
     assert all(len(r["text"].split()) <= 30 for k in ("forget", "retain1", "retain2") for r in splits[k])
     article = json.loads((FIX / "raw" / "forget.jsonl").read_text().splitlines()[0])["text"]
     assert " ".join(r["text"] for r in splits["forget"] if r["id"].startswith("forget-0-")) == " ".join(article.split())
@@ -42,7 +53,12 @@ def test_loader_reads_every_part_and_chunks_the_training_text(splits):
 def test_books_config_is_the_same_schema_under_its_own_hub_id():
     cfg = _cfg(bench="muse_books")
     data, ev = build(cfg, "benchmark.data"), build(cfg, "benchmark.eval")
-    assert (data.hub_id, data.name, ev.name, ev.retrain_auc) == ("muse-bench/MUSE-Books", "muse_books", "muse_books", 0.5393)
+    assert (data.hub_id, data.name, ev.name, ev.retrain_auc) == (
+        "muse-bench/MUSE-Books",
+        "muse_books",
+        "muse_books",
+        0.5393,
+    )
     assert len(data.build()["privleak_holdout"]) == 4
 
 
@@ -69,7 +85,10 @@ def test_a_missing_field_names_the_data_set_and_the_field(tmp_path):
 @pytest.mark.timeout(60)
 def test_unreachable_hub_fails_within_seconds_with_the_how_to(offline_hub):
     start = time.perf_counter()
-    with pytest.raises(DataUnavailable, match=r"muse_news forget: cannot load muse-bench/MUSE-News \(raw, split forget\).*benchmark.data.paths.forget="):
+    with pytest.raises(
+        DataUnavailable,
+        match=r"muse_news forget: cannot load muse-bench/MUSE-News \(raw, split forget\).*benchmark.data.paths.forget=",
+    ):
         MuseData().build()
     assert time.perf_counter() - start < 10
 
@@ -77,7 +96,9 @@ def test_unreachable_hub_fails_within_seconds_with_the_how_to(offline_hub):
 # -- evaluator ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def evaluator():
-    return build(_cfg("benchmark.eval.verbmem_max_new_tokens=24", "benchmark.eval.knowmem_max_new_tokens=32"), "benchmark.eval")
+    return build(
+        _cfg("benchmark.eval.verbmem_max_new_tokens=24", "benchmark.eval.knowmem_max_new_tokens=32"), "benchmark.eval"
+    )
 
 
 def test_evaluator_on_the_tiny_model_reports_muses_metrics_in_range(tiny, splits, evaluator):
@@ -102,14 +123,26 @@ def _memorizer(tok, splits, memorised: str) -> MemorizerLM:
 
 def test_a_model_that_knows_the_forget_set_gets_full_verbmem_knowmem_and_privleak_minus_100(tiny, splits, evaluator):
     _, tok = tiny
-    m = evaluator.evaluate(_memorizer(tok, splits, "privleak_forget"), tok, PromptFormat(), splits, oracle={"metrics": {"privleak_auc": 0.5}})["metrics"]
+    m = evaluator.evaluate(
+        _memorizer(tok, splits, "privleak_forget"),
+        tok,
+        PromptFormat(),
+        splits,
+        oracle={"metrics": {"privleak_auc": 0.5}},
+    )["metrics"]
     assert m["knowmem_f"] == pytest.approx(1.0) and m["knowmem_r"] == pytest.approx(1.0)
     # MUSE's VerbMem reference is BOS + n − 1 tokens, one short of the n generated: just under 1
     assert 0.9 < m["verbmem_f"] < 1.0
     # it recognises every forget text: the holdout-vs-forget AUC is 0, PrivLeak -100 (MUSE's target: -99.8)
     assert m["privleak_auc"] == 0.0 and m["privleak"] == pytest.approx(-100.0)
     # the other way round (forget texts less likely than unseen ones: over-unlearning) is positive
-    m = evaluator.evaluate(_memorizer(tok, splits, "privleak_holdout"), tok, PromptFormat(), splits, oracle={"metrics": {"privleak_auc": 0.5}})["metrics"]
+    m = evaluator.evaluate(
+        _memorizer(tok, splits, "privleak_holdout"),
+        tok,
+        PromptFormat(),
+        splits,
+        oracle={"metrics": {"privleak_auc": 0.5}},
+    )["metrics"]
     assert m["privleak_auc"] == 1.0 and m["privleak"] == pytest.approx(100.0)
 
 
@@ -121,7 +154,10 @@ def test_a_model_that_knows_nothing_gets_zero_verbmem(tiny, splits, evaluator):
 
 def test_privleak_formula_and_oracle_files(evaluator):
     assert privleak(0.3, 0.6) == pytest.approx(-50.0)
-    assert evaluator.oracle_from_file({"forget_holdout_Min-40%": 0.51, "forget_holdout_Min-20%": 0.4}) == {"metrics": {"privleak_auc": 0.51}, "arrays": {}}
+    assert evaluator.oracle_from_file({"forget_holdout_Min-40%": 0.51, "forget_holdout_Min-20%": 0.4}) == {
+        "metrics": {"privleak_auc": 0.51},
+        "arrays": {},
+    }
     own = {"metrics": {"privleak_auc": 0.47}, "arrays": {}}
     assert evaluator.oracle_from_file(own) == own
     with pytest.raises(ValueError, match="forget_holdout_Min-40%"):

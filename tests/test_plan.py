@@ -70,7 +70,13 @@ def test_tiny_plan_matches_the_real_parameter_gradient_and_optimizer_bytes(tiny,
     assert plan.weights == _state_bytes(model.parameters())
     from conftest import batch_of
 
-    loss = model(**{k: v for k, v in batch_of(tok, toy_splits["forget"][:2]).items() if k in ("input_ids", "attention_mask", "labels")}).loss
+    loss = model(
+        **{
+            k: v
+            for k, v in batch_of(tok, toy_splits["forget"][:2]).items()
+            if k in ("input_ids", "attention_mask", "labels")
+        }
+    ).loss
     grads = torch.autograd.grad(loss, params)
     assert plan.buffers == GRAD_BUFFERS["PCGradGlobal"]["single"] == 3
     assert plan.gradients == plan.buffers * _state_bytes(grads)
@@ -113,7 +119,9 @@ def test_buffers_by_step_path_and_sharding():
     dp = make_plan(cfg, Options(gpus=8))
     fsdp = make_plan(cfg, Options(gpus=8, sharded=True))
     assert dp.path == "ddp" and dp.weights == acc.weights  # replication: per-GPU weights stay
-    assert fsdp.weights == pytest.approx(dp.weights / 8, rel=1e-6) and fsdp.optimizer == pytest.approx(dp.optimizer / 8, rel=1e-6)
+    assert fsdp.weights == pytest.approx(dp.weights / 8, rel=1e-6) and fsdp.optimizer == pytest.approx(
+        dp.optimizer / 8, rel=1e-6
+    )
     assert fsdp.activations == dp.activations
     ckpt = make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True}))
     assert ckpt.activations < acc.activations / 5 and ckpt.activations_other == acc.activations
@@ -128,7 +136,18 @@ def test_activation_estimate_is_near_a_measured_step(ckpt):
     from unlearn.models.checkpointing import checkpointing
     from unlearn.perf.memory import PeakMemory
 
-    cfg = job_config(["model=tiny_10m", "model.dtype=float32", "method=ga", "retain=none", "smoothing=none", "train.batch_size=8", "train.max_length=128", f"model.gradient_checkpointing={str(ckpt).lower()}"])
+    cfg = job_config(
+        [
+            "model=tiny_10m",
+            "model.dtype=float32",
+            "method=ga",
+            "retain=none",
+            "smoothing=none",
+            "train.batch_size=8",
+            "train.max_length=128",
+            f"model.gradient_checkpointing={str(ckpt).lower()}",
+        ]
+    )
     plan = make_plan(cfg)
     model, tok = build(cfg, "model.spec").load(torch.float32)
     model.train()
@@ -158,7 +177,12 @@ def test_the_preload_check_names_the_options_and_is_off_on_cpu(monkeypatch, no_m
 def test_unlearn_stops_before_loading_when_the_plan_does_not_fit(tmp_path):
     corpus = tmp_path / "bio.jsonl"
     corpus.write_text('{"text": "a forget document"}\n')
-    r = run_cli(["experiment=sago_wmdp/bio_rmu", f"benchmark.data.forget_path={corpus}", "plan.gpu_memory_gb=8", "logger=none"], tmp_path, tmp_path / "cache", timeout=300)
+    r = run_cli(
+        ["experiment=sago_wmdp/bio_rmu", f"benchmark.data.forget_path={corpus}", "plan.gpu_memory_gb=8", "logger=none"],
+        tmp_path,
+        tmp_path / "cache",
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "memory plan:" in r.stderr and "model.gradient_checkpointing=true" in r.stderr and "trainer=fsdp" in r.stderr
     assert "stopped before loading any weight" in r.stderr
@@ -170,14 +194,46 @@ def test_plan_cli_prints_a_sharded_plan(tmp_path):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "unlearn.plan", "experiment=sago_rwku/npo_sago", "--gpus", "8", "--sharded", "plan.gpu_memory_gb=80"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unlearn.plan",
+            "experiment=sago_rwku/npo_sago",
+            "--gpus",
+            "8",
+            "--sharded",
+            "plan.gpu_memory_gb=80",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    for row in ("weights", "optimizer state", "gradient buffers", "reference", "activations", "total", "8 GPUs, sharded", "fits"):
+    for row in (
+        "weights",
+        "optimizer state",
+        "gradient buffers",
+        "reference",
+        "activations",
+        "total",
+        "8 GPUs, sharded",
+        "fits",
+    ):
         assert row in r.stdout, row
     assert not list(Path(tmp_path).iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("override,message", [("plan.gpus=0", "plan.gpus must be an integer > 0"), ("plan.sharded=maybe", "plan.sharded must be true or false"), ("plan.headroom=1.5", "plan.headroom must be a number in [0, 1)")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("plan.gpus=0", "plan.gpus must be an integer > 0"),
+        ("plan.sharded=maybe", "plan.sharded must be true or false"),
+        ("plan.headroom=1.5", "plan.headroom must be a number in [0, 1)"),
+    ],
+)
 def test_bad_plan_keys_are_errors_before_any_model_even_on_cpu(override, message, no_model_build):
     from unlearn.config import ConfigError
 

@@ -76,7 +76,11 @@ def _blocks() -> tuple[dict[str, str], list[str]]:
 
 def test_the_section_documents_a_loss_a_combiner_and_a_benchmark():
     files, commands = _blocks()
-    assert {"myext/conf/forget/capped_ga.yaml", "myext/conf/combiner/norm_cap.yaml", "myext/conf/benchmark/my_qa.yaml"} <= set(files)
+    assert {
+        "myext/conf/forget/capped_ga.yaml",
+        "myext/conf/combiner/norm_cap.yaml",
+        "myext/conf/benchmark/my_qa.yaml",
+    } <= set(files)
     assert len(commands) == 2
 
 
@@ -112,7 +116,10 @@ def test_the_documented_extensions_run(tmp_path, cache_dir):
     run, res = _results(work)
     assert res["status"] == "ok", res.get("reason")
     config = json.loads((run / "config.json").read_text())
-    assert config["forget"]["_target_"] == "my_losses.CappedGA" and config["combiner"]["_target_"] == "my_combiners.NormCap"
+    assert (
+        config["forget"]["_target_"] == "my_losses.CappedGA"
+        and config["combiner"]["_target_"] == "my_combiners.NormCap"
+    )
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     capped = [s["train/grad/capped_frac"] for s in steps if "train/grad/capped_frac" in s]
     assert capped and all(0.0 <= c <= 1.0 for c in capped)  # the combiner's own statistic was logged

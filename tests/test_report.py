@@ -17,7 +17,13 @@ UNRESOLVED_RATE = "${oc.select:method.tuned.smoothing.sga.rate,0.0}"
 
 
 #: the losses each method preset here picks (config.json records them, as a real run's does)
-LOSSES = {"sga": ("GA", "no_loss"), "sago": ("SimNPO", "NLL"), "ga": ("GA", "no_loss"), "gd": ("GA", "NLL"), "npo": ("NPO", "NLL")}
+LOSSES = {
+    "sga": ("GA", "no_loss"),
+    "sago": ("SimNPO", "NLL"),
+    "ga": ("GA", "no_loss"),
+    "gd": ("GA", "NLL"),
+    "npo": ("NPO", "NLL"),
+}
 
 
 def _losses(method):
@@ -27,16 +33,33 @@ def _losses(method):
 
 def _run(root, name, method, combiner, rate, seed, fq, mu, status="ok", reason=None, group=None):
     d = root / name
-    cfg = {"seed": seed, "method": {"name": method}, **_losses(method), "combiner": {"_target_": f"unlearn.combiners.{combiner}"},
-           "smoothing": {"rate": rate}, "model": {"name": "tiny"},
-           "benchmark": {"name": "toy", "report": {"forget": "forget_quality", "forget_higher_is_better": True, "forget_log": True,
-                                                    "utility": "model_utility", "table": ["forget_quality", "model_utility"]}}}
+    cfg = {
+        "seed": seed,
+        "method": {"name": method},
+        **_losses(method),
+        "combiner": {"_target_": f"unlearn.combiners.{combiner}"},
+        "smoothing": {"rate": rate},
+        "model": {"name": "tiny"},
+        "benchmark": {
+            "name": "toy",
+            "report": {
+                "forget": "forget_quality",
+                "forget_higher_is_better": True,
+                "forget_log": True,
+                "utility": "model_utility",
+                "table": ["forget_quality", "model_utility"],
+            },
+        },
+    }
     res = {"status": status, "reason": reason}
     if status == "ok":
         res.update({"eval/toy/forget_quality": fq, "eval/toy/model_utility": mu, "eval/toy/forget_rouge": 0.5})
     write_json(d / "config.json", cfg)
     write_json(d / "results.json", res)
-    write_json(d / "provenance.json", {"overrides": [f"method={method}", f"smoothing.rate={rate}", f"seed={seed}"], "group": group})
+    write_json(
+        d / "provenance.json",
+        {"overrides": [f"method={method}", f"smoothing.rate={rate}", f"seed={seed}"], "group": group},
+    )
 
 
 @pytest.fixture
@@ -82,7 +105,9 @@ def test_report_aggregates_seeds_and_lists_unfinished_runs(sweep, capsys):
 
 
 def _front(made, bench):
-    return [tuple(row) for row in made["fronts"][bench][["method", "combiner", "rate"]].astype(str).itertuples(index=False)]
+    return [
+        tuple(row) for row in made["fronts"][bench][["method", "combiner", "rate"]].astype(str).itertuples(index=False)
+    ]
 
 
 def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp_path):
@@ -90,7 +115,13 @@ def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp
         _run(sweep, f"auto_{seed}_job", "sga", "Sum", "auto", seed, 0.9, 0.3)
     made = report(sweep, tmp_path / "out")
     table = pd.read_csv(made["tables"][0], dtype={"rate": str})
-    assert table[["method", "rate"]].values.tolist() == [["ga+none", "-0.5"], ["ga+none", "0.5"], ["ga+none", "auto"], ["simnpo+nll", "-0.5"], ["simnpo+nll", "0.5"]]
+    assert table[["method", "rate"]].values.tolist() == [
+        ["ga+none", "-0.5"],
+        ["ga+none", "0.5"],
+        ["ga+none", "auto"],
+        ["simnpo+nll", "-0.5"],
+        ["simnpo+nll", "0.5"],
+    ]
     auto = table[table["rate"] == "auto"].iloc[0]
     assert auto["n"] == 2 and auto["eval/toy/forget_quality_mean"] == pytest.approx(0.9)
     assert "| ga+none | sum | auto | 2 |" in made["markdown"].read_text()
@@ -100,7 +131,15 @@ def test_a_rate_auto_job_is_its_own_cell_sorted_last_and_on_the_front(sweep, tmp
 
 
 def test_rates_sort_as_numbers_with_auto_last():
-    assert sorted(["auto", "0.5", "-1", "?", "-0.5", "10", "0"], key=rate_key) == ["-1", "-0.5", "0", "0.5", "10", "auto", "?"]
+    assert sorted(["auto", "0.5", "-1", "?", "-0.5", "10", "0"], key=rate_key) == [
+        "-1",
+        "-0.5",
+        "0",
+        "0.5",
+        "10",
+        "auto",
+        "?",
+    ]
 
 
 def test_an_unresolved_rate_interpolation_joins_its_real_cell(sweep):
@@ -130,14 +169,19 @@ def test_an_unresolved_rate_interpolation_joins_its_real_cell(sweep):
 
 
 def test_a_rate_that_cannot_be_resolved_is_unknown_not_a_cell_named_after_the_interpolation(tmp_path):
-    cfg = {"smoothing": {"rate": "${oc.env:UNLEARN_TEST_UNSET_VARIABLE}"}, "method": {"name": "${oc.select:nothing.here}"}}
+    cfg = {
+        "smoothing": {"rate": "${oc.env:UNLEARN_TEST_UNSET_VARIABLE}"},
+        "method": {"name": "${oc.select:nothing.here}"},
+    }
     run = Run(tmp_path, cfg, {}, [])
     assert run.rate() == "?" and run.factors()["method"] == "?"
     assert Run(tmp_path, {"smoothing": {"rate": UNRESOLVED_RATE}}, {}, []).rate() == "0.0"
     assert Run(tmp_path, {"smoothing": {"rate": UNRESOLVED_RATE}}, {}, ["smoothing.rate=0.50"]).rate() == "0.5"
 
 
-@pytest.mark.parametrize("group, expected", [("exp_rate", "exp_rate"), ("paper-table2", "paper-table2"), (None, "exp_rate")])
+@pytest.mark.parametrize(
+    "group, expected", [("exp_rate", "exp_rate"), ("paper-table2", "paper-table2"), (None, "exp_rate")]
+)
 def test_the_report_logs_to_the_group_its_runs_logged_to(tmp_path, monkeypatch, group, expected):
     # a nested sweep name (sweep=exp/rate) or group=...: the folder's own name ("rate") is neither
     root = tmp_path / "multirun" / "exp" / "rate"
@@ -207,10 +251,29 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
     root = tmp_path / "hp"
     for k, (method, rouge, ppl) in enumerate((("ga", 0.1, 50.0), ("gd", 0.2, 20.0), ("npo", 0.3, 40.0))):
         d = root / f"{k}_job"
-        write_json(d / "config.json", {"seed": 0, "method": {"name": method}, **_losses(method), "combiner": {"_target_": "unlearn.combiners.Sum"},
-                                       "smoothing": {"rate": 0}, "model": {"name": "tiny"},
-                                       "benchmark": {"name": "harry_potter", "report": {"forget": "completion_rouge", "utility": "general_ppl", "utility_higher_is_better": False}}})
-        write_json(d / "results.json", {"status": "ok", "eval/harry_potter/completion_rouge": rouge, "eval/harry_potter/general_ppl": ppl})
+        write_json(
+            d / "config.json",
+            {
+                "seed": 0,
+                "method": {"name": method},
+                **_losses(method),
+                "combiner": {"_target_": "unlearn.combiners.Sum"},
+                "smoothing": {"rate": 0},
+                "model": {"name": "tiny"},
+                "benchmark": {
+                    "name": "harry_potter",
+                    "report": {
+                        "forget": "completion_rouge",
+                        "utility": "general_ppl",
+                        "utility_higher_is_better": False,
+                    },
+                },
+            },
+        )
+        write_json(
+            d / "results.json",
+            {"status": "ok", "eval/harry_potter/completion_rouge": rouge, "eval/harry_potter/general_ppl": ppl},
+        )
         write_json(d / "provenance.json", {"overrides": [f"method={method}"]})
     from unlearn.report.__main__ import axes_for
 
@@ -226,9 +289,16 @@ def test_a_lower_is_better_utility_is_plotted_and_fronted_that_way(tmp_path):
 def test_two_presets_that_ran_the_same_options_stay_apart_as_preset(tmp_path):
     """`method=npo forget=simnpo` and `method=simnpo` run the same options with other learning rates
     and betas: one label, so the preset (method.name) becomes a factor rather than a merged cell."""
+
     def run(preset, seed):
-        cfg = {"seed": seed, "method": {"name": preset}, **_losses("sago"), "combiner": {"_target_": "unlearn.combiners.Sum"},
-               "benchmark": {"name": "toy"}, "model": {"name": "tiny"}}
+        cfg = {
+            "seed": seed,
+            "method": {"name": preset},
+            **_losses("sago"),
+            "combiner": {"_target_": "unlearn.combiners.Sum"},
+            "benchmark": {"name": "toy"},
+            "model": {"name": "tiny"},
+        }
         return Run(tmp_path / f"{preset}{seed}", cfg, {"status": "ok"}, [f"method={preset}"])
 
     df = frame([run("simnpo", 0), run("npo", 0), run("npo", 1)])

@@ -27,10 +27,26 @@ CLASS = {"sum": "Sum", "sago": "SAGO"}
 
 def _job(root, name, combiner, lr, seed, values, status="ok", steps=None, alpha=1.0, override_combiner=True):
     d = root / name
-    cfg = {"seed": seed, "method": {"name": "gd"}, "forget": {"_target_": "unlearn.losses.GA"}, "retain": {"_target_": "unlearn.losses.NLL"}, "combiner": {"_target_": f"unlearn.combiners.{CLASS[combiner]}", "alpha": alpha, "gamma": 1.0},
-           "smoothing": {"rate": 0.0}, "model": {"name": "tiny"}, "optim": {"lr": float(lr)},
-           "benchmark": {"name": "toy", "report": {"forget": "forget_quality", "forget_higher_is_better": True, "forget_log": True,
-                                                    "utility": "model_utility", "table": ["forget_quality", "forget_prob", "retain_rouge", "model_utility"]}}}
+    cfg = {
+        "seed": seed,
+        "method": {"name": "gd"},
+        "forget": {"_target_": "unlearn.losses.GA"},
+        "retain": {"_target_": "unlearn.losses.NLL"},
+        "combiner": {"_target_": f"unlearn.combiners.{CLASS[combiner]}", "alpha": alpha, "gamma": 1.0},
+        "smoothing": {"rate": 0.0},
+        "model": {"name": "tiny"},
+        "optim": {"lr": float(lr)},
+        "benchmark": {
+            "name": "toy",
+            "report": {
+                "forget": "forget_quality",
+                "forget_higher_is_better": True,
+                "forget_log": True,
+                "utility": "model_utility",
+                "table": ["forget_quality", "forget_prob", "retain_rouge", "model_utility"],
+            },
+        },
+    }
     res = {"status": status, "reason": None if status == "ok" else f"{status} at step 3"}
     if status == "ok":
         res.update({f"eval/toy/{k}": v for k, v in values.items()})
@@ -38,11 +54,21 @@ def _job(root, name, combiner, lr, seed, values, status="ok", steps=None, alpha=
         res["oracle/toy/forget_prob"] = ORACLE_PROB
     write_json(d / "config.json", cfg)
     write_json(d / "results.json", res)
-    overrides = ["sweep=lr", "method=gd", *([f"combiner={combiner}"] if override_combiner else []), f"optim.lr={lr}", f"seed={seed}"]
+    overrides = [
+        "sweep=lr",
+        "method=gd",
+        *([f"combiner={combiner}"] if override_combiner else []),
+        f"optim.lr={lr}",
+        f"seed={seed}",
+    ]
     write_json(d / "provenance.json", {"overrides": overrides, "group": "lr"})
     if steps is not None:
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "phase": "unlearn", **{f"train/grad/{k}": v for k, v in s.items()}}) + "\n"
-                                                 for i, s in enumerate(steps)))
+        (d / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps({"step": i, "phase": "unlearn", **{f"train/grad/{k}": v for k, v in s.items()}}) + "\n"
+                for i, s in enumerate(steps)
+            )
+        )
     return d
 
 
@@ -65,7 +91,9 @@ def test_an_lr_sweep_draws_one_curve_per_method_and_combiner_along_lr(lr_sweep, 
     curves = made["curves"]["toy"]
     assert curves == {"ga+nll+sago": ["0.001", "0.004", "0.016"], "ga+nll+sum": ["0.001", "0.004", "0.016"]}
     table = pd.read_csv(tmp_path / "out" / "table_toy.csv", dtype={"optim.lr": str})
-    assert table["optim.lr"].tolist() == ["0.001", "0.004", "0.016"] * 2  # numeric order, 1e-3 spelled as Python prints it
+    assert (
+        table["optim.lr"].tolist() == ["0.001", "0.004", "0.016"] * 2
+    )  # numeric order, 1e-3 spelled as Python prints it
 
 
 def test_the_curve_key_can_be_named_and_is_checked(lr_sweep, tmp_path):
@@ -109,12 +137,16 @@ def test_utility_at_matched_forgetting_interpolates_each_seed_on_forget_prob(lr_
     assert t.loc[("oracle", "sago"), "eval/toy/retain_rouge_mean"] == pytest.approx(0.735 / 2)
     assert t.loc[("oracle", "sum"), "n"] == 2
     # the lr there, geometrically between the bracketing lrs
-    assert t.loc[("oracle", "sum"), "at_mean"] == pytest.approx(1e-3 * 4 ** 0.75)
+    assert t.loc[("oracle", "sum"), "at_mean"] == pytest.approx(1e-3 * 4**0.75)
     # shared range of forget_prob: [max(0.05, 0.1), min(0.4, 0.5)] = [0.1, 0.4]
     levels = made["matched"]["toy"].drop_duplicates("level").set_index("level")["value"]
-    assert levels.to_dict() == pytest.approx({"oracle": 0.25, "25% of shared range": 0.175, "50% of shared range": 0.25, "75% of shared range": 0.325})
+    assert levels.to_dict() == pytest.approx(
+        {"oracle": 0.25, "25% of shared range": 0.175, "50% of shared range": 0.25, "75% of shared range": 0.325}
+    )
     md = made["markdown"].read_text()
-    assert "## toy: Utility at matched forgetting" in md and "Matched on `forget_prob`, monotone along 2 of 2 curves" in md
+    assert (
+        "## toy: Utility at matched forgetting" in md and "Matched on `forget_prob`, monotone along 2 of 2 curves" in md
+    )
     assert "| oracle | 0.25 | ga+nll | sum | 2 | 0.00283 | 0.66 ± 0.014 | 0.33 ± 0.0071 |" in md
     assert (tmp_path / "out" / "matched_toy.png").exists()
     assert made["summary"]["matched/toy/oracle/ga+nll/sago/model_utility"] == pytest.approx(0.735)
@@ -133,13 +165,29 @@ def test_a_level_a_curve_does_not_reach_is_a_dash_and_the_match_metric_can_be_ch
     from unlearn.report.curves import matched
 
     df = frame(load_runs(lr_sweep))
-    far = matched(df, ["method", "combiner"], "optim.lr", "eval/toy/forget_prob", ["eval/toy/model_utility"], [("x", 0.07)]).set_index("combiner")
-    assert far.loc["sago", "n"] == 0 and np.isnan(far.loc["sago", "eval/toy/model_utility_mean"]) and far.loc["sum", "n"] == 2
+    far = matched(
+        df, ["method", "combiner"], "optim.lr", "eval/toy/forget_prob", ["eval/toy/model_utility"], [("x", 0.07)]
+    ).set_index("combiner")
+    assert (
+        far.loc["sago", "n"] == 0
+        and np.isnan(far.loc["sago", "eval/toy/model_utility_mean"])
+        and far.loc["sum", "n"] == 2
+    )
 
 
 def _geometry_steps(cos_ur, norm_update, norm_forget=3.0, norm_retain=4.0, cos_fr=0.0):
-    return [{"cos_update_retain": c, "cos_update_forget": 0.1, "cos_forget_retain": cos_fr, "conflict_frac": 0.4,
-             "norm_update": norm_update, "norm_forget": norm_forget, "norm_retain": norm_retain} for c in cos_ur]
+    return [
+        {
+            "cos_update_retain": c,
+            "cos_update_forget": 0.1,
+            "cos_forget_retain": cos_fr,
+            "conflict_frac": 0.4,
+            "norm_update": norm_update,
+            "norm_forget": norm_forget,
+            "norm_retain": norm_retain,
+        }
+        for c in cos_ur
+    ]
 
 
 def test_the_gradient_geometry_section_averages_steps_then_seeds(tmp_path, monkeypatch):
@@ -152,7 +200,9 @@ def test_the_gradient_geometry_section_averages_steps_then_seeds(tmp_path, monke
     with (d / "metrics.jsonl").open("a") as f:
         f.write('{"step": 2, "phase": "unlearn", "train/grad/cos_upd')  # a job killed mid-write
     # alpha = 2, cos(g_f, g_r) = 0.5: |g_f + 2 g_r| = sqrt(9 + 64 + 2*2*3*4*0.5) = sqrt(97)
-    _job(root, "3_job", "sago", "4e-3", 0, values, steps=_geometry_steps([0.2, 0.4], 97 ** 0.5 / 2, cos_fr=0.5), alpha=2.0)
+    _job(
+        root, "3_job", "sago", "4e-3", 0, values, steps=_geometry_steps([0.2, 0.4], 97**0.5 / 2, cos_fr=0.5), alpha=2.0
+    )
     _job(root, "4_job", "sago", "4e-3", 1, values, status="diverged", steps=_geometry_steps([-1.0], 1.0))
     made = report(root, root / "report")
     g = made["geometry"]["toy"].set_index(["combiner", "optim.lr"])
@@ -167,7 +217,9 @@ def test_the_gradient_geometry_section_averages_steps_then_seeds(tmp_path, monke
     assert "| ga+nll | sum | 0.001 | 2 | 0.75 ± 0.21 | 0.1 | 0 | 0.4 | 1 |" in md
     assert "geometry_toy.png" in md and (root / "report" / "geometry_toy.png").exists()
     assert made["summary"]["geometry/toy/ga+nll/sum/lr=0.001/cos_update_retain"] == pytest.approx(0.75)
-    assert made["summary"]["geometry/toy/ga+nll/sago/cos_update_retain"] == pytest.approx(0.6)  # over the sweep: (0.9 + 0.3) / 2
+    assert made["summary"]["geometry/toy/ga+nll/sago/cos_update_retain"] == pytest.approx(
+        0.6
+    )  # over the sweep: (0.9 + 0.3) / 2
 
     import wandb
 
@@ -191,18 +243,30 @@ def test_series_use_the_command_line_option_names(tmp_path):
     root = tmp_path / "multirun" / "names"
     values = {"forget_prob": 0.2, "forget_quality": 0.1, "model_utility": 0.5}
     _job(root, "0_job", "sago", "1e-3", 0, values)  # combiner=sago on the command line
-    d = _job(root, "1_job", "sago", "1e-3", 1, values, override_combiner=False)  # from the method preset: Hydra's record
+    d = _job(
+        root, "1_job", "sago", "1e-3", 1, values, override_combiner=False
+    )  # from the method preset: Hydra's record
     (d / ".hydra").mkdir()
-    (d / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      combiner: sago_prefer_retain\n      method: gd\n")
+    (d / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      combiner: sago_prefer_retain\n      method: gd\n"
+    )
     _job(root, "2_job", "sum", "1e-3", 0, values, override_combiner=False)  # nothing recorded: matched to conf/combiner
     names = sorted(r.factors()["combiner"] for r in load_runs(root))
     assert names == ["sago", "sago_prefer_retain", "sum"]
-    assert combiner_option({"_target_": "unlearn.combiners.SAGO", "alpha": 1.0, "gamma": 1.0, "prefer_retain": True, "gate": "hard"}) == "sago_prefer_retain"
+    assert (
+        combiner_option(
+            {"_target_": "unlearn.combiners.SAGO", "alpha": 1.0, "gamma": 1.0, "prefer_retain": True, "gate": "hard"}
+        )
+        == "sago_prefer_retain"
+    )
     assert combiner_option({"_target_": "unlearn.combiners.PCGradGlobal", "alpha": 1.0}) == "pcgrad_global"
     assert combiner_option({"_target_": "unlearn.combiners.PCGrad", "alpha": 0.5}) == "pcgrad"
     assert combiner_option({"_target_": "my.own.Combiner"}) == "combiner"
     md = report(root, root / "report")["markdown"].read_text()
-    assert "| ga+nll | sago_prefer_retain |" in md and "SAGO" not in md.split("## toy: Gradient geometry")[0].split("| method |")[1]
+    assert (
+        "| ga+nll | sago_prefer_retain |" in md
+        and "SAGO" not in md.split("## toy: Gradient geometry")[0].split("| method |")[1]
+    )
 
 
 def test_a_truncated_results_json_is_a_damaged_job_and_the_rest_is_reported(lr_sweep, capsys):

@@ -16,7 +16,14 @@ pytestmark = pytest.mark.slow
 
 # SAGO with an EMA of g_r: the EMA buffer is state beyond weights and optimizer, so an exact
 # match also shows it is checkpointed.
-ARGS = ["experiment=smoke", "train.steps=8", "train.checkpoint_every=2", "train.retain_ema=0.9", "save_model=true", "hydra.run.dir=run"]
+ARGS = [
+    "experiment=smoke",
+    "train.steps=8",
+    "train.checkpoint_every=2",
+    "train.retain_ema=0.9",
+    "save_model=true",
+    "hydra.run.dir=run",
+]
 
 
 def _weights(run):
@@ -28,7 +35,11 @@ def _results(run):
 
 
 def _steps(run):
-    return [(r["step"], r["train/loss/forget"]) for r in read_metrics(run / "metrics.jsonl") if r["phase"] == "unlearn" and "train/loss/forget" in r]
+    return [
+        (r["step"], r["train/loss/forget"])
+        for r in read_metrics(run / "metrics.jsonl")
+        if r["phase"] == "unlearn" and "train/loss/forget" in r
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,9 @@ def test_missing_files_and_fields_name_the_config(tmp_path):
         R.RWKUData(targets="1", path=str(tmp_path / "rwku")).build()
     shutil.copy(FIX / "mia_retain.jsonl", tmp_path / "rwku")
     rows = [json.loads(x) for x in (FIX / "forget_level2.jsonl").read_text().splitlines()]
-    (tmp_path / "rwku" / "forget_level2.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "query"}) + "\n" for r in rows))
+    (tmp_path / "rwku" / "forget_level2.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "query"}) + "\n" for r in rows)
+    )
     with pytest.raises(DataUnavailable, match=r"rwku forget_level2: .* no field 'query'"):
         R.RWKUData(targets="1", path=str(tmp_path / "rwku")).build()
 
@@ -63,22 +65,41 @@ def test_prompts_follow_rwku(tiny):
     _, tok = tiny
     plain = PromptFormat()
     row = {"query": "Orla was a ___.", "type": None}
-    assert E.probe_prompt(row, "forget_level1", plain, tok) == "Please complete the blank in the following question.\nQuestion: Orla was a ___.\nAnswer:"
-    assert E.probe_prompt({"query": "Where?"}, "neighbor_level2", plain, tok) == "Please briefly answer the following question.\nQuestion: Where?\nAnswer:"
+    assert (
+        E.probe_prompt(row, "forget_level1", plain, tok)
+        == "Please complete the blank in the following question.\nQuestion: Orla was a ___.\nAnswer:"
+    )
+    assert (
+        E.probe_prompt({"query": "Where?"}, "neighbor_level2", plain, tok)
+        == "Please briefly answer the following question.\nQuestion: Where?\nAnswer:"
+    )
     suffix = {"query": "Which pet? Sure, here is the answer:", "type": "affirmative suffix"}
-    assert E.probe_prompt(suffix, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Which pet? Sure, here is the answer:"
+    assert (
+        E.probe_prompt(suffix, "forget_level3", plain, tok)
+        == "Please briefly answer the following question.\nQuestion: Which pet? Sure, here is the answer:"
+    )
     icl = {"query": "Question: Who?", "type": "incontext learning"}
-    assert E.probe_prompt(icl, "forget_level3", plain, tok) == "Please briefly answer the following question.\nQuestion: Who?\nAnswer:"
+    assert (
+        E.probe_prompt(icl, "forget_level3", plain, tok)
+        == "Please briefly answer the following question.\nQuestion: Who?\nAnswer:"
+    )
     tok2 = copy.deepcopy(tok)
     tok2.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
-    assert E.probe_prompt({"query": "Where?"}, "forget_level2", PromptFormat(chat=True), tok2) == "<u>Please briefly answer the following question.\nQuestion: Where?\n</u><a>Answer:"
+    assert (
+        E.probe_prompt({"query": "Where?"}, "forget_level2", PromptFormat(chat=True), tok2)
+        == "<u>Please briefly answer the following question.\nQuestion: Where?\n</u><a>Answer:"
+    )
 
 
 def test_known_answers(tiny, splits, monkeypatch):
     """Gold answers on forget probes and nothing on neighbours give ROUGE recall 1 and 0; identical
     forget and retain MIA texts give AUC 0.5 for every attack."""
     model, tok = tiny
-    gold = {E.probe_prompt(r, lvl, PromptFormat(), tok): (r["answer"] if lvl.startswith("forget") else "") for lvl in E.PROBES for r in splits[lvl]}
+    gold = {
+        E.probe_prompt(r, lvl, PromptFormat(), tok): (r["answer"] if lvl.startswith("forget") else "")
+        for lvl in E.PROBES
+        for r in splits[lvl]
+    }
     monkeypatch.setattr(E, "greedy", lambda m, t, prompts, *a, **k: [gold[p] for p in prompts])
     same = {**splits, "mia_retain": splits["mia_forget"]}
     m = E.RWKUEvaluator(batch_size=4).evaluate(model, tok, PromptFormat(), same)["metrics"]
@@ -107,8 +128,12 @@ def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, au
     before unlearning, exaggerated) and 0 when only the retain texts are (forget texts look unseen)."""
     _, tok = tiny
     model = _CalibratedMemorizer(tok, memorised=[r["text"] for r in splits[memorised]])
-    m = E.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)["metrics"]
-    assert {a: m[f"mia_{a}_auc"] for a in ("loss", "zlib", "min_k", "min_k_pp")} == dict.fromkeys(("loss", "zlib", "min_k", "min_k_pp"), auc)
+    m = E.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)[
+        "metrics"
+    ]
+    assert {a: m[f"mia_{a}_auc"] for a in ("loss", "zlib", "min_k", "min_k_pp")} == dict.fromkeys(
+        ("loss", "zlib", "min_k", "min_k_pp"), auc
+    )
     unseen = "mia_retain" if memorised == "mia_forget" else "mia_forget"
     assert m[f"{memorised}_loss"] + 3 < m[f"{unseen}_loss"]  # about 1.9 against log(vocab) + 0.5
 
@@ -128,7 +153,16 @@ def test_evaluator_on_the_tiny_model(tiny, splits):
 @pytest.mark.slow
 def test_cli_unlearns_rwku_on_the_fixture(tmp_path, cache_dir):
     out = tmp_path / "run"
-    args = ["benchmark=rwku", f"benchmark.data.path={FIX}", "benchmark.data.targets=1-2", "benchmark.eval.max_new_tokens=6", "train.steps=2", "train.batch_size=2", "logger=none", f"hydra.run.dir={out}"]
+    args = [
+        "benchmark=rwku",
+        f"benchmark.data.path={FIX}",
+        "benchmark.data.targets=1-2",
+        "benchmark.eval.max_new_tokens=6",
+        "train.steps=2",
+        "train.batch_size=2",
+        "logger=none",
+        f"hydra.run.dir={out}",
+    ]
     r = run_cli(args, tmp_path, cache_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -142,6 +176,9 @@ def test_config_builds_without_reading_data(tmp_path):
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    s = build_job(job_config(["benchmark=rwku", "benchmark.data.targets=[1,3]", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    s = build_job(
+        job_config(["benchmark=rwku", "benchmark.data.targets=[1,3]", f"paths.cache_dir={tmp_path}"]),
+        RunDir(tmp_path / "run"),
+    )
     assert R.parse_targets(s.data.targets, "t") == [1, 3] and s.data.hub_id == "jinzhuoran/RWKU"
     assert isinstance(s.evaluator, E.RWKUEvaluator) and s.evaluator.max_new_tokens == 30

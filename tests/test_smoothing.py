@@ -47,9 +47,14 @@ def _stream(tok, splits, steps, batch, normal=True):
     f = encode_rows(tok, fmt, splits["forget"], 64)
     pool = splits["retain"]
     groups = RandomNormal(seed=0).select(splits["forget"], pool, 3) if normal else None
-    return PairedStream(f, None, stream_length(steps, 1, batch), seed=0,
-                        normal_pool=encode_rows(tok, fmt, groups.rows, 64) if groups else None,
-                        normal_groups=groups.groups if groups else None)
+    return PairedStream(
+        f,
+        None,
+        stream_length(steps, 1, batch),
+        seed=0,
+        normal_pool=encode_rows(tok, fmt, groups.rows, 64) if groups else None,
+        normal_groups=groups.groups if groups else None,
+    )
 
 
 def _params(model):
@@ -58,7 +63,10 @@ def _params(model):
 
 # rate=0 never even computes the normal samples' losses; rate auto clipped to [0, 0] does (it is
 # active), so the second case checks the weights at r=0, not only that the normals are skipped.
-RATE_ZERO = {"fixed": lambda: SGA(rate=0.0, K=4), "auto_clipped_to_0": lambda: SGA(rate="auto", K=4, auto_every=1, auto_range=[0.0, 0.0])}
+RATE_ZERO = {
+    "fixed": lambda: SGA(rate=0.0, K=4),
+    "auto_clipped_to_0": lambda: SGA(rate="auto", K=4, auto_every=1, auto_range=[0.0, 0.0]),
+}
 
 
 @pytest.mark.parametrize("case", sorted(RATE_ZERO))
@@ -70,8 +78,14 @@ def test_sga_with_rate_zero_equals_ga_exactly(tiny, toy_splits, case):
     for name, smoothing in {"ga": NoSmoothing(), "sga0": RATE_ZERO[case]()}.items():
         m = copy.deepcopy(model)
         stream = _stream(tok, toy_splits, 4, 4)  # normal groups are in every batch
-        fit(UnlearnModule(m, Objective(forget=GA(), retain=None, smoothing=smoothing), optim=optim, step=StepConfig()),
-            stream, tok.pad_token_id, 4, 4, LOOP)
+        fit(
+            UnlearnModule(m, Objective(forget=GA(), retain=None, smoothing=smoothing), optim=optim, step=StepConfig()),
+            stream,
+            tok.pad_token_id,
+            4,
+            4,
+            LOOP,
+        )
         runs[name] = _params(m)
     start = _params(model)
     assert any(not torch.equal(start[n], runs["ga"][n]) for n in start)
@@ -153,7 +167,10 @@ def test_under_ddp_the_estimate_comes_from_the_all_reduced_gradients(monkeypatch
 
     other = {"forget": {"v": torch.tensor([[1.0, -2.0]])}, "normal": {"v": torch.tensor([[4.0, 1.0]])}}
     # K = 2, gls: g_f = v_f, ḡ = (v_f + v_n)/2, all by hand (dot_loss's gradient is v)
-    g = {name: ([b["forget"]["v"][0]], [(b["forget"]["v"][0] + b["normal"]["v"][0]) / 2]) for name, b in {"this": BATCH, "other": other}.items()}
+    g = {
+        name: ([b["forget"]["v"][0]], [(b["forget"]["v"][0] + b["normal"]["v"][0]) / 2])
+        for name, b in {"this": BATCH, "other": other}.items()
+    }
     calls = []
 
     def fake_all_reduce_mean(tensors):
@@ -194,11 +211,24 @@ def test_auto_rate_runs_inside_training_and_is_logged_every_step(tiny, toy_split
     quiet_lightning()
     model, tok = tiny
     sga = SGA(rate="auto", K=4, auto_every=2, auto_range=[-1.0, 1.0])
-    fit(UnlearnModule(copy.deepcopy(model), Objective(GA(), None, sga), optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant")),
-        _stream(tok, toy_splits, 4, 4), tok.pad_token_id, 4, 4, LOOP, loggers=[JsonlLogger(tmp_path / "m.jsonl")])
+    fit(
+        UnlearnModule(
+            copy.deepcopy(model),
+            Objective(GA(), None, sga),
+            optim=OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
+        ),
+        _stream(tok, toy_splits, 4, 4),
+        tok.pad_token_id,
+        4,
+        4,
+        LOOP,
+        loggers=[JsonlLogger(tmp_path / "m.jsonl")],
+    )
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/smoothing/rate" in r]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    assert sga.estimate is not None and rows[-1]["train/smoothing/rate"] == pytest.approx(min(max(sga.estimate, -1.0), 1.0))
+    assert sga.estimate is not None and rows[-1]["train/smoothing/rate"] == pytest.approx(
+        min(max(sga.estimate, -1.0), 1.0)
+    )
 
 
 def test_bad_smoothing_settings_name_the_key():
@@ -261,10 +291,18 @@ def test_retrieval_with_the_bundled_minilm_model(tmp_path):
 
 def test_file_provider_reads_normal_samples_by_forget_id(tmp_path):
     path = tmp_path / "normal.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "f0", "normal": ["Bread is baked at dawn.", {"question": "Who bakes?", "answer": "The baker."}, "extra"]},
-        {"id": "f1", "normal": ["Boats moor at the quay.", "The lighthouse is white."]},
-    ]))
+    path.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {
+                    "id": "f0",
+                    "normal": ["Bread is baked at dawn.", {"question": "Who bakes?", "answer": "The baker."}, "extra"],
+                },
+                {"id": "f1", "normal": ["Boats moor at the quay.", "The lighthouse is white."]},
+            ]
+        )
+    )
     got = FileNormal(str(path)).select(FORGET, POOL, 2)
     assert got.groups == [[0, 1], [2, 3]]
     assert got.rows[0] == {"id": "f0/normal0", "text": "Bread is baked at dawn."}
@@ -272,13 +310,24 @@ def test_file_provider_reads_normal_samples_by_forget_id(tmp_path):
     assert got.info["provider"] == "file"
 
 
-@pytest.mark.parametrize("lines,k,message", [
-    ([{"id": "f0", "normal": ["a", "b"]}], 2, r"normal.jsonl: no normal samples for 1 forget rows, e.g. \['f1'\]"),
-    ([{"id": "f0", "normal": ["a", "b"]}, {"id": "f1", "normal": ["a"]}], 2, r"normal.jsonl: .*too few for \[\('f1', 1\)\]"),
-    (["not json"], 1, r"normal.jsonl:1: not valid JSON"),
-    ([{"id": "f0"}], 1, r"normal.jsonl:1: each line must be an object with 'id' and a 'normal' list"),
-    ([{"id": "f0", "normal": [3]}, {"id": "f1", "normal": ["x"]}], 1, r"normal.jsonl, id 'f0': a normal sample must be"),
-])
+@pytest.mark.parametrize(
+    "lines,k,message",
+    [
+        ([{"id": "f0", "normal": ["a", "b"]}], 2, r"normal.jsonl: no normal samples for 1 forget rows, e.g. \['f1'\]"),
+        (
+            [{"id": "f0", "normal": ["a", "b"]}, {"id": "f1", "normal": ["a"]}],
+            2,
+            r"normal.jsonl: .*too few for \[\('f1', 1\)\]",
+        ),
+        (["not json"], 1, r"normal.jsonl:1: not valid JSON"),
+        ([{"id": "f0"}], 1, r"normal.jsonl:1: each line must be an object with 'id' and a 'normal' list"),
+        (
+            [{"id": "f0", "normal": [3]}, {"id": "f1", "normal": ["x"]}],
+            1,
+            r"normal.jsonl, id 'f0': a normal sample must be",
+        ),
+    ],
+)
 def test_file_provider_errors_name_the_file(tmp_path, lines, k, message):
     path = tmp_path / "normal.jsonl"
     path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))

@@ -77,8 +77,13 @@ def _stream(tok, splits, steps, batch, accumulate):
 
 
 def _train(model, tok, splits, combiner, ema, accumulate, steps=3, batch=4):
-    module = Recording(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), combiner, OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
-                       StepConfig(accumulate=accumulate, retain_ema=ema, clip_norm=1.0))
+    module = Recording(
+        copy.deepcopy(model),
+        Objective(forget=GA(), retain=NLL()),
+        combiner,
+        OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
+        StepConfig(accumulate=accumulate, retain_ema=ema, clip_norm=1.0),
+    )
     fit(module, _stream(tok, splits, steps, batch, accumulate), tok.pad_token_id, batch, steps, LOOP)
     return module
 
@@ -112,7 +117,9 @@ def test_a_whole_list_combiner_still_trains_buffered(tiny, toy_splits):
     c = whole_lists(Sum(gamma=0.5))
     assert not c.per_tensor and not c.streams
     assert not _train(model, tok, toy_splits, c, None, 1, steps=1).streaming()
-    with pytest.raises(ConfigError, match=r"train\.stream=true cannot stream combiner WholeLists.*set train\.stream=null"):
+    with pytest.raises(
+        ConfigError, match=r"train\.stream=true cannot stream combiner WholeLists.*set train\.stream=null"
+    ):
         UnlearnModule(model, Objective(forget=GA(), retain=NLL()), c, step=StepConfig(stream=True))
     with pytest.raises(ConfigError, match=r"train\.stream=true cannot stream combiner PCGradGlobal"):
         UnlearnModule(model, Objective(forget=GA(), retain=NLL()), PCGradGlobal(), step=StepConfig(stream=True))
@@ -124,7 +131,11 @@ def test_the_hooks_live_only_inside_the_step(tiny, toy_splits):
     module = _train(model, tok, toy_splits, SAGO(), None, 1, steps=1)
     m = module.model
     assert all(p.grad is None for p in m.parameters())
-    batch = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long), "labels": torch.tensor([[1, 2, 3, 4]])}
+    batch = {
+        "input_ids": torch.tensor([[1, 2, 3, 4]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+        "labels": torch.tensor([[1, 2, 3, 4]]),
+    }
     NLL()(m, batch).mean().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
@@ -137,11 +148,17 @@ def test_a_diverged_loss_stops_before_the_forget_backward(tiny, toy_splits, monk
     model, tok = tiny
     calls = []
     original = TaskGradients.backward
-    monkeypatch.setattr(TaskGradients, "backward", lambda self, loss, sink, once=False: calls.append(once) or original(self, loss, sink, once))
+    monkeypatch.setattr(
+        TaskGradients,
+        "backward",
+        lambda self, loss, sink, once=False: calls.append(once) or original(self, loss, sink, once),
+    )
     step = StepConfig(stream=True)
     step.guard.max_abs_loss = 1e-3
     m = copy.deepcopy(model)
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step)
+    module = UnlearnModule(
+        m, Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step
+    )
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.diverged and "train/loss" in step.guard.reason and module.global_step == 0
     assert calls == [False], "only the retain backward ran"
@@ -160,7 +177,9 @@ def test_a_non_finite_update_never_reaches_the_optimizer(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     step = StepConfig()
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Poison(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step)
+    module = UnlearnModule(
+        m, Objective(forget=GA(), retain=NLL()), Poison(), OptimConfig(lr=1e-3, warmup_ratio=0.0), step
+    )
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.streaming() and module.diverged and "norm_update=nan" in step.guard.reason
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), model.parameters(), strict=True))
@@ -171,18 +190,29 @@ def test_frozen_parameters_get_no_hook_and_stay_put(tiny, toy_splits):
     model, tok = tiny
     m = copy.deepcopy(model)
     m.model.embed_tokens.weight.requires_grad_(False)
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), PCGrad(gamma=0.5), OptimConfig(lr=1e-3, warmup_ratio=0.0))
+    module = UnlearnModule(
+        m, Objective(forget=GA(), retain=NLL()), PCGrad(gamma=0.5), OptimConfig(lr=1e-3, warmup_ratio=0.0)
+    )
     fit(module, _stream(tok, toy_splits, 2, 4, 1), tok.pad_token_id, 4, 2, LOOP)
     assert module.streaming() and "model.embed_tokens.weight" not in module.grads.names
     assert torch.equal(m.model.embed_tokens.weight, model.model.embed_tokens.weight)
     assert not torch.equal(m.lm_head.weight, model.lm_head.weight)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["train.stream=true", "train.accumulate=4"], r"train\.stream=true combines .* train\.accumulate=4: set train\.stream=null .* or train\.accumulate=1"),
-    (["train.stream=true", "combiner=pcgrad_global"], r"train\.stream=true cannot stream combiner PCGradGlobal"),
-    (["train.stream=true", "trainer=ddp", "trainer.devices=2"], r"train\.stream=true needs one device, but this run has 2 processes.*set train\.stream=null"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["train.stream=true", "train.accumulate=4"],
+            r"train\.stream=true combines .* train\.accumulate=4: set train\.stream=null .* or train\.accumulate=1",
+        ),
+        (["train.stream=true", "combiner=pcgrad_global"], r"train\.stream=true cannot stream combiner PCGradGlobal"),
+        (
+            ["train.stream=true", "trainer=ddp", "trainer.devices=2"],
+            r"train\.stream=true needs one device, but this run has 2 processes.*set train\.stream=null",
+        ),
+    ],
+)
 def test_bad_stream_settings_stop_before_any_model_is_built(tmp_path, no_model_build, overrides, message):
     from conftest import job_config
 
@@ -210,7 +240,9 @@ def test_a_streaming_step_holds_one_gradient_buffer_like_plain_gd():
     from unlearn.models.tiny import TinyLlama
 
     quiet_lightning()
-    model, _ = TinyLlama(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=1024).load()  # no tensor dominates
+    model, _ = TinyLlama(
+        hidden_size=32, num_layers=4, num_heads=2, intermediate_size=1024
+    ).load()  # no tensor dominates
     params = [p for p in model.parameters() if p.requires_grad]
     buffer = sum(p.numel() * p.element_size() for p in params)
     largest = max(p.numel() * p.element_size() for p in params)
@@ -218,5 +250,9 @@ def test_a_streaming_step_holds_one_gradient_buffer_like_plain_gd():
     buffered = _peaks(copy.deepcopy(model), False)
     for c in ("sum", "pcgrad", "sago"):
         extra = streaming[c] - streaming["plain"]
-        assert extra <= 1.5 * largest, f"{c}: {extra / buffer:+.2f} buffers over plain (largest tensor {largest / buffer:.2f})"
-        assert buffered[c] - buffered["plain"] >= 0.3 * buffer, f"{c} buffered: {(buffered[c] - buffered['plain']) / buffer:+.2f}"
+        assert extra <= 1.5 * largest, (
+            f"{c}: {extra / buffer:+.2f} buffers over plain (largest tensor {largest / buffer:.2f})"
+        )
+        assert buffered[c] - buffered["plain"] >= 0.3 * buffer, (
+            f"{c} buffered: {(buffered[c] - buffered['plain']) / buffer:+.2f}"
+        )

@@ -28,34 +28,62 @@ def _meta(overrides, monkeypatch, tmp_path, multirun=True):
 
 @pytest.mark.parametrize("sweep, group", [("rate_grid", "rate_grid"), ("exp/rate", "exp_rate")])
 def test_a_sweep_job_is_grouped_by_its_sweep_named_by_its_overrides_and_tagged(monkeypatch, tmp_path, sweep, group):
-    meta = _meta(["method=npo", "combiner=pcgrad", "benchmark=toy", "smoothing.rate=0.5", "seed=1", f"sweep={sweep}"], monkeypatch, tmp_path)
+    meta = _meta(
+        ["method=npo", "combiner=pcgrad", "benchmark=toy", "smoothing.rate=0.5", "seed=1", f"sweep={sweep}"],
+        monkeypatch,
+        tmp_path,
+    )
     assert meta["multirun"] and meta["group"] == group
     # the sweep name is the group, not part of the run name; the options that ran lead
     # (unlearn/labels.py), then the other overrides, sorted
     assert meta["name"] == "npo+nll+pcgrad-toy seed=1,smoothing.rate=0.5"
-    assert {"method:npo+nll", "combiner:pcgrad", "forget:npo", "retain:nll", "preset:npo", "benchmark:toy", "model:tiny"} <= set(meta["tags"])
+    assert {
+        "method:npo+nll",
+        "combiner:pcgrad",
+        "forget:npo",
+        "retain:nll",
+        "preset:npo",
+        "benchmark:toy",
+        "model:tiny",
+    } <= set(meta["tags"])
     assert meta["overrides"][-1] == f"sweep={sweep}"
 
 
 def test_group_overrides_the_sweep_folder_and_a_single_run_has_no_group_by_default(monkeypatch, tmp_path):
-    assert _meta(["method=sga", "sweep=rate_grid", "group=paper-table2"], monkeypatch, tmp_path)["group"] == "paper-table2"
+    assert (
+        _meta(["method=sga", "sweep=rate_grid", "group=paper-table2"], monkeypatch, tmp_path)["group"] == "paper-table2"
+    )
     single = _meta(["method=sga", "combiner=sago"], monkeypatch, tmp_path, multirun=False)
     assert single["group"] is None and not single["multirun"]
     assert single["name"] == "ga+none+sago-toy" and "combiner:sago" in single["tags"]
 
 
 def _jobs(root):
-    return {p.name: json.loads((p / "results.json").read_text()) for p in sorted(root.iterdir()) if (p / "results.json").exists()}
+    return {
+        p.name: json.loads((p / "results.json").read_text())
+        for p in sorted(root.iterdir())
+        if (p / "results.json").exists()
+    }
 
 
 @pytest.mark.slow
 def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, cache_dir):
-    args = ["-m", "experiment=smoke", "train.steps=2", "optim.lr=-1,1e-3", "train.max_abs_loss=1e-3,1e4", "sweep=robust"]
+    args = [
+        "-m",
+        "experiment=smoke",
+        "train.steps=2",
+        "optim.lr=-1,1e-3",
+        "train.max_abs_loss=1e-3,1e4",
+        "sweep=robust",
+    ]
     proc = run_cli(args, cwd=tmp_path, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _jobs(tmp_path / "multirun" / "robust")
     assert len(jobs) == 4
-    by = {(k.split("optim.lr=")[1].split(",")[0], k.split("train.max_abs_loss=")[1].split(",")[0]): v for k, v in jobs.items()}
+    by = {
+        (k.split("optim.lr=")[1].split(",")[0], k.split("train.max_abs_loss=")[1].split(",")[0]): v
+        for k, v in jobs.items()
+    }
     assert by[("-1", "0.001")]["status"] == "failed" and "optim.lr" in by[("-1", "0.001")]["reason"]
     assert by[("0.001", "0.001")]["status"] == "diverged" and "limit" in by[("0.001", "0.001")]["reason"]
     assert by[("0.001", "10000.0")]["status"] == "ok"
@@ -67,16 +95,26 @@ def test_failed_and_diverged_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher,banner", [
-    ("joblib", "Joblib"),                    # local parallel processes
-    ("submitit_local", "Submitit 'local'"),  # the SLURM launcher's job packaging, run on this machine
-])
+@pytest.mark.parametrize(
+    "launcher,banner",
+    [
+        ("joblib", "Joblib"),  # local parallel processes
+        ("submitit_local", "Submitit 'local'"),  # the SLURM launcher's job packaging, run on this machine
+    ],
+)
 def test_launchers_run_every_job_into_its_own_directory(tmp_path, cache_dir, launcher, banner):
-    proc = run_cli(["-m", f"launcher={launcher}", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=par"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        ["-m", f"launcher={launcher}", "experiment=smoke", "train.steps=2", "combiner=sum,sago", "sweep=par"],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert banner in proc.stdout + proc.stderr
     jobs = _jobs(tmp_path / "multirun" / "par")
-    assert sorted(jobs) == ["0_simnpo+nll+sum_experiment=smoke,train.steps=2", "1_simnpo+nll+sago_experiment=smoke,train.steps=2"]
+    assert sorted(jobs) == [
+        "0_simnpo+nll+sum_experiment=smoke,train.steps=2",
+        "1_simnpo+nll+sago_experiment=smoke,train.steps=2",
+    ]
     assert all(j["status"] == "ok" for j in jobs.values())
     if launcher == "submitit_local":
         assert list((tmp_path / "multirun" / "par" / ".submitit").iterdir()), "submitit wrote no job folders"
@@ -84,7 +122,11 @@ def test_launchers_run_every_job_into_its_own_directory(tmp_path, cache_dir, lau
 
 @pytest.mark.slow
 def test_optuna_searches_rate_and_lr_on_two_objectives(tmp_path, cache_dir):
-    proc = run_cli(["-m", "sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=smoke", "train.steps=2", "sweep=search"], cwd=tmp_path, cache=cache_dir)
+    proc = run_cli(
+        ["-m", "sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=smoke", "train.steps=2", "sweep=search"],
+        cwd=tmp_path,
+        cache=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "multirun" / "search"
     jobs = _jobs(root)

@@ -33,7 +33,16 @@ def splits():
 
 
 def test_loader_reads_every_part_of_the_fixture(splits):
-    assert {k: len(v) for k, v in splits.items()} == {"forget": 12, "retain": 28, "forget_perturbed": 12, "retain_perturbed": 16, "real_authors": 5, "world_facts": 5, "full": 40, "holdout": 12}
+    assert {k: len(v) for k, v in splits.items()} == {
+        "forget": 12,
+        "retain": 28,
+        "forget_perturbed": 12,
+        "retain_perturbed": 16,
+        "real_authors": 5,
+        "world_facts": 5,
+        "full": 40,
+        "holdout": 12,
+    }
     assert all(isinstance(r["perturbed_answer"], list) for r in splits["forget_perturbed"])
     assert splits["forget"][0]["id"] == "forget-0" and len({r["id"] for r in splits["full"]}) == 40
     full = {r["question"] for r in splits["full"]}
@@ -50,7 +59,9 @@ def test_the_split_option_picks_the_matching_retain_and_eval_sets():
 
 def test_a_bad_split_names_the_key(tmp_path):
     cfg = _cfg("benchmark.split=forget20", f"paths.cache_dir={tmp_path}")
-    with pytest.raises(ConfigError, match=r"benchmark.split must be one of \['forget01', 'forget05', 'forget10'\], got 'forget20'"):
+    with pytest.raises(
+        ConfigError, match=r"benchmark.split must be one of \['forget01', 'forget05', 'forget10'\], got 'forget20'"
+    ):
         build_job(cfg, RunDir(tmp_path / "run"))
 
 
@@ -64,7 +75,9 @@ def test_a_missing_field_names_the_data_set_and_the_field(tmp_path):
         TofuData(local_dir=str(local)).build()
     rows[3]["paraphrased_answer"], rows[3]["perturbed_answer"] = "x", "not a list"
     (local / "forget10_perturbed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataUnavailable, match=r"tofu forget_perturbed: row 3 field 'perturbed_answer' must be a non-empty list"):
+    with pytest.raises(
+        DataUnavailable, match=r"tofu forget_perturbed: row 3 field 'perturbed_answer' must be a non-empty list"
+    ):
         TofuData(local_dir=str(local)).build()
 
 
@@ -102,7 +115,16 @@ def record(tiny, splits, evaluator):
 
 def test_evaluator_reports_tofus_metrics_in_range(record):
     m = record["metrics"]
-    for k in ("forget_prob", "forget_rouge", "retain_prob", "retain_rouge", "retain_truth_ratio", "real_authors_prob", "world_facts_prob", "model_utility"):
+    for k in (
+        "forget_prob",
+        "forget_rouge",
+        "retain_prob",
+        "retain_rouge",
+        "retain_truth_ratio",
+        "real_authors_prob",
+        "world_facts_prob",
+        "model_utility",
+    ):
         assert 0 <= m[k] <= 1, k
     assert 0 < m["forget_truth_ratio"] <= 1
     assert len(record["arrays"]["forget_truth_ratio"]) == 12
@@ -124,16 +146,35 @@ def test_utility_sets_normalise_over_options_and_compare_the_true_answer(tiny, s
 
 def test_forget_quality_against_oracles(record, evaluator):
     tr = np.asarray(record["arrays"]["forget_truth_ratio"])
-    res = {evaluator.forget: {"prob": np.ones(12), "rouge": np.ones(12), "tr": tr, "generated": [""] * 12, "mia": np.zeros(12)}, evaluator.holdout: {"mia": np.zeros(3)}}
+    res = {
+        evaluator.forget: {
+            "prob": np.ones(12),
+            "rouge": np.ones(12),
+            "tr": tr,
+            "generated": [""] * 12,
+            "mia": np.zeros(12),
+        },
+        evaluator.holdout: {"mia": np.zeros(3)},
+    }
     for k in (evaluator.retain, *evaluator.utility):
-        res[k] = {"prob": np.full(3, 0.5), "rouge": np.full(3, 0.5), "tr": np.full(3, 0.5), "generated": [""] * 3, "mia": np.zeros(3)}
+        res[k] = {
+            "prob": np.full(3, 0.5),
+            "rouge": np.full(3, 0.5),
+            "tr": np.full(3, 0.5),
+            "generated": [""] * 3,
+            "mia": np.zeros(3),
+        }
     assert evaluator._summarize(res, record)["metrics"]["forget_quality"] == pytest.approx(1.0)
     far = {"metrics": {}, "arrays": {"forget_truth_ratio": (tr * 1e6 + 1e3).tolist()}}
     assert evaluator._summarize(res, far)["metrics"]["forget_quality"] < 1e-4
 
 
 def test_oracle_file_in_tofus_own_format_becomes_truth_ratios(evaluator):
-    log = {"avg_paraphrased_loss": {"1": 2.0, "0": 1.0}, "average_perturb_loss": {"0": [2.0, 3.0], "1": [2.0, 2.0]}, "avg_gt_loss": {"0": 0.5, "1": 0.5}}
+    log = {
+        "avg_paraphrased_loss": {"1": 2.0, "0": 1.0},
+        "average_perturb_loss": {"0": [2.0, 3.0], "1": [2.0, 2.0]},
+        "avg_gt_loss": {"0": 0.5, "1": 0.5},
+    }
     rec = evaluator.oracle_from_file(log)
     expected = [np.exp(-2.5) / np.exp(-1), 1.0]  # TOFU's exp(mean perturbed loss − paraphrased loss), inverted
     assert rec["arrays"]["forget_truth_ratio"] == pytest.approx(expected)
@@ -150,5 +191,7 @@ def test_oracle_eval_file_errors_name_the_key(tmp_path):
     bad.write_text(json.dumps({"metrics": {"x": 1}}))
     cfg = _cfg(f"benchmark.oracle.eval_file={bad}", f"paths.cache_dir={tmp_path}")
     s = build_job(cfg, RunDir(tmp_path / "run"))
-    with pytest.raises(ConfigError, match=r"benchmark.oracle.eval_file: .*oracle.json has neither arrays.forget_truth_ratio"):
+    with pytest.raises(
+        ConfigError, match=r"benchmark.oracle.eval_file: .*oracle.json has neither arrays.forget_truth_ratio"
+    ):
         oracle_record(s, {})

@@ -54,13 +54,29 @@ def test_sum_combiner_equals_automatic_optimisation_of_the_summed_loss(tiny, toy
     objective = Objective(forget=GA(), retain=NLL())
 
     manual = copy.deepcopy(model)
-    fit(UnlearnModule(manual, objective, Sum(alpha=1.0, gamma=1.0), optim, StepConfig(clip_norm=1.0)),
-        _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
+    fit(
+        UnlearnModule(manual, objective, Sum(alpha=1.0, gamma=1.0), optim, StepConfig(clip_norm=1.0)),
+        _stream(tok, toy_splits, steps, batch),
+        tok.pad_token_id,
+        batch,
+        steps,
+        LOOP,
+    )
 
     auto = copy.deepcopy(model)
-    loader = torch.utils.data.DataLoader(_stream(tok, toy_splits, steps, batch), batch_size=batch, collate_fn=PairedCollate(tok.pad_token_id))
-    L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, gradient_clip_val=1.0, gradient_clip_algorithm="norm").fit(SummedLoss(auto, objective, optim, steps), loader)
+    loader = torch.utils.data.DataLoader(
+        _stream(tok, toy_splits, steps, batch), batch_size=batch, collate_fn=PairedCollate(tok.pad_token_id)
+    )
+    L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        gradient_clip_algorithm="norm",
+    ).fit(SummedLoss(auto, objective, optim, steps), loader)
 
     start, a, b = _params(model), _params(manual), _params(auto)
     assert any(not torch.equal(start[n], a[n]) for n in a), "training did not move the parameters"
@@ -78,8 +94,22 @@ def test_four_micro_batches_equal_one_batch_four_times_larger(tiny, toy_splits, 
     optim = OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant")
     objective = Objective(forget=GA(), retain=NLL())
     big, small = copy.deepcopy(model), copy.deepcopy(model)
-    fit(UnlearnModule(big, objective, combiner, optim, StepConfig(accumulate=1)), _stream(tok, toy_splits, steps, 8), tok.pad_token_id, 8, steps, LOOP)
-    fit(UnlearnModule(small, objective, combiner, optim, StepConfig(accumulate=4)), _stream(tok, toy_splits, steps, 2, accumulate=4), tok.pad_token_id, 2, steps, LOOP)
+    fit(
+        UnlearnModule(big, objective, combiner, optim, StepConfig(accumulate=1)),
+        _stream(tok, toy_splits, steps, 8),
+        tok.pad_token_id,
+        8,
+        steps,
+        LOOP,
+    )
+    fit(
+        UnlearnModule(small, objective, combiner, optim, StepConfig(accumulate=4)),
+        _stream(tok, toy_splits, steps, 2, accumulate=4),
+        tok.pad_token_id,
+        2,
+        steps,
+        LOOP,
+    )
     a, b = _params(big), _params(small)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6)
@@ -100,7 +130,13 @@ def test_combining_per_micro_batch_would_differ(tiny, toy_splits):
 
     whole = collate([stream[k] for k in range(8)])
     once = SAGO()(grads(whole, "retain"), grads(whole, "forget"))
-    per_micro = [SAGO()(grads(collate([stream[k] for k in range(i, i + 2)]), "retain"), grads(collate([stream[k] for k in range(i, i + 2)]), "forget")) for i in range(0, 8, 2)]
+    per_micro = [
+        SAGO()(
+            grads(collate([stream[k] for k in range(i, i + 2)]), "retain"),
+            grads(collate([stream[k] for k in range(i, i + 2)]), "forget"),
+        )
+        for i in range(0, 8, 2)
+    ]
     mean_of_combined = [sum(ts) / 4 for ts in zip(*per_micro, strict=True)]
     assert max(float((x - y).abs().max()) for x, y in zip(once, mean_of_combined, strict=True)) > 1e-4
 
@@ -114,7 +150,9 @@ def test_smoke_trainable_parameters_move_frozen_do_not_and_forget_nll_rises(tiny
     batch = PairedCollate(tok.pad_token_id)([_stream(tok, toy_splits, 1, 8)[k] for k in range(8)])
     with torch.no_grad():
         nll_before = float(NLL()(m, batch["forget"]).mean())
-    module = UnlearnModule(m, Objective(forget=GA(), retain=None), SAGO(), OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant"))
+    module = UnlearnModule(
+        m, Objective(forget=GA(), retain=None), SAGO(), OptimConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant")
+    )
     fit(module, _stream(tok, toy_splits, 5, 8), tok.pad_token_id, 8, 5, LOOP)
     after = _params(m)
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
@@ -145,14 +183,29 @@ def test_a_single_task_step_logs_that_tasks_gradient_norm(tiny, toy_splits, tmp_
 
     quiet_lightning()
     model, tok = tiny
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=None), Sum(gamma=0.5), OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"))
-    fit(module, _stream(tok, toy_splits, 3, 4), tok.pad_token_id, 4, 3, LOOP, loggers=[JsonlLogger(tmp_path / "m.jsonl")])
+    module = UnlearnModule(
+        copy.deepcopy(model),
+        Objective(forget=GA(), retain=None),
+        Sum(gamma=0.5),
+        OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
+    )
+    fit(
+        module,
+        _stream(tok, toy_splits, 3, 4),
+        tok.pad_token_id,
+        4,
+        3,
+        LOOP,
+        loggers=[JsonlLogger(tmp_path / "m.jsonl")],
+    )
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/grad/norm_update" in r]
     assert len(rows) == 3
     for r in rows:
         assert "train/grad/norm_retain" not in r
         assert r["train/grad/norm_forget"] > 0
-        assert r["train/grad/norm_update"] == pytest.approx(0.5 * r["train/grad/norm_forget"], rel=1e-5)  # update = gamma * g_f
+        assert r["train/grad/norm_update"] == pytest.approx(
+            0.5 * r["train/grad/norm_forget"], rel=1e-5
+        )  # update = gamma * g_f
 
 
 # -- train.* values are checked before any model is built -----------------------------------------
@@ -170,7 +223,10 @@ BAD_TRAIN = [
     (["train.retain_ema=-0.1"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got -0\.1"),
     (["train.max_abs_loss=0"], r"train\.max_abs_loss must be a number > 0 .*, got 0"),
     (["train.max_abs_loss=-5"], r"train\.max_abs_loss must be a number > 0 .*, got -5"),
-    (["combiner=pcgrad_symmetric", "train.retain_ema=0.9"], r"train\.retain_ema=0\.9 has no effect with combiner PCGradSymmetric"),
+    (
+        ["combiner=pcgrad_symmetric", "train.retain_ema=0.9"],
+        r"train\.retain_ema=0\.9 has no effect with combiner PCGradSymmetric",
+    ),
 ]
 
 
@@ -182,11 +238,14 @@ def test_bad_train_values_name_the_key_before_any_model_is_built(tmp_path, no_mo
         _setup(tmp_path, overrides)
 
 
-@pytest.mark.parametrize("override,cause", [
-    ("train.retain_ema=fast", "Value 'fast' of type 'str' could not be converted to Float"),
-    ("train.max_abs_loss=big", "Value 'big' of type 'str' could not be converted to Float"),
-    ("train.max_abs_loss=null", "field 'train.max_abs_loss' is not Optional"),
-])
+@pytest.mark.parametrize(
+    "override,cause",
+    [
+        ("train.retain_ema=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+        ("train.max_abs_loss=big", "Value 'big' of type 'str' could not be converted to Float"),
+        ("train.max_abs_loss=null", "field 'train.max_abs_loss' is not Optional"),
+    ],
+)
 def test_train_values_of_the_wrong_type_stop_composition(override, cause):
     """The schema of train (unlearn.schema.TrainConfig) refuses them while Hydra composes, before the validation pass."""
     from conftest import compose
@@ -197,11 +256,14 @@ def test_train_values_of_the_wrong_type_stop_composition(override, cause):
     assert cause in str(e.value.__cause__), str(e.value.__cause__)
 
 
-@pytest.mark.parametrize("overrides,ema,limit", [
-    (["train.retain_ema=0.9", "train.max_abs_loss=50"], 0.9, 50.0),
-    (["train.retain_ema=0", "train.max_abs_loss=inf"], 0.0, float("inf")),
-    (["combiner=pcgrad_symmetric"], None, 1e4),
-])
+@pytest.mark.parametrize(
+    "overrides,ema,limit",
+    [
+        (["train.retain_ema=0.9", "train.max_abs_loss=50"], 0.9, 50.0),
+        (["train.retain_ema=0", "train.max_abs_loss=inf"], 0.0, float("inf")),
+        (["combiner=pcgrad_symmetric"], None, 1e4),
+    ],
+)
 def test_good_train_values_reach_the_step_config(tmp_path, no_model_build, overrides, ema, limit):
     step = _setup(tmp_path, overrides).step
     assert step.retain_ema == ema and step.guard.max_abs_loss == limit
@@ -237,14 +299,24 @@ def test_the_module_hands_the_combiner_an_ema_of_g_retain(tiny, toy_splits, stre
     decay, steps, batch = 0.5, 3, 4
     m = copy.deepcopy(model)
     n = sum(p.requires_grad for p in m.parameters())
-    module = UnlearnModule(m, Objective(forget=GA(), retain=NLL()), Spy(), OptimConfig(lr=1e-3, warmup_ratio=0.0), StepConfig(retain_ema=decay, stream=stream))
+    module = UnlearnModule(
+        m,
+        Objective(forget=GA(), retain=NLL()),
+        Spy(),
+        OptimConfig(lr=1e-3, warmup_ratio=0.0),
+        StepConfig(retain_ema=decay, stream=stream),
+    )
     assert module.streaming() is stream
     fit(module, _stream(tok, toy_splits, steps, batch), tok.pad_token_id, batch, steps, LOOP)
     assert len(calls) == steps * n
     ema = None
     for k in range(steps):  # tensors come in the same order every step (backward order when streaming)
-        g_r, ref = zip(*calls[k * n:(k + 1) * n], strict=True)
-        ema = [t.clone() for t in g_r] if ema is None else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r, strict=True)]
+        g_r, ref = zip(*calls[k * n : (k + 1) * n], strict=True)
+        ema = (
+            [t.clone() for t in g_r]
+            if ema is None
+            else [decay * e + (1 - decay) * g for e, g in zip(ema, g_r, strict=True)]
+        )
         for e, r in zip(ema, ref, strict=True):
             torch.testing.assert_close(r, e)
     assert any(not torch.equal(r, g) for r, g in calls[-n:]), "after step 1 the reference is not g_r"
@@ -263,9 +335,21 @@ def test_diagnostics_are_computed_on_the_logged_steps_only(tiny, toy_splits, tmp
     monkeypatch.setattr(gradients, "tensor_diagnostics", lambda r, f, u: calls.append(1) or real(r, f, u))
     quiet_lightning()
     model, tok = tiny
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), SAGO(), OptimConfig(lr=1e-3, schedule="constant", warmup_ratio=0.0))
-    fit(module, _stream(tok, toy_splits, 4, 4), tok.pad_token_id, 4, 4, replace(LOOP, log_every_n_steps=2),
-        loggers=[JsonlLogger(tmp_path / "m.jsonl")])
+    module = UnlearnModule(
+        copy.deepcopy(model),
+        Objective(forget=GA(), retain=NLL()),
+        SAGO(),
+        OptimConfig(lr=1e-3, schedule="constant", warmup_ratio=0.0),
+    )
+    fit(
+        module,
+        _stream(tok, toy_splits, 4, 4),
+        tok.pad_token_id,
+        4,
+        4,
+        replace(LOOP, log_every_n_steps=2),
+        loggers=[JsonlLogger(tmp_path / "m.jsonl")],
+    )
     rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/grad/norm_update" in r]
     assert module.steps_done == 4 and len(rows) == 2
     assert all("train/grad/cos_forget_retain" in r and "train/grad/conflict_frac" in r for r in rows)

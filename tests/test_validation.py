@@ -41,7 +41,12 @@ def _a_file(tmp: Path) -> Path:
     return tmp / "a_file"
 
 
-MAKE = {"garbage_config": _garbage_config, "garbage_weights": _garbage_weights, "no_weights": _no_weights, "a_file": _a_file}
+MAKE = {
+    "garbage_config": _garbage_config,
+    "garbage_weights": _garbage_weights,
+    "no_weights": _no_weights,
+    "a_file": _a_file,
+}
 
 # (overrides, expected fragment): every one fails on the code before the validation pass (it ran,
 # crashed after the models were loaded, or raised an error that did not name the key)
@@ -61,10 +66,16 @@ BAD = [
     (["train.retain_ema=nan"], r"train\.retain_ema must be a decay in \[0, 1\) or null, got nan"),
     # strings among the allowed values; integers are integers (in the typed sections their schema
     # says so at composition: test_a_wrong_type_in_a_typed_section_stops_composition)
-    (["train.clip_norm=-1"], r"train\.clip_norm must be a number > 0 \(finite; global norm of the combined update\) or null, got -1\.0"),
+    (
+        ["train.clip_norm=-1"],
+        r"train\.clip_norm must be a number > 0 \(finite; global norm of the combined update\) or null, got -1\.0",
+    ),
     (["trainer.num_workers=-1"], r"trainer\.num_workers must be an integer >= 0, got -1"),
     (["trainer.accelerator=gpux"], r"trainer\.accelerator must be one of \('auto', 'cpu', .*\), got 'gpux'"),
-    (["trainer.threads=0"], r"trainer\.threads must be an integer > 0 \(torch threads; null = torch's choice\) or null, got 0"),
+    (
+        ["trainer.threads=0"],
+        r"trainer\.threads must be an integer > 0 \(torch threads; null = torch's choice\) or null, got 0",
+    ),
     (["trainer.progress_every=0"], r"trainer\.progress_every must be an integer > 0"),
     (["method=sga", "smoothing.K=2.5"], r"smoothing\.K must be int, got 2\.5"),
     (["save_model=maybe"], r"save_model must be true or false, got 'maybe'"),
@@ -73,27 +84,63 @@ BAD = [
     (["+train.lr=1"], r"train\.lr: no component reads this key \(allowed under train: accumulate, batch_size"),
     (["+optim.momentum=0.9"], r"optim\.momentum: no component reads this key \(allowed under optim: betas, lr"),
     (["+trainer.foo=1"], r"trainer\.foo: no component reads this key"),
-    (["+benchmark.data.n_peple=3"], r"benchmark\.data\.n_peple: ToyBenchmarkData takes no argument 'n_peple' \(it takes: .*n_people"),
+    (
+        ["+benchmark.data.n_peple=3"],
+        r"benchmark\.data\.n_peple: ToyBenchmarkData takes no argument 'n_peple' \(it takes: .*n_people",
+    ),
     (["method=ga", "+forget.beta=0.1"], r"forget\.beta: GA takes no argument 'beta' \(it takes: nothing\)"),
-    (["+model.prompt.sytem=hi"], r"model\.prompt\.sytem: no component reads this key \(allowed: template, answer_prefix, chat, system\)"),
-    (["+benchmark.roles.normal=[retain]"], r"benchmark\.roles\.normal: no component reads this key \(allowed under benchmark\.roles: forget, normal_pool, retain\)"),
+    (
+        ["+model.prompt.sytem=hi"],
+        r"model\.prompt\.sytem: no component reads this key \(allowed: template, answer_prefix, chat, system\)",
+    ),
+    (
+        ["+benchmark.roles.normal=[retain]"],
+        r"benchmark\.roles\.normal: no component reads this key \(allowed under benchmark\.roles: forget, normal_pool, retain\)",
+    ),
     # options that have no effect together
-    (["train.retain_ema=0.9", "combiner=sum"], r"train\.retain_ema=0\.9 has no effect with combiner Sum, which takes no reference gradient"),
+    (
+        ["train.retain_ema=0.9", "combiner=sum"],
+        r"train\.retain_ema=0\.9 has no effect with combiner Sum, which takes no reference gradient",
+    ),
     (["train.retain_ema=0.9", "method=ga"], r"train\.retain_ema=0\.9 has no effect with a single task"),
-    (["train.keep_checkpoint=true", "train.checkpoint_every=0"], r"train\.keep_checkpoint=true has no effect with train\.checkpoint_every=0"),
+    (
+        ["train.keep_checkpoint=true", "train.checkpoint_every=0"],
+        r"train\.keep_checkpoint=true has no effect with train\.checkpoint_every=0",
+    ),
     (["task=eval", "save_model=true"], r"save_model=true has no effect with task=eval"),
     # paths exist and have the right form
-    (["benchmark.target.path={tmp}/garbage_config"], r"benchmark\.target\.path: .*garbage_config/config\.json is not valid JSON"),
-    (["benchmark.target.path={tmp}/garbage_weights"], r"benchmark\.target\.path: .*garbage_weights/model\.safetensors has no valid safetensors header"),
+    (
+        ["benchmark.target.path={tmp}/garbage_config"],
+        r"benchmark\.target\.path: .*garbage_config/config\.json is not valid JSON",
+    ),
+    (
+        ["benchmark.target.path={tmp}/garbage_weights"],
+        r"benchmark\.target\.path: .*garbage_weights/model\.safetensors has no valid safetensors header",
+    ),
     (["benchmark.target.path={tmp}/no_weights"], r"benchmark\.target\.path: .*no_weights holds no weights"),
     (["benchmark.target.path={tmp}/nowhere"], r"benchmark\.target\.path: .*nowhere does not exist"),
-    (["benchmark.oracle.path={tmp}/a_file"], r"benchmark\.oracle\.path: .*a_file is a file, not a Hugging Face model folder"),
+    (
+        ["benchmark.oracle.path={tmp}/a_file"],
+        r"benchmark\.oracle\.path: .*a_file is a file, not a Hugging Face model folder",
+    ),
     (["benchmark.oracle.eval_file={tmp}/nowhere.json"], r"benchmark\.oracle\.eval_file: .*nowhere\.json is not a file"),
-    (["method=sga", "smoothing/provider=file", "smoothing.provider.path={tmp}/nowhere.jsonl"], r"smoothing\.provider\.path: .*nowhere\.jsonl is not a file"),
-    (["paths.cache_dir={tmp}/a_file/cache"], r"paths\.cache_dir: .*a_file/cache cannot be a folder: .*a_file is a file"),
+    (
+        ["method=sga", "smoothing/provider=file", "smoothing.provider.path={tmp}/nowhere.jsonl"],
+        r"smoothing\.provider\.path: .*nowhere\.jsonl is not a file",
+    ),
+    (
+        ["paths.cache_dir={tmp}/a_file/cache"],
+        r"paths\.cache_dir: .*a_file/cache cannot be a folder: .*a_file is a file",
+    ),
     # presets that fit one benchmark say so
-    (["experiment=smoke", "benchmark=tofu"], r"preset\.benchmark: experiment=smoke is for benchmark=toy .*got benchmark=tofu"),
-    (["experiment=sga/tofu", "benchmark=toy"], r"preset\.benchmark: experiment=sga/tofu is for benchmark=tofu .*got benchmark=toy"),
+    (
+        ["experiment=smoke", "benchmark=tofu"],
+        r"preset\.benchmark: experiment=smoke is for benchmark=toy .*got benchmark=tofu",
+    ),
+    (
+        ["experiment=sga/tofu", "benchmark=toy"],
+        r"preset\.benchmark: experiment=sga/tofu is for benchmark=tofu .*got benchmark=toy",
+    ),
 ]
 
 
@@ -113,12 +160,28 @@ def test_bad_input_is_refused_before_any_model_is_built(tmp_path, no_model_build
 
 
 def test_every_error_is_reported_at_once(tmp_path, no_model_build):
-    cfg = job_config(["optim.lr=inf", "seed=-1", "+train.foo=1", "train.clip_norm=0", "combiner=sago", "combiner.gate=medium", f"paths.cache_dir={tmp_path}"])
+    cfg = job_config(
+        [
+            "optim.lr=inf",
+            "seed=-1",
+            "+train.foo=1",
+            "train.clip_norm=0",
+            "combiner=sago",
+            "combiner.gate=medium",
+            f"paths.cache_dir={tmp_path}",
+        ]
+    )
     with pytest.raises(ConfigError) as e:
         build_job(cfg, RunDir(tmp_path / "run"))
     msg = str(e.value)
     assert msg.startswith("5 errors in the config:"), msg
-    for fragment in ("optim.lr must be", "seed must be", "train.foo: no component", "train.clip_norm must be", "combiner.gate must be one of"):
+    for fragment in (
+        "optim.lr must be",
+        "seed must be",
+        "train.foo: no component",
+        "train.clip_norm must be",
+        "combiner.gate must be one of",
+    ):
         assert fragment in msg, (fragment, msg)
     assert "not supported between" not in msg  # a constructor's echo of a key already named is dropped
 
@@ -149,8 +212,21 @@ def test_a_wrong_type_in_a_typed_section_stops_composition(override, cause):
 def test_good_paths_pass(tmp_path, no_model_build):
     fake_model_folder(tmp_path / "m")
     (tmp_path / "normal.jsonl").write_text('{"id": "a", "normal": ["x"]}\n')
-    build_job(job_config([f"benchmark.target.path={tmp_path}/m", f"paths.cache_dir={tmp_path}/new/cache"]), RunDir(tmp_path / "run"))
-    build_job(job_config(["method=sga", "smoothing/provider=file", f"smoothing.provider.path={tmp_path}/normal.jsonl", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
+    build_job(
+        job_config([f"benchmark.target.path={tmp_path}/m", f"paths.cache_dir={tmp_path}/new/cache"]),
+        RunDir(tmp_path / "run"),
+    )
+    build_job(
+        job_config(
+            [
+                "method=sga",
+                "smoothing/provider=file",
+                f"smoothing.provider.path={tmp_path}/normal.jsonl",
+                f"paths.cache_dir={tmp_path}",
+            ]
+        ),
+        RunDir(tmp_path / "run"),
+    )
 
 
 def test_an_empty_holdout_stops_before_any_fine_tuning(tmp_path, no_model_build):
@@ -158,7 +234,9 @@ def test_an_empty_holdout_stops_before_any_fine_tuning(tmp_path, no_model_build)
 
     cfg = job_config(["benchmark.data.n_holdout=0", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
     s = build_job(cfg, RunDir(tmp_path / "run"))
-    with pytest.raises(ConfigError, match=r"benchmark\.eval\.holdout: split 'holdout' is empty, so its metrics cannot be computed"):
+    with pytest.raises(
+        ConfigError, match=r"benchmark\.eval\.holdout: split 'holdout' is empty, so its metrics cannot be computed"
+    ):
         pipeline.run_unlearn(s, {})
     assert not (tmp_path / "cache" / "models").exists()
 
@@ -192,9 +270,18 @@ def test_an_impossible_run_directory_is_a_config_error_not_a_traceback(tmp_path,
 
 
 def test_cli_reports_all_errors_without_a_traceback(tmp_path):
-    proc = run_cli(["optim.lr=inf", "seed=4294967296", "+unknown.key=1", "hydra.run.dir=run"], cwd=tmp_path, cache=tmp_path / "cache")
+    proc = run_cli(
+        ["optim.lr=inf", "seed=4294967296", "+unknown.key=1", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+    )
     assert proc.returncode == 2
-    assert "3 errors in the config" in proc.stderr and "optim.lr must be" in proc.stderr and "seed must be" in proc.stderr and "unknown: no component" in proc.stderr
+    assert (
+        "3 errors in the config" in proc.stderr
+        and "optim.lr must be" in proc.stderr
+        and "seed must be" in proc.stderr
+        and "unknown: no component" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and "fine-tuning" not in proc.stderr
 
 
@@ -216,13 +303,17 @@ def test_a_long_job_name_keeps_the_swept_keys_and_hashes_the_rest():
 def test_the_swept_keys_come_from_the_command_line_and_the_sweeper():
     from unlearn.sweepnames import swept_keys
 
-    assert swept_keys(["optim.lr=1e-3,1e-4", "seed=range(3)", "train.steps=3", "model.prompt.system='a,b'"], {"method": "ga,gd"}) == ["method", "optim.lr", "seed"]
+    assert swept_keys(
+        ["optim.lr=1e-3,1e-4", "seed=range(3)", "train.steps=3", "model.prompt.system='a,b'"], {"method": "ga,gd"}
+    ) == ["method", "optim.lr", "seed"]
 
 
 def test_a_sweep_with_long_fixed_overrides_names_jobs_by_their_swept_values(tmp_path):
     fixed = [o for o in LONG.split(",") if not o.startswith(("optim.lr", "seed"))]
     # optim.lr < 0: every job stops at validation, in seconds, but gets its folder
-    proc = run_cli(["-m", *fixed, "optim.lr=-1,-2", "seed=0,1", "hydra.sweep.dir=sweep"], cwd=tmp_path, cache=tmp_path / "cache")
+    proc = run_cli(
+        ["-m", *fixed, "optim.lr=-1,-2", "seed=0,1", "hydra.sweep.dir=sweep"], cwd=tmp_path, cache=tmp_path / "cache"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert len(names) == 4 and len(set(n.split("_", 1)[1] for n in names)) == 4, names
@@ -242,8 +333,17 @@ def test_progress_lines_reach_a_redirected_stdout_during_the_run(tiny, toy_split
     quiet_lightning()
     model, tok = tiny
     f, r = (encode_rows(tok, PromptFormat(), toy_splits[k], 64) for k in ("forget", "retain"))
-    module = UnlearnModule(copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3, warmup_ratio=0.0))
-    fit(module, PairedStream(f, r, stream_length(4, 1, 4), seed=0), tok.pad_token_id, 4, 4, LoopConfig(accelerator="cpu", progress_every=2))
+    module = UnlearnModule(
+        copy.deepcopy(model), Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-3, warmup_ratio=0.0)
+    )
+    fit(
+        module,
+        PairedStream(f, r, stream_length(4, 1, 4), seed=0),
+        tok.pad_token_id,
+        4,
+        4,
+        LoopConfig(accelerator="cpu", progress_every=2),
+    )
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[unlearn] step")]
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"], lines
     assert "loss/forget=" in lines[0] and "loss/retain=" in lines[0]

@@ -23,7 +23,12 @@ MMLU = dict(mmlu_path=str(F / "mmlu/test.jsonl"), mmlu_dev_path=str(F / "mmlu/de
 
 
 def bio(**kw) -> WMDPData:
-    paths = dict(forget_path=str(F / "wmdp/bio_forget.jsonl"), retain_path=str(F / "wmdp/bio_retain.jsonl"), questions_path=str(F / "wmdp/wmdp_bio.jsonl"), **MMLU)
+    paths = dict(
+        forget_path=str(F / "wmdp/bio_forget.jsonl"),
+        retain_path=str(F / "wmdp/bio_retain.jsonl"),
+        questions_path=str(F / "wmdp/wmdp_bio.jsonl"),
+        **MMLU,
+    )
     return WMDPData("bio", **{**paths, **kw})
 
 
@@ -34,7 +39,11 @@ def write_jsonl(path, rows):
 
 def test_fixture_splits_and_chunking():
     s = bio(chunk_words=20).build()
-    assert {k: len(v) for k, v in s.items() if k in ("wmdp", "mmlu", "mmlu_dev")} == {"wmdp": 8, "mmlu": 12, "mmlu_dev": 10}
+    assert {k: len(v) for k, v in s.items() if k in ("wmdp", "mmlu", "mmlu_dev")} == {
+        "wmdp": 8,
+        "mmlu": 12,
+        "mmlu_dev": 10,
+    }
     assert all(len(r["text"].split()) <= 20 for r in s["forget"] + s["retain"])
     assert len(s["forget"]) > 6 and len({r["id"] for r in s["forget"]}) == len(s["forget"])
     assert len(bio(chunk_words=None).build()["forget"]) == 6
@@ -73,7 +82,9 @@ def test_bio_forget_corpus_is_gated_and_needs_a_path():
 def test_offline_hub_fails_fast_with_the_how_to(hub_unreachable):
     start = time.perf_counter()
     with pytest.raises(DataUnavailable, match=r"cais/wmdp \(wmdp-cyber, split test\).*benchmark.data.questions_path="):
-        WMDPData("cyber", forget_path=str(F / "wmdp/cyber_forget.jsonl"), retain_path=str(F / "wmdp/cyber_retain.jsonl")).build()
+        WMDPData(
+            "cyber", forget_path=str(F / "wmdp/cyber_forget.jsonl"), retain_path=str(F / "wmdp/cyber_retain.jsonl")
+        ).build()
     assert time.perf_counter() - start < 20
 
 
@@ -129,7 +140,12 @@ def test_benchmark_configs_build_without_reading_data(tmp_path):
     from unlearn.rundir import RunDir
 
     s = build_job(job_config(["benchmark=wmdp_cyber", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
-    assert (s.data.domain, s.data.forget_path, s.evaluator.name, s.evaluator.subject) == ("cyber", None, "wmdp_cyber", "cybersecurity")
+    assert (s.data.domain, s.data.forget_path, s.evaluator.name, s.evaluator.subject) == (
+        "cyber",
+        None,
+        "wmdp_cyber",
+        "cybersecurity",
+    )
     s = build_job(job_config([*fixture_args("bio"), f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run2"))
     assert (s.data.domain, s.evaluator.name, s.evaluator.n_shot) == ("bio", "wmdp_bio", 5)
 
@@ -149,7 +165,11 @@ def fixture_args(domain: str) -> list[str]:
 @pytest.mark.slow
 def test_cli_unlearns_wmdp_bio_on_the_fixtures(tmp_path, cache_dir):
     out = tmp_path / "run"
-    r = run_cli([*fixture_args("bio"), "train.steps=2", "train.batch_size=4", "logger=none", f"hydra.run.dir={out}"], tmp_path, cache_dir)
+    r = run_cli(
+        [*fixture_args("bio"), "train.steps=2", "train.batch_size=4", "logger=none", f"hydra.run.dir={out}"],
+        tmp_path,
+        cache_dir,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "ok"
@@ -181,14 +201,19 @@ def test_the_backend_is_a_target_and_the_old_strings_still_name_one(tmp_path):
     from unlearn.job import build_job
     from unlearn.rundir import RunDir
 
-    for i, (extra, want) in enumerate([
-        ([], LetterScorer),
-        (["benchmark.eval.backend=lmeval"], LMEval),
-        (["benchmark.eval.backend=builtin"], LetterScorer),
-        (["benchmark.eval.backend._target_=unlearn.eval.lmeval.LMEval"], LMEval),
-    ]):
+    for i, (extra, want) in enumerate(
+        [
+            ([], LetterScorer),
+            (["benchmark.eval.backend=lmeval"], LMEval),
+            (["benchmark.eval.backend=builtin"], LetterScorer),
+            (["benchmark.eval.backend._target_=unlearn.eval.lmeval.LMEval"], LMEval),
+        ]
+    ):
         for bench in ("wmdp_cyber", "rwku"):
-            job = build_job(job_config([f"benchmark={bench}", *extra, f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / f"run{i}{bench}"))
+            job = build_job(
+                job_config([f"benchmark={bench}", *extra, f"paths.cache_dir={tmp_path}"]),
+                RunDir(tmp_path / f"run{i}{bench}"),
+            )
             assert type(job.evaluator.backend) is want, (bench, extra)
     assert WMDPEvaluator(backend=LMEval()).backend == LMEval()
     with pytest.raises(ValueError, match="benchmark.eval.chat=true is not supported"):

@@ -27,7 +27,14 @@ def job_meta(cfg: DictConfig) -> dict[str, Any]:
     name = wandb_name(choices, cfg.benchmark.name, hc.job.override_dirname)
     tags = wandb_tags(choices, cfg.method.name, cfg.benchmark.name, cfg.model.name)
     group = cfg.get("group") or (sweep_group(hc.sweep.dir) if multirun else None)
-    return {"name": name, "group": group, "tags": tags, "multirun": multirun, "output_dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task)}
+    return {
+        "name": name,
+        "group": group,
+        "tags": tags,
+        "multirun": multirun,
+        "output_dir": hc.runtime.output_dir,
+        "overrides": list(hc.overrides.task),
+    }
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -40,7 +47,10 @@ def app(cfg: DictConfig) -> Any:
     done = from_rank0(_finished(run_dir, cfg) if cfg.get("resume", True) and rank0 else None)
     if done is not None:
         if rank0:
-            print(f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)", file=sys.stderr)
+            print(
+                f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)",
+                file=sys.stderr,
+            )
         return _sweep_objective(cfg, done)
     run_dir = RunDir(run_dir, writes=rank0)
     try:
@@ -57,7 +67,9 @@ def app(cfg: DictConfig) -> Any:
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: recorded, the checkpoints kept for the next run to resume
         run_dir.status("interrupted", "KeyboardInterrupt (Ctrl-C)")
-        print(f"[unlearn] interrupted; the same command resumes {run_dir.path} from its last checkpoint", file=sys.stderr)
+        print(
+            f"[unlearn] interrupted; the same command resumes {run_dir.path} from its last checkpoint", file=sys.stderr
+        )
         sys.exit(130)
     except Exception as e:  # a failed job is recorded; in a sweep the others go on
         (run_dir.file("traceback.txt")).write_text(traceback.format_exc())
@@ -93,7 +105,9 @@ def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:
     job = build_job(cfg, run_dir)
     if job.loop.threads is not None:
         torch.set_num_threads(job.loop.threads)
-    run_dir.write_provenance(job.seed, {"overrides": meta["overrides"], "group": meta["group"], "threads": job.loop.threads})
+    run_dir.write_provenance(
+        job.seed, {"overrides": meta["overrides"], "group": meta["group"], "threads": job.loop.threads}
+    )
     return job
 
 

@@ -62,7 +62,11 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
-    return {str(p.relative_to(folder)): fingerprint(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        str(p.relative_to(folder)): fingerprint(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def damage(folder: Path) -> str | None:
@@ -105,7 +109,9 @@ class Cache:
                 waited += LOCK_NOTICE_S
                 say(f"waiting for {lock.lock_file} ({waited:.0f}s): another process is building {what}")
 
-    def directory(self, kind: str, key: Any, build: Callable[[Path], None], label: str | None = None) -> tuple[Path, bool]:
+    def directory(
+        self, kind: str, key: Any, build: Callable[[Path], None], label: str | None = None
+    ) -> tuple[Path, bool]:
         """Folder ``<root>/<kind>/<hash>``, built by ``build(tmp_dir)`` if absent or damaged.
         Returns (path, hit). ``label`` names the entry in messages (``the target model``)."""
         path = self.root / kind / digest(key)
@@ -145,7 +151,9 @@ class Cache:
             if path.exists():
                 if (value := self._read_json(path)) is not None:
                     return value[0], True
-                say(f"cache entry {what} is damaged (unreadable, or its value does not match its checksum); recomputing it")
+                say(
+                    f"cache entry {what} is damaged (unreadable, or its value does not match its checksum); recomputing it"
+                )
             value = compute()
             # the checksum is of the value as it reads back (tuples become lists, numbers floats)
             tmp = path.with_name(f".{path.name}.tmp")

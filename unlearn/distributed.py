@@ -114,7 +114,7 @@ class BucketedMean:
             offset = 0
             for i in members:
                 n = like[i].numel()
-                self.views[i] = flat[offset:offset + n].view(like[i].shape)
+                self.views[i] = flat[offset : offset + n].view(like[i].shape)
                 self.bucket_of[i] = k
                 offset += n
             self.flat.append(flat)
@@ -131,7 +131,9 @@ class BucketedMean:
         """Average every bucket over the ranks (launching those not yet launched); the views."""
         unready = [self.buckets[k] for k, m in enumerate(self.missing) if m > 0]
         if unready:  # every rank would wait for a bucket this rank never launches
-            raise RuntimeError(f"tensors {sorted(i for b in unready for i in b)[:8]} were never marked ready before the reduction")
+            raise RuntimeError(
+                f"tensors {sorted(i for b in unready for i in b)[:8]} were never marked ready before the reduction"
+            )
         for handle in self.handles:
             handle.wait()
         torch._foreach_div_(self.flat, float(world_size()))

@@ -167,12 +167,20 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
         make("step", lambda: StepConfig.from_train(built["train"]), "train")
     make("target", lambda: _source(cfg, "target"), "benchmark.target")
     make("oracle", lambda: _source(cfg, "oracle"), "benchmark.oracle")
-    if "finetune" in built and built.get("target") is not None and fine_tunes(str(cfg.task), built["target"], built.get("oracle")):
+    if (
+        "finetune" in built
+        and built.get("target") is not None
+        and fine_tunes(str(cfg.task), built["target"], built.get("oracle"))
+    ):
         for why in problems_of(built["finetune"], "benchmark.finetune"):
             problems.add(why)
     make("fmt", lambda: PromptFormat(**(to_plain(OmegaConf.select(cfg, "model.prompt")) or {})), "model.prompt")
     make("device", lambda: resolve_device(str(cfg.model.get("device", "auto"))), "model.device")
-    make("dtype", lambda: resolve_dtype(str(cfg.model.get("dtype", "auto")), built.get("device", torch.device("cpu"))), "model.dtype")
+    make(
+        "dtype",
+        lambda: resolve_dtype(str(cfg.model.get("dtype", "auto")), built.get("device", torch.device("cpu"))),
+        "model.dtype",
+    )
     if cfg.model.get("lora"):
         from unlearn.models.lora import lora_config
 
@@ -185,15 +193,28 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
     make("evaluator", lambda: build(cfg, "benchmark.eval"), "benchmark.eval")
     make("collapse", lambda: build(cfg, "benchmark.collapse"), "benchmark.collapse")
     make("objective", lambda: _build_objective(cfg) if cfg.task == "unlearn" else None)
-    make("callbacks", lambda: [build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))], "train.callbacks")
+    make(
+        "callbacks",
+        lambda: [build(cfg, f"train.callbacks.{i}") for i in range(len(cfg.train.get("callbacks") or []))],
+        "train.callbacks",
+    )
     _check_together(cfg, built, problems)
     problems.raise_if_any()
     roles = to_plain(OmegaConf.select(cfg, "benchmark.roles")) or {}
     return Job(
-        run=run, task=str(cfg.task), bench=str(cfg.benchmark.name), seed=int(cfg.seed), cache=Cache(cfg.paths.cache_dir),
-        roles=Roles(**roles), lora=to_plain(cfg.model.get("lora")) or None, wandb=to_plain(OmegaConf.select(cfg, "logger.wandb")),
-        save_model=bool(cfg.get("save_model")), resume=bool(cfg.get("resume", True)),
-        prompt=to_plain(cfg.model.get("prompt")), evaluator_config=to_plain(cfg.benchmark.get("eval")), config_hash=config_hash(cfg),
+        run=run,
+        task=str(cfg.task),
+        bench=str(cfg.benchmark.name),
+        seed=int(cfg.seed),
+        cache=Cache(cfg.paths.cache_dir),
+        roles=Roles(**roles),
+        lora=to_plain(cfg.model.get("lora")) or None,
+        wandb=to_plain(OmegaConf.select(cfg, "logger.wandb")),
+        save_model=bool(cfg.get("save_model")),
+        resume=bool(cfg.get("resume", True)),
+        prompt=to_plain(cfg.model.get("prompt")),
+        evaluator_config=to_plain(cfg.benchmark.get("eval")),
+        config_hash=config_hash(cfg),
         **built,
     )
 
@@ -209,4 +230,3 @@ def _check_together(cfg: DictConfig, built: dict[str, Any], problems: Problems) 
         rate = cfg.smoothing.get("rate") if cfg.get("smoothing") else None
         for msg in check_sharded(built.get("combiner"), built.get("objective"), bool(cfg.model.get("lora")), rate):
             problems.add(msg)
-

@@ -72,8 +72,15 @@ def wandb_name(choices: Mapping[str, Any], benchmark: str, overrides: str) -> st
 def wandb_tags(choices: Mapping[str, Any], preset: Any, benchmark: str, model: str) -> list[str]:
     """The W&B tags of a job (see the module docstring)."""
     f, r, c = (choices.get(g) or "?" for g in GROUPS)
-    return [f"method:{method_label(f, r)}", f"combiner:{c}", f"forget:{f}", f"retain:{r}", f"preset:{preset}",
-            f"benchmark:{benchmark}", f"model:{model}"]
+    return [
+        f"method:{method_label(f, r)}",
+        f"combiner:{c}",
+        f"forget:{f}",
+        f"retain:{r}",
+        f"preset:{preset}",
+        f"benchmark:{benchmark}",
+        f"model:{model}",
+    ]
 
 
 def register_resolvers() -> None:

@@ -30,7 +30,11 @@ class JsonlLogger(Logger):
         """This phase logs its steps from ``start_step`` on (0: a fresh start): drop its rows from
         there on, which an earlier, interrupted attempt wrote (a resumed one may have logged past
         its last checkpoint), so every step appears once. Rewritten atomically."""
-        keep = [r for r in read_metrics(self.path) if r.get("phase") != self.phase or (isinstance(r.get("step"), int) and r["step"] < start_step)]
+        keep = [
+            r
+            for r in read_metrics(self.path)
+            if r.get("phase") != self.phase or (isinstance(r.get("step"), int) and r["step"] < start_step)
+        ]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, self.path)
@@ -64,7 +68,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def wandb_logger(settings: Mapping[str, Any], save_dir: Path, name: str, group: str | None, tags: list[str], run_id: str | None = None) -> Logger:
+def wandb_logger(
+    settings: Mapping[str, Any],
+    save_dir: Path,
+    name: str,
+    group: str | None,
+    tags: list[str],
+    run_id: str | None = None,
+) -> Logger:
     """A Lightning ``WandbLogger``; ``mode: offline`` (default) never prompts for a login. With
     ``run_id`` (a resumed job's) W&B continues that run (``resume="allow"``)."""
     from lightning.pytorch.loggers import WandbLogger

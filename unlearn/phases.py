@@ -58,7 +58,11 @@ def check_roles(job: Job, splits: Mapping[str, Rows]) -> None:
     """
     if job.objective is None:
         return
-    used = ["forget"] + ["retain"] * (job.objective.retain is not None) + ["normal_pool"] * bool(job.objective.smoothing.active)
+    used = (
+        ["forget"]
+        + ["retain"] * (job.objective.retain is not None)
+        + ["normal_pool"] * bool(job.objective.smoothing.active)
+    )
     for role in used:
         split_names(splits, getattr(job.roles, role), f"benchmark.roles.{role}")
 
@@ -78,7 +82,9 @@ class ModelRef:
         return model.to(job.device), tok
 
 
-def require_labels(tok: Any, fmt: Any, rows: Rows, enc: Sequence[Mapping[str, Any]], max_length: int, key: str, what: str) -> None:
+def require_labels(
+    tok: Any, fmt: Any, rows: Rows, enc: Sequence[Mapping[str, Any]], max_length: int, key: str, what: str
+) -> None:
     """Stop before training when no row of ``what`` keeps a predicted answer token within
     ``max_length``: every gradient would be zero and the run would still look fine. (A label
     counts from the second position on: the first token is never predicted.)"""
@@ -99,12 +105,16 @@ def finetune(job: Job, model: Any, tok: Any, rows: Rows, log_dir: Path | None = 
     enc = encode_rows(tok, job.fmt, rows, max_length)
     require_labels(tok, job.fmt, rows, enc, max_length, key, "fine-tuning")
     steps = max(1, int(r.epochs * len(enc) / bs))
-    module = UnlearnModule(model, Objective(forget=None, retain=NLL()), optim=r.optim(), step=StepConfig(clip_norm=1.0, diagnostics=False))
+    module = UnlearnModule(
+        model, Objective(forget=None, retain=NLL()), optim=r.optim(), step=StepConfig(clip_norm=1.0, diagnostics=False)
+    )
     stream = PairedStream(None, enc, stream_length(steps, 1, bs), seed=r.seed)
     loggers = [JsonlLogger(log_dir / "metrics.jsonl", phase="finetune")] if log_dir else []
     L.seed_everything(r.seed, verbose=False)
     with checkpointing(model, job.gradient_checkpointing):  # same weights either way: not in the cache key
-        fit(module, stream, tok.pad_token_id, bs, steps, job.loop.single_process(), loggers=loggers)  # cached by recipe: never trainer-dependent
+        fit(
+            module, stream, tok.pad_token_id, bs, steps, job.loop.single_process(), loggers=loggers
+        )  # cached by recipe: never trainer-dependent
 
 
 def finetune_key(job: Job, rows: Rows) -> dict[str, Any]:
@@ -155,7 +165,15 @@ def reference_model(job: Job, splits: Mapping[str, Rows], role: str) -> ModelRef
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(job: Job, model: Any, tok: Any, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
+def evaluate(
+    job: Job,
+    model: Any,
+    tok: Any,
+    splits: Mapping[str, Rows],
+    oracle: Mapping[str, Any] | None = None,
+    target: Mapping[str, Any] | None = None,
+    diverged: str | None = None,
+) -> dict[str, Any]:
     """The evaluator's record of ``model`` (:class:`~unlearn.evaluator.EvalContext` says what each
     argument is for), then the benchmark's shared collapse check (``benchmark.collapse``),
     relative to ``target``."""
@@ -165,7 +183,9 @@ def evaluate(job: Job, model: Any, tok: Any, splits: Mapping[str, Rows], oracle:
     return job.collapse.apply(record, target) if job.collapse is not None else record
 
 
-def evaluation_key(job: Job, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluation_key(
+    job: Job, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The cache key of ``ref``'s evaluation. The oracle's record is in it (its arrays and metrics,
     which forget quality and PrivLeak are computed against), so a changed oracle is a new entry."""
     oracle_part = None if oracle is None else digest({"arrays": oracle.get("arrays"), "metrics": oracle.get("metrics")})
@@ -180,7 +200,9 @@ def evaluation_key(job: Job, ref: ModelRef, splits: Mapping[str, Rows], oracle: 
     }
 
 
-def cached_evaluation(job: Job, ref: ModelRef, splits: Mapping[str, Rows], role: str, oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def cached_evaluation(
+    job: Job, ref: ModelRef, splits: Mapping[str, Rows], role: str, oracle: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Evaluation of a target/oracle model, cached under its weights' key, the evaluator and ``oracle``."""
     key = evaluation_key(job, ref, splits, oracle)
 
@@ -211,7 +233,9 @@ def oracle_record(job: Job, splits: Mapping[str, Rows]) -> dict[str, Any] | None
             except ValueError as e:
                 raise ConfigError(f"benchmark.oracle.eval_file: {path} {e}") from e
         if "arrays" not in record or "forget_truth_ratio" not in record["arrays"]:
-            raise ConfigError(f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)")
+            raise ConfigError(
+                f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)"
+            )
         return record
     ref = reference_model(job, splits, "oracle")
     return cached_evaluation(job, ref, splits, "oracle") if ref is not None else None
@@ -247,7 +271,15 @@ def _encode(job: Job, tok: Any, splits: Mapping[str, Rows]) -> tuple[dict[str, R
     return rows, encoded, groups
 
 
-def unlearn(job: Job, model: Any, tok: Any, splits: Mapping[str, Rows], loggers: Sequence[Any], callbacks: Sequence[Any] = (), resume_from: Path | None = None) -> UnlearnModule:
+def unlearn(
+    job: Job,
+    model: Any,
+    tok: Any,
+    splits: Mapping[str, Rows],
+    loggers: Sequence[Any],
+    callbacks: Sequence[Any] = (),
+    resume_from: Path | None = None,
+) -> UnlearnModule:
     """Run the unlearning phase on ``model`` in place; returns the module (``.diverged`` etc.).
 
     ``resume_from`` is a checkpoint of this same run: training continues from its step, and the
@@ -271,11 +303,35 @@ def unlearn(job: Job, model: Any, tok: Any, splits: Mapping[str, Rows], loggers:
     )
     L.seed_everything(job.seed, verbose=False)
     model.to(job.device).train()
-    obj.prepare(PrepareContext(model=model, reference=Reference(model), tokenizer=tok, encoded=encoded, batch_size=bs, seed=job.seed, rows=rows,
-                               fmt=job.fmt, max_length=job.train.max_length))
+    obj.prepare(
+        PrepareContext(
+            model=model,
+            reference=Reference(model),
+            tokenizer=tok,
+            encoded=encoded,
+            batch_size=bs,
+            seed=job.seed,
+            rows=rows,
+            fmt=job.fmt,
+            max_length=job.train.max_length,
+        )
+    )
     module = UnlearnModule(model, obj, job.combiner, job.optim, job.step)
-    say(f"unlearning: {len(rows['forget'])} forget rows, {len(rows['retain'])} retain rows, {steps} steps of batch {bs}" + (f" (resuming after step {done})" if done else ""))
+    say(
+        f"unlearning: {len(rows['forget'])} forget rows, {len(rows['retain'])} retain rows, {steps} steps of batch {bs}"
+        + (f" (resuming after step {done})" if done else "")
+    )
     with checkpointing(model, job.gradient_checkpointing):
-        fit(module, stream, tok.pad_token_id, bs, steps, job.loop, loggers=loggers, callbacks=callbacks, default_root_dir=str(job.run.path),
-            ckpt_path=str(resume_from) if resume_from else None)
+        fit(
+            module,
+            stream,
+            tok.pad_token_id,
+            bs,
+            steps,
+            job.loop,
+            loggers=loggers,
+            callbacks=callbacks,
+            default_root_dir=str(job.run.path),
+            ckpt_path=str(resume_from) if resume_from else None,
+        )
     return module

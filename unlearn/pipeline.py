@@ -34,7 +34,11 @@ def namespaced(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
 def _load_splits(job: Job) -> dict[str, list[dict[str, Any]]]:
     t = time.perf_counter()
     splits = job.data.build()
-    say(f"benchmark {job.bench}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f" ({time.perf_counter() - t:.1f}s)")
+    say(
+        f"benchmark {job.bench}: "
+        + ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        + f" ({time.perf_counter() - t:.1f}s)"
+    )
     phases.check_roles(job, splits)  # before any fine-tuning: a typo in benchmark.roles costs seconds
     check_splits(job.evaluator, splits)  # and an empty holdout or forget split, too
     return splits
@@ -54,7 +58,16 @@ def _loggers(job: Job, meta: Mapping[str, Any]) -> list[Any]:
     out: list[Any] = [JsonlLogger(job.run.file("metrics.jsonl"), start_step=resume.checkpoint_step(ckpt))]
     if job.wandb is not None:
         run_id = resume.wandb_run_id(job.run.path, ckpt is not None) if job.train.checkpoint_every > 0 else None
-        out.append(wandb_logger(job.wandb, job.run.path, meta.get("name", "unlearn"), meta.get("group"), list(meta.get("tags", [])), run_id))
+        out.append(
+            wandb_logger(
+                job.wandb,
+                job.run.path,
+                meta.get("name", "unlearn"),
+                meta.get("group"),
+                list(meta.get("tags", [])),
+                run_id,
+            )
+        )
     return out
 
 
@@ -112,7 +125,11 @@ def run_unlearn(job: Job, meta: Mapping[str, Any]) -> dict[str, Any]:
                 resume.drop_checkpoints(job.run.path)
     finally:
         _finish_loggers(loggers, job.run.results, status)
-    print_table(f"{job.bench} · {meta.get('name', '')}" + (f" ({status})" if status in ("diverged", "collapsed") else ""), cols, getattr(job.evaluator, "directions", {}))
+    print_table(
+        f"{job.bench} · {meta.get('name', '')}" + (f" ({status})" if status in ("diverged", "collapsed") else ""),
+        cols,
+        getattr(job.evaluator, "directions", {}),
+    )
     return job.run.results
 
 

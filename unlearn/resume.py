@@ -25,8 +25,20 @@ from unlearn.rundir import read_json
 from unlearn.utils.progress import say
 
 #: keys that do not influence a job's results
-IGNORED = ("group", "logger", "paths", "resume", "sweep", "objective_metric", "trainer.enable_progress_bar",
-           "trainer.log_every_n_steps", "train.checkpoint_every", "train.keep_checkpoint", "train.callbacks", "plan")
+IGNORED = (
+    "group",
+    "logger",
+    "paths",
+    "resume",
+    "sweep",
+    "objective_metric",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "train.checkpoint_every",
+    "train.keep_checkpoint",
+    "train.callbacks",
+    "plan",
+)
 COMPLETE = ("ok", "collapsed", "diverged")
 CKPT_DIR = "checkpoints"
 
@@ -73,7 +85,9 @@ def resumable(run_dir: Path, h: str) -> Path | None:
             checkpoint_step(ckpt)
             return ckpt
         except Exception as e:  # noqa: BLE001  (any unreadable checkpoint: start afresh)
-            say(f"cannot resume from {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); starting afresh")
+            say(
+                f"cannot resume from {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); starting afresh"
+            )
     shutil.rmtree(d, ignore_errors=True)
     return None
 

@@ -39,8 +39,15 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, null: bool = False,
-        inf_ok: bool = False, what: str = "") -> Rule:
+def num(
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    null: bool = False,
+    inf_ok: bool = False,
+    what: str = "",
+) -> Rule:
     def ok(v: Any) -> bool:
         if v is None:
             return null
@@ -67,13 +74,17 @@ def integer(lo: int = 0, hi: int | None = None, null: bool = False, what: str = 
 
 
 def choice(*values: Any, null: bool = False) -> Rule:
-    return Rule(lambda v: (v is None and null) or (isinstance(v, (str, int)) and not isinstance(v, bool) and v in values),
-                f"one of {values}{' or null' if null else ''}")
+    return Rule(
+        lambda v: (v is None and null) or (isinstance(v, (str, int)) and not isinstance(v, bool) and v in values),
+        f"one of {values}{' or null' if null else ''}",
+    )
 
 
 def kind(*types_: type, what: str, null: bool = False) -> Rule:
-    return Rule(lambda v: (v is None and null) or (isinstance(v, types_) and not (isinstance(v, bool) and bool not in types_)),
-                what + (" or null" if null else ""))
+    return Rule(
+        lambda v: (v is None and null) or (isinstance(v, types_) and not (isinstance(v, bool) and bool not in types_)),
+        what + (" or null" if null else ""),
+    )
 
 
 ANY = Rule(lambda v: True, "anything")
@@ -82,7 +93,9 @@ STR = kind(str, what="a string")
 SEED = integer(0, SEED_MAX, what="numpy's seed range")
 
 
-def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, factory: Callable[[], Any] | None = None) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING, rule: Rule | None = None, factory: Callable[[], Any] | None = None
+) -> Any:
     """A dataclass field that carries its :class:`Rule` (``None``: the type says all there is)."""
     meta = {"rule": rule} if rule is not None else {}
     if factory is not None:

@@ -22,7 +22,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 STATUSES = ("running", "ok", "collapsed", "diverged", "failed", "interrupted")
-PACKAGES = ("unlearn", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "peft", "datasets", "wandb", "tokenizers")
+PACKAGES = (
+    "unlearn",
+    "torch",
+    "transformers",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "peft",
+    "datasets",
+    "wandb",
+    "tokenizers",
+)
 
 
 def _jsonable(x: Any) -> Any:
@@ -74,8 +85,11 @@ def read_json(path: Path) -> Any:
 def git_state(where: Path) -> dict[str, Any]:
     """Commit and dirty flag of the git checkout that holds ``where``; outside a checkout, the
     commit an image was built from (``UNLEARN_GIT_COMMIT``, set by docker/Dockerfile) or null."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -98,7 +112,11 @@ def versions() -> dict[str, str | None]:
 def device_info() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info.update(cuda=True, gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count())
     else:

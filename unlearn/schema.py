@@ -38,19 +38,27 @@ class TrainConfig:
 
     steps: int = setting(30, integer(1, what="optimizer steps"))
     #: passes over the forget set; when set, replaces steps (papers that give epochs)
-    epochs: Optional[float] = setting(None, num(0, lo_open=True, null=True, what="passes over the forget set; replaces train.steps"))
+    epochs: Optional[float] = setting(
+        None, num(0, lo_open=True, null=True, what="passes over the forget set; replaces train.steps")
+    )
     batch_size: int = setting(8, integer(1))  # forget samples per micro-batch (each with one retain partner)
     accumulate: int = setting(1, integer(1))  # micro-batches per optimizer step
     #: combine each tensor during the forget backward (one gradient buffer); null = when possible, false = never
     stream: Optional[bool] = None
-    clip_norm: Optional[float] = setting(1.0, num(0, lo_open=True, null=True, what="global norm of the combined update"))
+    clip_norm: Optional[float] = setting(
+        1.0, num(0, lo_open=True, null=True, what="global norm of the combined update")
+    )
     max_length: int = setting(256, integer(1, what="tokens"))  # tokens per row
     #: EMA decay of g_r used by the combiner's conflict test; null = raw g_r
     retain_ema: Optional[float] = setting(None, RETAIN_EMA)
-    diagnostics: bool = True  # log norms, cosines and conflict fractions on every logged step (trainer.log_every_n_steps)
+    diagnostics: bool = (
+        True  # log norms, cosines and conflict fractions on every logged step (trainer.log_every_n_steps)
+    )
     #: a loss or update norm beyond this (or non-finite) marks the run diverged
     max_abs_loss: float = setting(1.0e4, num(0, lo_open=True, inf_ok=True, what=".inf disables the limit"))
-    checkpoint_every: int = setting(50, integer(0, what="optimizer steps; 0 = none"))  # between checkpoints, for resuming
+    checkpoint_every: int = setting(
+        50, integer(0, what="optimizer steps; 0 = none")
+    )  # between checkpoints, for resuming
     keep_checkpoint: bool = False  # keep checkpoints/ after a successful run
     callbacks: list[Any] = setting(factory=list)  # extra Lightning callbacks, each a {_target_: ...}
 
@@ -93,7 +101,9 @@ class FinetuneConfig:
     seed: int = setting(0, SEED)
 
     def optim(self) -> OptimConfig:
-        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule, warmup_ratio=self.warmup_ratio)
+        return OptimConfig(
+            lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule, warmup_ratio=self.warmup_ratio
+        )
 
 
 @dataclass
@@ -110,20 +120,30 @@ class LoopConfig:
     accelerator: str = setting("auto", choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
     devices: Any = 1  # an integer > 0, a list of device indices, or "auto" (checked in __post_init__)
     strategy: Any = "auto"  # a Lightning strategy name or a {_target_: ...} node
-    precision: str = setting("32-true", choice(*PRECISIONS, "16-mixed", "16"))  # 16-mixed: refused in __post_init__, saying why
+    precision: str = setting(
+        "32-true", choice(*PRECISIONS, "16-mixed", "16")
+    )  # 16-mixed: refused in __post_init__, saying why
     num_workers: int = setting(0, integer(0))
-    log_every_n_steps: int = setting(1, integer(1))  # metrics, and the gradient diagnostics (several passes over every gradient), every N steps
+    log_every_n_steps: int = setting(
+        1, integer(1)
+    )  # metrics, and the gradient diagnostics (several passes over every gradient), every N steps
     enable_progress_bar: bool = True
-    progress_every: int = setting(10, integer(1, what="optimizer steps between progress lines when stdout is not a terminal"))
+    progress_every: int = setting(
+        10, integer(1, what="optimizer steps between progress lines when stdout is not a terminal")
+    )
     threads: Optional[int] = setting(None, integer(1, null=True, what="torch threads; null = torch's choice"))
     extra: dict[str, Any] = setting(factory=dict)  # further lightning.Trainer arguments
 
     def __post_init__(self) -> None:
         refuse_invalid(self, "trainer")
         if self.precision in ("16-mixed", "16", 16):
-            raise ValueError("trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or 32-true")
+            raise ValueError(
+                "trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or 32-true"
+            )
         if isinstance(self.strategy, Mapping) and "_target_" not in self.strategy:
-            raise ValueError(f"trainer.strategy must be a Lightning strategy name or have a _target_, got {dict(self.strategy)!r}")
+            raise ValueError(
+                f"trainer.strategy must be a Lightning strategy name or have a _target_, got {dict(self.strategy)!r}"
+            )
         processes = self._devices() * int(self.extra.get("num_nodes", 1))
         if processes > 1 and not isinstance(self.strategy, Mapping):
             raise ValueError(
@@ -140,7 +160,9 @@ class LoopConfig:
             return self.devices
         if isinstance(self.devices, (list, tuple)) and self.devices:
             return len(self.devices)
-        raise ValueError(f"trainer.devices must be a positive integer or a list of device indices, got {self.devices!r}")
+        raise ValueError(
+            f"trainer.devices must be a positive integer or a list of device indices, got {self.devices!r}"
+        )
 
     @property
     def world_size(self) -> int:
@@ -159,7 +181,9 @@ class LoopConfig:
 
     def single_process(self) -> "LoopConfig":
         """The same settings in one process (for recipes whose result must not depend on the trainer)."""
-        return replace(self, devices=1, strategy="auto", extra={k: v for k, v in self.extra.items() if k != "num_nodes"})
+        return replace(
+            self, devices=1, strategy="auto", extra={k: v for k, v in self.extra.items() if k != "num_nodes"}
+        )
 
 
 #: (ConfigStore name, schema, where in the composed config it applies); conf/config.yaml lists them first

@@ -98,7 +98,9 @@ def _lead_key(message: str) -> str:
 # -- rules ----------------------------------------------------------------------------------------
 def _typed_rules() -> dict[str, Rule]:
     """The typed sections' rules, from their dataclasses (each stated there, once)."""
-    return {f"{where}.{name}": rule for _, schema, where in SCHEMA_SECTIONS for name, rule in field_rules(schema).items()}
+    return {
+        f"{where}.{name}": rule for _, schema, where in SCHEMA_SECTIONS for name, rule in field_rules(schema).items()
+    }
 
 
 #: the keys of the sections without a ``_target_``, and what each allows; a key absent here is unknown.
@@ -144,7 +146,23 @@ RULES: dict[str, Rule] = {
 #: checked where it is used (unlearn.job.build_job): a job that fine-tunes nothing may leave it unfit
 CHECKED_WHEN_USED = "benchmark.finetune."
 #: sections whose keys are checked against RULES (a ``_target_`` node is checked against its signature)
-SECTIONS = {"", "plan", "paths", "train", "optim", "trainer", "model", "method", "logger", "preset", "benchmark", "benchmark.roles", "benchmark.target", "benchmark.oracle", "benchmark.finetune"}
+SECTIONS = {
+    "",
+    "plan",
+    "paths",
+    "train",
+    "optim",
+    "trainer",
+    "model",
+    "method",
+    "logger",
+    "preset",
+    "benchmark",
+    "benchmark.roles",
+    "benchmark.target",
+    "benchmark.oracle",
+    "benchmark.finetune",
+}
 #: top-level keys that are whole groups, each a ``_target_`` node (or null for none)
 GROUP_NODES = ("forget", "retain", "smoothing", "combiner")
 SUBTREES = {"model.prompt": "unlearn.data.format.PromptFormat"}
@@ -152,8 +170,8 @@ SUBTREES = {"model.prompt": "unlearn.data.format.PromptFormat"}
 
 def _allowed_in(section: str) -> set[str]:
     pre = f"{section}." if section else ""
-    keys = {k[len(pre):].split(".", 1)[0] for k in RULES if k.startswith(pre)}
-    keys |= {k[len(pre):] for k in SUBTREES if k.startswith(pre) and "." not in k[len(pre):]}
+    keys = {k[len(pre) :].split(".", 1)[0] for k in RULES if k.startswith(pre)}
+    keys |= {k[len(pre) :] for k in SUBTREES if k.startswith(pre) and "." not in k[len(pre) :]}
     if section == "":
         keys |= set(GROUP_NODES) | {"hydra"}
     if section == "model":
@@ -173,7 +191,9 @@ def _value(cfg: DictConfig, key: str, problems: Problems) -> tuple[bool, Any]:
     try:
         return True, OmegaConf.select(cfg, key, throw_on_missing=True)
     except MissingMandatoryValue:
-        problems.add(f"{key}: a value is required here (it is '???' in the config); set it on the command line, e.g. {key}=...")
+        problems.add(
+            f"{key}: a value is required here (it is '???' in the config); set it on the command line, e.g. {key}=..."
+        )
     except OmegaConfBaseException as e:
         problems.add(f"{key}: {getattr(e, 'msg', e)}")
     return False, None
@@ -221,7 +241,9 @@ def check_known_keys(cfg: DictConfig, problems: Problems) -> None:
         for k in node.keys():
             if k not in allowed:
                 where = f"under {section}" if section else "at the top level"
-                problems.add(f"{_join(section, k)}: no component reads this key (allowed {where}: {', '.join(sorted(allowed - {'hydra'}))})")
+                problems.add(
+                    f"{_join(section, k)}: no component reads this key (allowed {where}: {', '.join(sorted(allowed - {'hydra'}))})"
+                )
 
 
 # -- _target_ nodes -------------------------------------------------------------------------------
@@ -264,13 +286,17 @@ def _fits(v: Any, tp: Any) -> bool | None:
     if tp is str:
         return isinstance(v, str)
     container = origin or tp
-    if container in (list, tuple) or container in (typing.Sequence,) or getattr(container, "__name__", "") == "Sequence":
+    if (
+        container in (list, tuple)
+        or container in (typing.Sequence,)
+        or getattr(container, "__name__", "") == "Sequence"
+    ):
         return isinstance(v, (list, tuple, ListConfig))
     return None
 
 
 def _hints(obj: Any) -> dict[str, Any]:
-    for cand in ((obj.__init__, obj) if inspect.isclass(obj) else (obj,)):
+    for cand in (obj.__init__, obj) if inspect.isclass(obj) else (obj,):
         try:
             hints = typing.get_type_hints(cand)
         except Exception:  # an annotation that does not resolve: no type checks for it
@@ -304,7 +330,10 @@ def check_targets(cfg: DictConfig, problems: Problems) -> None:
             if k in HYDRA_KEYS:
                 continue
             if k not in params:
-                takes = ", ".join(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)) or "nothing"
+                takes = (
+                    ", ".join(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+                    or "nothing"
+                )
                 problems.add(f"{key}.{k}: {str(target).rsplit('.', 1)[-1]} takes no argument {k!r} (it takes: {takes})")
                 continue
             tp = hints.get(k)
@@ -406,11 +435,18 @@ def model_folder_problem(path: str | Path, key: str) -> str | None:
 def check_paths(cfg: DictConfig, problems: Problems) -> None:
     for role in ("target", "oracle"):
         path = OmegaConf.select(cfg, f"benchmark.{role}.path", default=None, throw_on_missing=False)
-        if isinstance(path, str) and path and path != "???" and (why := model_folder_problem(path, f"benchmark.{role}.path")):
+        if (
+            isinstance(path, str)
+            and path
+            and path != "???"
+            and (why := model_folder_problem(path, f"benchmark.{role}.path"))
+        ):
             problems.add(why)
     ev = OmegaConf.select(cfg, "benchmark.oracle.eval_file", default=None, throw_on_missing=False)
     if isinstance(ev, str) and ev != "???" and not Path(ev).expanduser().is_file():
-        problems.add(f"benchmark.oracle.eval_file: {ev} is not a file (an eval_oracle.json of a previous run or task=eval)")
+        problems.add(
+            f"benchmark.oracle.eval_file: {ev} is not a file (an eval_oracle.json of a previous run or task=eval)"
+        )
     provider = OmegaConf.select(cfg, "smoothing.provider", default=None, throw_on_missing=False)
     if isinstance(provider, DictConfig) and str(provider.get("_target_", "")).endswith("FileNormal"):
         p = OmegaConf.select(cfg, "smoothing.provider.path", default=None, throw_on_missing=False)
@@ -436,9 +472,16 @@ def check_presets(cfg: DictConfig, problems: Problems) -> None:
 
 def check_together(cfg: DictConfig, problems: Problems) -> None:
     """Settings that have no effect with the other options chosen (cheap, from the config alone)."""
-    if OmegaConf.select(cfg, "train.keep_checkpoint", default=False) is True and not OmegaConf.select(cfg, "train.checkpoint_every", default=0):
-        problems.add("train.keep_checkpoint=true has no effect with train.checkpoint_every=0 (no checkpoints are written): set checkpoint_every > 0")
-    if OmegaConf.select(cfg, "save_model", default=False) is True and OmegaConf.select(cfg, "task", default=None) == "eval":
+    if OmegaConf.select(cfg, "train.keep_checkpoint", default=False) is True and not OmegaConf.select(
+        cfg, "train.checkpoint_every", default=0
+    ):
+        problems.add(
+            "train.keep_checkpoint=true has no effect with train.checkpoint_every=0 (no checkpoints are written): set checkpoint_every > 0"
+        )
+    if (
+        OmegaConf.select(cfg, "save_model", default=False) is True
+        and OmegaConf.select(cfg, "task", default=None) == "eval"
+    ):
         problems.add("save_model=true has no effect with task=eval (the evaluated model is not changed)")
 
 
@@ -488,9 +531,13 @@ def check_splits(evaluator: Any, splits: Mapping[str, Any]) -> None:
     problems = Problems()
     for attr in ("forget", "retain", "holdout", "utility"):
         names = getattr(evaluator, attr, None)
-        for name in [names] if isinstance(names, str) else list(names or []) if isinstance(names, (list, tuple)) else []:
+        for name in (
+            [names] if isinstance(names, str) else list(names or []) if isinstance(names, (list, tuple)) else []
+        ):
             if name in splits and len(splits[name]) == 0:
-                problems.add(f"benchmark.eval.{attr}: split {name!r} is empty, so its metrics cannot be computed (check benchmark.data: e.g. n_holdout, forget_fraction)")
+                problems.add(
+                    f"benchmark.eval.{attr}: split {name!r} is empty, so its metrics cannot be computed (check benchmark.data: e.g. n_holdout, forget_fraction)"
+                )
     problems.raise_if_any()
 
 

@@ -35,12 +35,20 @@ def book_prompts(rows: list[Row], n: int, prompt_words: int, continuation_words:
     window = prompt_words + continuation_words
     k = min(n, len(words) // window)
     if k < 1:
-        raise DataUnavailable(f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + {continuation_words} words (benchmark.data.prompt_words, continuation_words)")
+        raise DataUnavailable(
+            f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + {continuation_words} words (benchmark.data.prompt_words, continuation_words)"
+        )
     step = len(words) // k
     out = []
     for i in range(k):
         s = i * step
-        out.append({"id": f"prompt-{i}", "prompt": " ".join(words[s : s + prompt_words]), "continuation": " ".join(words[s + prompt_words : s + window])})
+        out.append(
+            {
+                "id": f"prompt-{i}",
+                "prompt": " ".join(words[s : s + prompt_words]),
+                "continuation": " ".join(words[s + prompt_words : s + window]),
+            }
+        )
     return out
 
 
@@ -85,7 +93,9 @@ class HarryPotterData:
         for i, r in enumerate(rows[: self.n_prompts]):
             cont = r.get("continuation", r.get("gt"))
             if not isinstance(cont, str):
-                raise DataUnavailable(f"harry_potter prompts: row {i} has no field 'continuation' (or 'gt') (fields: {sorted(r)})")
+                raise DataUnavailable(
+                    f"harry_potter prompts: row {i} has no field 'continuation' (or 'gt') (fields: {sorted(r)})"
+                )
             out.append({"id": r["id"], "prompt": r["prompt"], "continuation": cont})
         return out
 
@@ -95,7 +105,17 @@ class HarryPotterData:
         book = joined(read_part("harry_potter", self.forget_hub_id, forget, paths, self.local_dir))
         return {
             "forget": chunk_rows(book, self.chunk_words, "forget"),
-            "retain": chunk_rows(joined(read_part("harry_potter", self.general_hub_id, retain, paths, self.local_dir)), self.chunk_words, "retain", self.max_retain_rows),
+            "retain": chunk_rows(
+                joined(read_part("harry_potter", self.general_hub_id, retain, paths, self.local_dir)),
+                self.chunk_words,
+                "retain",
+                self.max_retain_rows,
+            ),
             "prompts": self._prompts(paths, prompts, book),
-            "general": chunk_rows(joined(read_part("harry_potter", self.general_hub_id, general, paths, self.local_dir)), self.chunk_words, "general", self.max_general_rows),
+            "general": chunk_rows(
+                joined(read_part("harry_potter", self.general_hub_id, general, paths, self.local_dir)),
+                self.chunk_words,
+                "general",
+                self.max_general_rows,
+            ),
         }

@@ -71,7 +71,9 @@ def _read_json_rows(path: Path, split: str) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:  # each line is parsed alone: its own "line 1" is not the file's
-                raise DataUnavailable(f"{path}:{n}: neither JSON nor JSON lines (line {n}: {e.msg} at column {e.colno}: {line[:80]!r})") from None
+                raise DataUnavailable(
+                    f"{path}:{n}: neither JSON nor JSON lines (line {n}: {e.msg} at column {e.colno}: {line[:80]!r})"
+                ) from None
         return rows
     if isinstance(data, dict):
         return list(data.get(split, data.get("data", [data])))
@@ -98,7 +100,9 @@ def _read_local(path: Path, split: str) -> list[Row]:
         from datasets import load_dataset
 
         return [dict(r) for r in load_dataset(suffix[1:], data_files=str(path), split="train")]
-    raise DataUnavailable(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet, .txt or a datasets folder)")
+    raise DataUnavailable(
+        f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet, .txt or a datasets folder)"
+    )
 
 
 def _sample(n: int, max_rows: int | None, seed: int) -> list[int] | None:
@@ -110,7 +114,9 @@ def _sample(n: int, max_rows: int | None, seed: int) -> list[int] | None:
     return sorted(np.random.default_rng(seed).choice(n, max_rows, replace=False).tolist())
 
 
-def _read_hub(hub_id: str, config: str | None, split: str, dataset: str, path_key: str, max_rows: int | None = None, seed: int = 0) -> list[Row]:
+def _read_hub(
+    hub_id: str, config: str | None, split: str, dataset: str, path_key: str, max_rows: int | None = None, seed: int = 0
+) -> list[Row]:
     from datasets import load_dataset
 
     where = f"{hub_id}" + (f" ({config}, split {split})" if config else f" (split {split})")
@@ -120,7 +126,11 @@ def _read_hub(hub_id: str, config: str | None, split: str, dataset: str, path_ke
         with offline_mode(not online):  # a copy in the local HF cache still works, and no retries
             ds = load_dataset(hub_id, config, split=split)
     except Exception as e:  # datasets raises many types for "not there"; all mean the same here
-        why = "the Hugging Face hub is not reachable and no cached copy exists" if not online else f"{type(e).__name__}: {e}"
+        why = (
+            "the Hugging Face hub is not reachable and no cached copy exists"
+            if not online
+            else f"{type(e).__name__}: {e}"
+        )
         raise DataUnavailable(f"{dataset}: cannot load {where}: {why}; {hint}") from None
     keep = _sample(len(ds), max_rows, seed)  # select before materialising: large corpora stay on disk
     return [dict(r) for r in (ds.select(keep) if keep is not None else ds)]
@@ -133,10 +143,23 @@ def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, sou
     for field in required:
         for i, r in enumerate(rows):
             if field not in r:
-                raise DataUnavailable(f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); expected {list(required)}")
+                raise DataUnavailable(
+                    f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); expected {list(required)}"
+                )
 
 
-def load_rows(dataset: str, hub_id: str | None, *, config: str | None = None, split: str = "train", path: str | None = None, required: Sequence[str] = (), path_key: str = "path", max_rows: int | None = None, seed: int = 0) -> list[Row]:
+def load_rows(
+    dataset: str,
+    hub_id: str | None,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    path: str | None = None,
+    required: Sequence[str] = (),
+    path_key: str = "path",
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> list[Row]:
     """Rows of one split: from ``path`` when given, else from the hub. ``dataset`` names the
     benchmark part in messages; ``path_key`` is the config key a user sets for a local copy.
     ``max_rows`` keeps a seeded random sample (in the original order) of at most that many rows."""

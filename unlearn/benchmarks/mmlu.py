@@ -22,23 +22,47 @@ def check_mc(rows: Sequence[Row], dataset: str, n_choices: int = 4) -> list[Row]
     for i, r in enumerate(rows):
         choices = r["choices"]
         if not isinstance(choices, (list, tuple)) or len(choices) != n_choices:
-            raise DataUnavailable(f"{dataset}: row {i} field 'choices' must be a list of {n_choices} strings, got {choices!r}")
+            raise DataUnavailable(
+                f"{dataset}: row {i} field 'choices' must be a list of {n_choices} strings, got {choices!r}"
+            )
         answer = r["answer"]
         if isinstance(answer, str) and answer.strip().upper() in "ABCD" and len(answer.strip()) == 1:
             answer = "ABCD".index(answer.strip().upper())  # some copies store the letter
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < n_choices:
-            raise DataUnavailable(f"{dataset}: row {i} field 'answer' must be an index in [0, {n_choices}), got {r['answer']!r}")
-        out.append({**r, "choices": [str(c) for c in choices], "answer": int(answer), "id": str(r.get("id", f"{dataset}-{i}"))})
+            raise DataUnavailable(
+                f"{dataset}: row {i} field 'answer' must be an index in [0, {n_choices}), got {r['answer']!r}"
+            )
+        out.append(
+            {**r, "choices": [str(c) for c in choices], "answer": int(answer), "id": str(r.get("id", f"{dataset}-{i}"))}
+        )
     return out
 
 
-def load_mc(dataset: str, hub_id: str | None, config: str | None, split: str, path: str | None, path_key: str, extra: Sequence[str] = ()) -> list[Row]:
+def load_mc(
+    dataset: str,
+    hub_id: str | None,
+    config: str | None,
+    split: str,
+    path: str | None,
+    path_key: str,
+    extra: Sequence[str] = (),
+) -> list[Row]:
     """A multiple-choice split from a local file or the hub, schema-checked."""
-    rows = load_rows(dataset, hub_id, config=config, split=split, path=path, required=(*MC_FIELDS, *extra), path_key=path_key)
+    rows = load_rows(
+        dataset, hub_id, config=config, split=split, path=path, required=(*MC_FIELDS, *extra), path_key=path_key
+    )
     return check_mc(rows, dataset)
 
 
-def load_mmlu(hub_id: str | None = "cais/mmlu", config: str = "all", path: str | None = None, dev_path: str | None = None, split: str = "test", dev_split: str = "dev", key: str = "benchmark.data") -> dict[str, list[Row]]:
+def load_mmlu(
+    hub_id: str | None = "cais/mmlu",
+    config: str = "all",
+    path: str | None = None,
+    dev_path: str | None = None,
+    split: str = "test",
+    dev_split: str = "dev",
+    key: str = "benchmark.data",
+) -> dict[str, list[Row]]:
     """``{"mmlu": test rows, "mmlu_dev": few-shot rows}``; both need ``subject`` (5-shot per subject).
 
     ``path``/``dev_path`` are local copies (JSONL, JSON, CSV, Parquet or a ``datasets`` folder);
@@ -46,7 +70,9 @@ def load_mmlu(hub_id: str | None = "cais/mmlu", config: str = "all", path: str |
     """
     if path and not dev_path:
         if not Path(path).expanduser().is_dir():
-            raise DataUnavailable(f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split (the 5-shot examples per subject)")
+            raise DataUnavailable(
+                f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split (the 5-shot examples per subject)"
+            )
         dev_path = path  # a saved DatasetDict holds both splits
     test = load_mc("mmlu", hub_id, config, split, path, f"{key}.mmlu_path", extra=("subject",))
     dev = load_mc("mmlu dev", hub_id, config, dev_split, dev_path, f"{key}.mmlu_dev_path", extra=("subject",))

@@ -29,7 +29,6 @@ from unlearn.eval.rwku import PROBES
 PROBE_FIELDS = ("subject", "query", "answer")
 
 
-
 def parse_targets(spec: Any, key: str) -> list[int]:
     """``"1-50"``, ``"3"``, ``[1, 2, 7]`` or ``"1-5,9"`` → sorted 1-based positions."""
     parts = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else str(spec).split(",")
@@ -74,48 +73,99 @@ class RWKUData:
                 return str(folder / f"{config}{suffix}")
         if not folder.is_dir():
             raise DataUnavailable(f"rwku: benchmark.data.path={self.path} is not a folder")
-        raise DataUnavailable(f"rwku {config}: benchmark.data.path={self.path} has no {config}.jsonl (or .json/.parquet); it needs one file per RWKU config")
+        raise DataUnavailable(
+            f"rwku {config}: benchmark.data.path={self.path} has no {config}.jsonl (or .json/.parquet); it needs one file per RWKU config"
+        )
 
     def _load(self, config: str, required: Sequence[str]) -> list[Row]:
         split = "train" if config == "forget_target" or config.startswith("train_") else "test"
-        return load_rows(f"rwku {config}", self.hub_id, config=config, split=split, path=self._file(config), required=required, path_key="benchmark.data.path")
+        return load_rows(
+            f"rwku {config}",
+            self.hub_id,
+            config=config,
+            split=split,
+            path=self._file(config),
+            required=required,
+            path_key="benchmark.data.path",
+        )
 
     def people(self) -> tuple[list[str], list[str]]:
         """Names of the forget targets and of the retain targets."""
         names = [str(r["target"]) for r in self._load("forget_target", ["target"])]
         forget = parse_targets(self.targets, "benchmark.data.targets")
         if max(forget) > len(names):
-            raise DataUnavailable(f"rwku: benchmark.data.targets goes up to {max(forget)} but forget_target has {len(names)} targets")
+            raise DataUnavailable(
+                f"rwku: benchmark.data.targets goes up to {max(forget)} but forget_target has {len(names)} targets"
+            )
         chosen = [names[i - 1] for i in forget]
         if self.retain_targets is not None:
-            retain = [names[i - 1] for i in parse_targets(self.retain_targets, "benchmark.data.retain_targets") if i <= len(names)]
+            retain = [
+                names[i - 1]
+                for i in parse_targets(self.retain_targets, "benchmark.data.retain_targets")
+                if i <= len(names)
+            ]
         else:
-            retain = [n for n in names if n not in chosen][-len(chosen):]
+            retain = [n for n in names if n not in chosen][-len(chosen) :]
         if set(chosen) & set(retain):
-            raise ValueError(f"benchmark.data.retain_targets overlaps the forget targets: {sorted(set(chosen) & set(retain))}")
+            raise ValueError(
+                f"benchmark.data.retain_targets overlaps the forget targets: {sorted(set(chosen) & set(retain))}"
+            )
         return chosen, retain
 
     def build(self) -> dict[str, list[Row]]:
         forget, retain = self.people()
         keep = set(forget)
         passages = self._load(self.corpus, ["subject", "text"])
-        text = lambda rows, who, tag: [{"id": f"{tag}-{i}", "text": str(r["text"]), "subject": r["subject"]} for i, r in enumerate(rows) if r["subject"] in who]  # noqa: E731
-        splits: dict[str, list[Row]] = {"forget": text(passages, keep, "forget"), "retain": text(passages, set(retain), "retain")}
+        text = lambda rows, who, tag: [
+            {"id": f"{tag}-{i}", "text": str(r["text"]), "subject": r["subject"]}
+            for i, r in enumerate(rows)
+            if r["subject"] in who
+        ]  # noqa: E731
+        splits: dict[str, list[Row]] = {
+            "forget": text(passages, keep, "forget"),
+            "retain": text(passages, set(retain), "retain"),
+        }
         for config in PROBES:
             rows = self._load(config, PROBE_FIELDS)
-            splits[config] = [{"id": f"{config}-{i}", "query": str(r["query"]), "answer": str(r["answer"]), "subject": r["subject"], "type": r.get("type")} for i, r in enumerate(rows) if r["subject"] in keep]
+            splits[config] = [
+                {
+                    "id": f"{config}-{i}",
+                    "query": str(r["query"]),
+                    "answer": str(r["answer"]),
+                    "subject": r["subject"],
+                    "type": r.get("type"),
+                }
+                for i, r in enumerate(rows)
+                if r["subject"] in keep
+            ]
         for config in ("mia_forget", "mia_retain"):
             splits[config] = text(self._load(config, ["subject", "text"]), keep, config)
-        utility = [r for r in self._load("utility_general", ["subject", "question", "choices", "answer"]) if r["subject"] in keep]
+        utility = [
+            r
+            for r in self._load("utility_general", ["subject", "question", "choices", "answer"])
+            if r["subject"] in keep
+        ]
         splits["utility_general"] = check_mc([_mmlu_row(r) for r in utility], "rwku utility_general") if utility else []
         empty = [k for k, v in splits.items() if not v and k != "utility_general"]
         if empty:
-            raise DataUnavailable(f"rwku: no rows for the chosen targets in {empty} (targets: {forget[:5]}{'…' if len(forget) > 5 else ''})")
+            raise DataUnavailable(
+                f"rwku: no rows for the chosen targets in {empty} (targets: {forget[:5]}{'…' if len(forget) > 5 else ''})"
+            )
         return splits
 
 
 def _mmlu_row(r: Row) -> Row:
     """RWKU keeps the MMLU subject in ``task`` and the target in ``subject``; MCTask wants the
     MMLU subject in ``subject``."""
-    examples = [{"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"])} for e in (r.get("examples") or [])]
-    return {"question": r["question"], "choices": list(r["choices"]), "answer": r["answer"], "subject": r.get("task") or "", "target": r["subject"], "examples": examples}
+    examples = [
+        {"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"])}
+        for e in (r.get("examples") or [])
+    ]
+    return {
+        "question": r["question"],
+        "choices": list(r["choices"]),
+        "answer": r["answer"],
+        "subject": r.get("task") or "",
+        "target": r["subject"],
+        "examples": examples,
+    }

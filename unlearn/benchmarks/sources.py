@@ -56,17 +56,29 @@ def check_paths(paths: Mapping[str, Any] | None, parts: Sequence[Part], dataset:
     return out
 
 
-def read_part(dataset: str, hub_id: str | None, part: Part, paths: Mapping[str, Any], local_dir: str | None) -> list[Row]:
+def read_part(
+    dataset: str, hub_id: str | None, part: Part, paths: Mapping[str, Any], local_dir: str | None
+) -> list[Row]:
     """Rows of one part (see the module docstring for where from), schema-checked, each with an
     ``id`` (kept when the data has one, else ``<part>-<index>``)."""
     explicit = paths.get(part.key)
     path = explicit or find_local(local_dir, part.local)
     try:
-        rows = load_rows(f"{dataset} {part.key}", hub_id, config=part.config, split=part.split, path=str(path) if path else None, required=part.required, path_key=f"benchmark.data.paths.{part.key}")
+        rows = load_rows(
+            f"{dataset} {part.key}",
+            hub_id,
+            config=part.config,
+            split=part.split,
+            path=str(path) if path else None,
+            required=part.required,
+            path_key=f"benchmark.data.paths.{part.key}",
+        )
     except DataUnavailable as e:
         if explicit:
             raise
-        raise DataUnavailable(f"{e} (or put {part.local}.jsonl into a folder given as benchmark.data.local_dir)") from None
+        raise DataUnavailable(
+            f"{e} (or put {part.local}.jsonl into a folder given as benchmark.data.local_dir)"
+        ) from None
     return [{**r, "id": str(r.get("id", f"{part.key}-{i}"))} for i, r in enumerate(rows)]
 
 

@@ -45,7 +45,9 @@ def _check_perturbed(rows: list[Row], part: str) -> None:
     for i, r in enumerate(rows):
         p = r.get("perturbed_answer")
         if not isinstance(p, list) or not p or not all(isinstance(a, str) for a in p):
-            raise DataUnavailable(f"tofu {part}: row {i} field 'perturbed_answer' must be a non-empty list of strings, got {p!r}")
+            raise DataUnavailable(
+                f"tofu {part}: row {i} field 'perturbed_answer' must be a non-empty list of strings, got {p!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,16 @@ def _capitalize(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _qa_row(rid: str, question: str, answer: str, paraphrased: str, perturbed: list[str], choices_from: list[str], rng: random.Random, **extra: Any) -> Row:
+def _qa_row(
+    rid: str,
+    question: str,
+    answer: str,
+    paraphrased: str,
+    perturbed: list[str],
+    choices_from: list[str],
+    rng: random.Random,
+    **extra: Any,
+) -> Row:
     """A QA row in the TOFU schema plus a shuffled 4-choice version (choices in answer style)."""
     order = list(range(len(choices_from)))
     rng.shuffle(order)
@@ -70,11 +79,15 @@ class ToyBenchmarkData:
     def __post_init__(self) -> None:
         max_people = len(FIRST_NAMES) * len(LAST_NAMES)
         if not 2 <= self.n_people + self.n_holdout <= max_people:
-            raise ValueError(f"benchmark.data.n_people + n_holdout must be in [2, {max_people}], got {self.n_people + self.n_holdout}")
+            raise ValueError(
+                f"benchmark.data.n_people + n_holdout must be in [2, {max_people}], got {self.n_people + self.n_holdout}"
+            )
         if not 0 < self.forget_fraction < 1:
             raise ValueError(f"benchmark.data.forget_fraction must be in (0, 1), got {self.forget_fraction!r}")
         if not 1 <= self.n_perturbed <= 3:
-            raise ValueError(f"benchmark.data.n_perturbed must be in [1, 3] (4-choice questions), got {self.n_perturbed!r}")
+            raise ValueError(
+                f"benchmark.data.n_perturbed must be in [1, 3] (4-choice questions), got {self.n_perturbed!r}"
+            )
 
     def people(self) -> list[dict[str, str]]:
         rng = random.Random(self.seed)
@@ -95,11 +108,19 @@ class ToyBenchmarkData:
         for attr, (pool, q, a, p) in ATTRIBUTES.items():
             v = person[attr]
             wrong = rng.sample([w for w in pool if w != v], 3)
-            rows.append(_qa_row(
-                f"p{idx}-{attr}", q.format(name=name), _fill(a, name, v), _fill(p, name, v),
-                [_fill(p, name, w) for w in wrong[: self.n_perturbed]],
-                [_fill(a, name, x) for x in [v, *wrong]], rng, person=name, attribute=attr,
-            ))
+            rows.append(
+                _qa_row(
+                    f"p{idx}-{attr}",
+                    q.format(name=name),
+                    _fill(a, name, v),
+                    _fill(p, name, v),
+                    [_fill(p, name, w) for w in wrong[: self.n_perturbed]],
+                    [_fill(a, name, x) for x in [v, *wrong]],
+                    rng,
+                    person=name,
+                    attribute=attr,
+                )
+            )
             bio.append(_fill(p, name, v))
         return rows, {"id": f"p{idx}-bio", "text": " ".join(bio), "person": name}
 
@@ -112,7 +133,9 @@ class ToyBenchmarkData:
         pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
         for a, b in rng.sample(pairs, min(self.n_sums, len(pairs))):
             v = NUMBER_WORDS[a + b]
-            facts.append(("sum", {"x": NUMBER_WORDS[a], "y": NUMBER_WORDS[b], "v": v}, [w for w in NUMBER_WORDS[2:] if w != v]))
+            facts.append(
+                ("sum", {"x": NUMBER_WORDS[a], "y": NUMBER_WORDS[b], "v": v}, [w for w in NUMBER_WORDS[2:] if w != v])
+            )
         words = [w for pair in OPPOSITES for w in pair]
         for x, v in OPPOSITES:
             facts.append(("opposite", {"x": x, "y": "", "v": v}, [w for w in words if w not in (x, v)]))
@@ -121,10 +144,18 @@ class ToyBenchmarkData:
             q, a, p = GENERAL_TEMPLATES[kind]
             wrong = rng.sample(pool, 3)
             fill = lambda t, v: _capitalize(t.format(x=f["x"], y=f["y"], v=v))  # noqa: E731
-            rows.append(_qa_row(
-                f"g{i}-{kind}", q.format(x=f["x"], y=f["y"]), fill(a, f["v"]), fill(p, f["v"]),
-                [fill(p, w) for w in wrong[: self.n_perturbed]], [fill(a, x) for x in [f["v"], *wrong]], rng, kind=kind,
-            ))
+            rows.append(
+                _qa_row(
+                    f"g{i}-{kind}",
+                    q.format(x=f["x"], y=f["y"]),
+                    fill(a, f["v"]),
+                    fill(p, f["v"]),
+                    [fill(p, w) for w in wrong[: self.n_perturbed]],
+                    [fill(a, x) for x in [f["v"], *wrong]],
+                    rng,
+                    kind=kind,
+                )
+            )
             text.append(fill(p, f["v"]))
         chunks = [" ".join(text[i : i + 8]) for i in range(0, len(text), 8)]
         return rows, [{"id": f"gt{i}", "text": c} for i, c in enumerate(chunks)]
@@ -134,7 +165,9 @@ class ToyBenchmarkData:
         people = self.people()
         trained, holdout = people[: self.n_people], people[self.n_people :]
         n_forget = max(1, round(self.forget_fraction * self.n_people))
-        splits: dict[str, list[Row]] = {k: [] for k in ("forget", "retain", "holdout", "forget_bio", "retain_bio", "holdout_bio")}
+        splits: dict[str, list[Row]] = {
+            k: [] for k in ("forget", "retain", "holdout", "forget_bio", "retain_bio", "holdout_bio")
+        }
         for idx, person in enumerate(people):
             qa, bio = self._person_rows(person, idx, rng)
             split = "forget" if idx < n_forget else ("retain" if idx < len(trained) else "holdout")

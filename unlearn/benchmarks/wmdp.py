@@ -21,7 +21,12 @@ from unlearn.data.subsample import subsample
 #: hub configs and the subject named in the zero-shot description (lm-eval's wmdp tasks)
 DOMAINS: dict[str, dict[str, str | None]] = {
     "bio": {"questions": "wmdp-bio", "forget": None, "retain": "bio-retain-corpus", "subject": "biology"},
-    "cyber": {"questions": "wmdp-cyber", "forget": "cyber-forget-corpus", "retain": "cyber-retain-corpus", "subject": "cybersecurity"},
+    "cyber": {
+        "questions": "wmdp-cyber",
+        "forget": "cyber-forget-corpus",
+        "retain": "cyber-retain-corpus",
+        "subject": "cybersecurity",
+    },
 }
 
 
@@ -31,8 +36,6 @@ def chunk_words(text: str, words: int | None) -> list[str]:
         return [text]
     toks = text.split()
     return [" ".join(toks[i : i + words]) for i in range(0, len(toks), words)]
-
-
 
 
 def _positive_or_none(key: str, v: Any) -> None:
@@ -78,8 +81,20 @@ class WMDPData:
         config = DOMAINS[self.domain][role]
         name = f"wmdp {self.domain} {role} corpus"
         if path is None and config is None:
-            raise DataUnavailable(f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl")
-        docs = load_rows(name, self.corpora_hub_id, config=config, split="train", path=path, required=["text"], path_key=f"benchmark.data.{role}_path", max_rows=max_docs, seed=self.seed)
+            raise DataUnavailable(
+                f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl"
+            )
+        docs = load_rows(
+            name,
+            self.corpora_hub_id,
+            config=config,
+            split="train",
+            path=path,
+            required=["text"],
+            path_key=f"benchmark.data.{role}_path",
+            max_rows=max_docs,
+            seed=self.seed,
+        )
         rows = [
             {"id": f"{role}-{i}-{k}", "text": piece}
             for i, d in enumerate(docs)
@@ -87,12 +102,21 @@ class WMDPData:
             for k, piece in enumerate(chunk_words(str(d["text"]), self.chunk_words))
         ]
         if not rows:
-            raise DataUnavailable(f"{name}: no document has at least benchmark.data.min_chars={self.min_chars} characters")
+            raise DataUnavailable(
+                f"{name}: no document has at least benchmark.data.min_chars={self.min_chars} characters"
+            )
         return subsample(rows, max_rows, self.seed)
 
     def build(self) -> dict[str, list[Row]]:
         d = DOMAINS[self.domain]
-        questions = load_mc(f"wmdp-{self.domain}", self.questions_hub_id, d["questions"], "test", self.questions_path, "benchmark.data.questions_path")
+        questions = load_mc(
+            f"wmdp-{self.domain}",
+            self.questions_hub_id,
+            d["questions"],
+            "test",
+            self.questions_path,
+            "benchmark.data.questions_path",
+        )
         return {
             "forget": self._corpus("forget", self.forget_path, self.max_forget_docs, self.max_forget_rows),
             "retain": self._corpus("retain", self.retain_path, self.max_retain_docs, self.max_retain_rows),

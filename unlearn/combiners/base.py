@@ -235,7 +235,9 @@ class Combiner(ABC):
 
     def check_reference(self) -> None:
         if not self.uses_reference:
-            raise ValueError(f"{type(self).__name__} takes no reference gradient: set train.retain_ema=null with this combiner")
+            raise ValueError(
+                f"{type(self).__name__} takes no reference gradient: set train.retain_ema=null with this combiner"
+            )
 
     def selection(self, names: Sequence[str] | None, n: int) -> list[bool]:
         """Which of ``n`` tensors the rule applies to (all of them without ``select`` or names)."""
@@ -248,7 +250,9 @@ class Combiner(ABC):
         """A per-tensor combination of ``n`` tensors, fed one tensor at a time (any order)."""
         if not self.per_tensor:
             raise TypeError(f"{type(self).__name__} implements _combine on whole lists, not a per-tensor rule")
-        return TensorCombine(self, self.selection(names, n), report_selected=self.select is not None and names is not None)
+        return TensorCombine(
+            self, self.selection(names, n), report_selected=self.select is not None and names is not None
+        )
 
     @property
     def needs_sums(self) -> bool:
@@ -313,7 +317,9 @@ class TensorCombine:
         self.sums: dict[int, Stats] = {}
         self.parts: dict[int, Stats] = {}
 
-    def prepare(self, g_r: Grads, g_f: Grads, ref: Grads, reduce: "Callable[[list[Stats]], list[Stats]] | None" = None) -> None:
+    def prepare(
+        self, g_r: Grads, g_f: Grads, ref: Grads, reduce: "Callable[[list[Stats]], list[Stats]] | None" = None
+    ) -> None:
         """Every selected tensor's sums (``reduce``: summed over the ranks' shards), then the totals."""
         c = self.combiner
         pick = [i for i, m in enumerate(self.selected) if m]

@@ -14,7 +14,15 @@ from torch import Tensor
 
 from unlearn.combiners.base import Grads, Stats, acc_dtype, dot, sq_norms
 
-KEYS = ("conflict_frac", "norm_retain", "norm_forget", "norm_update", "cos_forget_retain", "cos_update_retain", "cos_update_forget")
+KEYS = (
+    "conflict_frac",
+    "norm_retain",
+    "norm_forget",
+    "norm_update",
+    "cos_forget_retain",
+    "cos_update_retain",
+    "cos_update_forget",
+)
 
 
 def _cos(d: Tensor, na2: Tensor, nb2: Tensor) -> Tensor:
@@ -31,10 +39,13 @@ def tensor_diagnostics(r: Tensor, f: Tensor, u: Tensor) -> Stats:
     p = f * r if f.dtype == acc_dtype(f) else f.to(acc_dtype(f)).mul_(r)
     nr2, nf2, nu2 = sq_norms([r, f, u]).unbind()
     return {
-        "nr2": nr2, "nf2": nf2, "nu2": nu2,
+        "nr2": nr2,
+        "nf2": nf2,
+        "nu2": nu2,
         "d_fr": p.sum(dtype=torch.float32),
         "n_conflict": torch.count_nonzero(p < 0),  # not (p < 0).sum(): that casts the mask to int64 first
-        "d_ur": dot(u, r), "d_uf": dot(u, f),
+        "d_ur": dot(u, r),
+        "d_uf": dot(u, f),
         "numel": torch.tensor(f.numel()),
     }
 

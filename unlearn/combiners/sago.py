@@ -70,7 +70,10 @@ class SAGO(Combiner):
         """The normalised soft gate's scale is the tensor's mean ``|g_f⊙s|``: its sum and count."""
         if self.gate != "soft":
             return {}
-        return {"abs_fs": (f.float() * s.float()).abs().sum(), "numel_fs": torch.tensor(float(f.numel()), dtype=torch.float64)}
+        return {
+            "abs_fs": (f.float() * s.float()).abs().sum(),
+            "numel_fs": torch.tensor(float(f.numel()), dtype=torch.float64),
+        }
 
     def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
         # The temporaries (the product, the gate) are the size of this tensor, never of the model.

@@ -78,7 +78,9 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[in
     return {"input_ids": ids, "labels": list(ids)}
 
 
-def encode_row(tokenizer: Any, fmt: PromptFormat, row: Row, max_length: int, answer_key: str = "answer") -> dict[str, Any]:
+def encode_row(
+    tokenizer: Any, fmt: PromptFormat, row: Row, max_length: int, answer_key: str = "answer"
+) -> dict[str, Any]:
     if "question" in row and answer_key in row:
         enc = encode_qa(tokenizer, fmt, row["question"], row[answer_key], max_length)
     elif "text" in row:

@@ -36,7 +36,9 @@ def question_block(row: Row, labels: Sequence[str] = LETTERS, with_answer: bool 
     """``question\\nA. c0\\n…\\nAnswer:`` (plus ``" <letter>"`` for a few-shot example)."""
     choices = row["choices"]
     if len(choices) > len(labels):
-        raise ValueError(f"question {row.get('id', row['question'][:40])!r} has {len(choices)} choices but only {len(labels)} labels")
+        raise ValueError(
+            f"question {row.get('id', row['question'][:40])!r} has {len(choices)} choices but only {len(labels)} labels"
+        )
     lines = [str(row["question"]).strip(), *(f"{labels[i]}. {c}" for i, c in enumerate(choices)), "Answer:"]
     text = "\n".join(lines)
     return text + f" {labels[int(row['answer'])]}" if with_answer else text
@@ -48,7 +50,9 @@ def subject_name(row: Row, default: str) -> str:
 
 def mc_prompt(row: Row, shots: Sequence[Row] = (), description: str = "", labels: Sequence[str] = LETTERS) -> str:
     """lm-eval's context: description + few-shot examples and the question, joined by blank lines."""
-    return description + "\n\n".join([*(question_block(s, labels, with_answer=True) for s in shots), question_block(row, labels)])
+    return description + "\n\n".join(
+        [*(question_block(s, labels, with_answer=True) for s in shots), question_block(row, labels)]
+    )
 
 
 def first_n_by_subject(dev: Sequence[Row], n: int) -> Callable[[Row], list[Row]]:
@@ -94,7 +98,9 @@ class MCTask:
 
     def contexts(self) -> list[str]:
         shots = self.shots or first_n_by_subject(self.dev, self.n_shot)
-        return [mc_prompt(r, shots(r), self.description.format(subject=self.subject(r)), self.labels) for r in self.rows]
+        return [
+            mc_prompt(r, shots(r), self.description.format(subject=self.subject(r)), self.labels) for r in self.rows
+        ]
 
     def answers(self) -> np.ndarray:
         return np.array([int(r["answer"]) for r in self.rows], dtype=np.int64)
@@ -114,7 +120,9 @@ def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, add_special_tokens: bool = True
+) -> tuple[list[int], list[int]]:
     """Token ids of ``context`` and of ``continuation`` as it follows it, split the way
     lm-evaluation-harness splits them: trailing spaces move to the continuation, and the
     continuation is what encoding ``context + continuation`` adds after the context's tokens."""
@@ -123,11 +131,13 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, add_special_tok
         context, continuation = context[:-n], context[-n:] + continuation
     whole = _ids(tokenizer, context + continuation, add_special_tokens)
     ctx = _ids(tokenizer, context, add_special_tokens)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
-def _last_token_logprobs(model: nn.Module, contexts: Sequence[list[int]], pad_id: int, batch_size: int, steps: Steps | None, every: int = 1) -> list[torch.Tensor]:
+def _last_token_logprobs(
+    model: nn.Module, contexts: Sequence[list[int]], pad_id: int, batch_size: int, steps: Steps | None, every: int = 1
+) -> list[torch.Tensor]:
     """log p(· | context) at each context's last position: one forward per context, batched
     longest-first with right padding (the logits are cut to the last position before float()).
     ``steps`` advances once every ``every`` batches and after the last."""
@@ -185,7 +195,7 @@ def letter_logprobs(
             encoded = []
             for i in slow:
                 for ctx, cont in pairs[i]:
-                    full = (ctx + cont)[-(limit + 1):]
+                    full = (ctx + cont)[-(limit + 1) :]
                     encoded.append({"input_ids": full, "labels": [-100] * (len(full) - len(cont)) + cont})
             s = score_rows(model, encoded, pad, batch_size)
             out[slow] = -s.nll_sum.reshape(len(slow), len(labels))
@@ -210,17 +220,32 @@ def task_contexts(tokenizer: Any, task: MCTask, chat: PromptFormat | None = None
     return contexts, True
 
 
-def evaluate_task(model: nn.Module, tokenizer: Any, task: MCTask, batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, Any]:
+def evaluate_task(
+    model: nn.Module, tokenizer: Any, task: MCTask, batch_size: int = 16, chat: PromptFormat | None = None
+) -> dict[str, Any]:
     """Accuracy and per-question predictions of one :class:`MCTask` with the letter scorer.
 
     With ``chat`` (a chat :class:`PromptFormat`), each context minus its final ``Answer:`` becomes a
     user turn and ``Answer:`` follows the assistant header.
     """
     contexts, special = task_contexts(tokenizer, task, chat)
-    lp = letter_logprobs(model, tokenizer, contexts, task.labels, batch_size, add_special_tokens=special, progress=f"{task.name} ({len(contexts)} questions)")
+    lp = letter_logprobs(
+        model,
+        tokenizer,
+        contexts,
+        task.labels,
+        batch_size,
+        add_special_tokens=special,
+        progress=f"{task.name} ({len(contexts)} questions)",
+    )
     pred = lp.argmax(-1)
     correct = (pred == task.answers()).astype(float)
-    return {"acc": float(correct.mean()) if len(correct) else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": lp}
+    return {
+        "acc": float(correct.mean()) if len(correct) else float("nan"),
+        "pred": pred.tolist(),
+        "correct": correct.tolist(),
+        "logprobs": lp,
+    }
 
 
 def per_subject_accuracy(rows: Sequence[Mapping[str, Any]], correct: Sequence[float]) -> dict[str, Any]:

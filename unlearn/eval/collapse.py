@@ -75,12 +75,16 @@ class CollapseCheck:
             worse = value < limit if self.higher_is_better else value > limit
             if worse:
                 base = target["metrics"][self.utility]  # type: ignore[index]
-                out["utility"] = f"{self.utility} {value:.4g} kept under {self.min_fraction:g} of the target's {base:.4g} (limit {limit:.4g})"
+                out["utility"] = (
+                    f"{self.utility} {value:.4g} kept under {self.min_fraction:g} of the target's {base:.4g} (limit {limit:.4g})"
+                )
         texts = [t for k in self.generated for t in arrays.get(k, [])]
         if texts:
             rep = float(np.mean([repeated_ngram_fraction(t) for t in texts]))
             if rep > self.max_repetition:
-                out["repetition"] = f"degenerate generations: {rep:.2f} of generated 3-grams repeat (> {self.max_repetition:g})"
+                out["repetition"] = (
+                    f"degenerate generations: {rep:.2f} of generated 3-grams repeat (> {self.max_repetition:g})"
+                )
         return out
 
     def apply(self, record: dict[str, Any], target: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -88,7 +92,11 @@ class CollapseCheck:
         if "collapsed" in record.get("metrics", {}):
             return record
         reasons = self.reasons(record, target)
-        metrics = {**record["metrics"], "collapsed": float(bool(reasons)), **{f"collapsed_{r}": float(r in reasons) for r in REASONS}}
+        metrics = {
+            **record["metrics"],
+            "collapsed": float(bool(reasons)),
+            **{f"collapsed_{r}": float(r in reasons) for r in REASONS},
+        }
         notes = {**record.get("notes", {}), "collapse": "; ".join(reasons.values()) or None}
         return {**record, "metrics": metrics, "notes": notes}
 

@@ -34,8 +34,13 @@ Row = Mapping[str, Any]
 REASONS = ("nonfinite", "ppl", "repetition")
 
 DIRECTIONS = {
-    "completion_bleu": -1, "completion_rouge": -1, "general_ppl": -1, "forget_ppl": +1, "repetition": -1,
-    "collapsed": -1, **{f"collapsed_{r}": -1 for r in REASONS},
+    "completion_bleu": -1,
+    "completion_rouge": -1,
+    "general_ppl": -1,
+    "forget_ppl": +1,
+    "repetition": -1,
+    "collapsed": -1,
+    **{f"collapsed_{r}": -1 for r in REASONS},
     "collapsed_diverged": -1,  # training diverged (the divergence guard stopped it)
 }
 
@@ -86,10 +91,26 @@ class CopyrightEvaluator:
     def completions(self, model: nn.Module, tok: Any, rows: Sequence[Row]) -> tuple[list[str], list[str]]:
         """Greedy continuations of the prompts and the references cut to as many tokens."""
         n = self.max_new_tokens
-        outputs = greedy(model, tok, [r["prompt"] for r in rows], n, self.batch_size, max_prompt_tokens=prompt_budget(model, n, self.max_prompt_tokens))
+        outputs = greedy(
+            model,
+            tok,
+            [r["prompt"] for r in rows],
+            n,
+            self.batch_size,
+            max_prompt_tokens=prompt_budget(model, n, self.max_prompt_tokens),
+        )
         return outputs, [first_tokens(tok, r["continuation"], n) for r in rows]
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None, diverged: str | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        fmt: PromptFormat,
+        splits: Mapping[str, Sequence[Row]],
+        oracle: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
+        diverged: str | None = None,
+    ) -> dict[str, Any]:
         """Returns ``{"metrics", "arrays", "notes"}``; ``target`` (the target model's record) makes
         the perplexity limit relative. ``diverged`` (the divergence guard's reason: the weights are
         the last finite ones) counts as a collapse, ``collapsed_diverged``. ``fmt`` and ``oracle``
@@ -100,16 +121,30 @@ class CopyrightEvaluator:
         with Steps(f"eval {self.name}", total=3) as steps:
             outputs, refs = self.completions(model, tokenizer, prompts)
             steps.advance("completions")
-            metrics = {"general_ppl": text_perplexity(model, tokenizer, [r["text"] for r in general], max_len, self.batch_size)}
+            metrics = {
+                "general_ppl": text_perplexity(model, tokenizer, [r["text"] for r in general], max_len, self.batch_size)
+            }
             steps.advance("general perplexity")
             if self.forget_text is not None:
                 forget = self._rows(splits, self.forget_text)
-                metrics["forget_ppl"] = text_perplexity(model, tokenizer, [r["text"] for r in forget], max_len, self.batch_size)
+                metrics["forget_ppl"] = text_perplexity(
+                    model, tokenizer, [r["text"] for r in forget], max_len, self.batch_size
+                )
             steps.advance("forget perplexity")
         rouge = M.rouge_l(outputs, refs, "recall", use_stemmer=True)  # SOUL/FLAT's eval_leakage_rate
         repetition = np.array([M.repeated_ngram_fraction(o, self.repetition_n) for o in outputs])
-        metrics.update(completion_bleu=M.mean_example_bleu(outputs, refs), completion_rouge=float(np.mean(rouge)), repetition=float(np.mean(repetition)))
-        reasons = M.collapse_reasons(metrics, metrics["general_ppl"], self.ppl_limit(tokenizer, target), metrics["repetition"], self.max_repetition)
+        metrics.update(
+            completion_bleu=M.mean_example_bleu(outputs, refs),
+            completion_rouge=float(np.mean(rouge)),
+            repetition=float(np.mean(repetition)),
+        )
+        reasons = M.collapse_reasons(
+            metrics,
+            metrics["general_ppl"],
+            self.ppl_limit(tokenizer, target),
+            metrics["repetition"],
+            self.max_repetition,
+        )
         if diverged:
             reasons["diverged"] = f"training diverged ({diverged})"
             metrics["collapsed_diverged"] = 1.0
@@ -117,13 +152,24 @@ class CopyrightEvaluator:
         metrics.update({f"collapsed_{r}": float(r in reasons) for r in REASONS})
         if reasons:
             say(f"{self.name}: the model has collapsed: {'; '.join(reasons.values())}")
-        arrays = {"completion_generated": outputs, "completion_rouge": rouge.tolist(), "completion_repetition": repetition.tolist()}
+        arrays = {
+            "completion_generated": outputs,
+            "completion_rouge": rouge.tolist(),
+            "completion_repetition": repetition.tolist(),
+        }
         notes = {"collapse": "; ".join(reasons.values()) or None}
         if self.general_tasks:
             from unlearn.eval.lmeval import zero_shot_accuracy
 
             say(f"{self.name}: zero-shot accuracy on {', '.join(self.general_tasks)} (lm-evaluation-harness)")
-            accuracy, notes["general_tasks"] = zero_shot_accuracy(model, tokenizer, list(self.general_tasks), self.general_tasks_path, self.general_tasks_limit, self.batch_size)
+            accuracy, notes["general_tasks"] = zero_shot_accuracy(
+                model,
+                tokenizer,
+                list(self.general_tasks),
+                self.general_tasks_path,
+                self.general_tasks_limit,
+                self.batch_size,
+            )
             metrics.update(accuracy)
             self.directions.update({k: +1 for k in accuracy})
             if notes["general_tasks"]:

@@ -12,7 +12,16 @@ from unlearn.eval.scoring import context_length
 
 
 @torch.no_grad()
-def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 32, stop: Sequence[str] = (), add_special_tokens: bool = True, max_prompt_tokens: int | None = None) -> list[str]:
+def greedy(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    stop: Sequence[str] = (),
+    add_special_tokens: bool = True,
+    max_prompt_tokens: int | None = None,
+) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), cut at EOS or the first stop string.
 
     ``max_prompt_tokens`` keeps only the last that many tokens of a longer prompt (the text right

@@ -26,7 +26,9 @@ def _require_lm_eval() -> Any:
     try:
         import lm_eval
     except ImportError as e:
-        raise ImportError("benchmark.eval.backend=lmeval needs lm-evaluation-harness: pip install 'unlearn[lmeval]' (or lm-eval)") from e
+        raise ImportError(
+            "benchmark.eval.backend=lmeval needs lm-evaluation-harness: pip install 'unlearn[lmeval]' (or lm-eval)"
+        ) from e
     return lm_eval
 
 
@@ -44,7 +46,9 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> str:
 def _task_configs(task: MCTask, folder: Path) -> list[tuple[str, dict[str, Any], list[int]]]:
     """One lm-eval task config per subject of ``task``: ``(name, config, row indices)``."""
     if task.n_shot and (task.shots is not None or any(r.get("examples") for r in task.rows)):
-        raise ValueError(f"{task.name}: the lm-eval backend takes few-shot examples from a dev split only, not per question")
+        raise ValueError(
+            f"{task.name}: the lm-eval backend takes few-shot examples from a dev split only, not per question"
+        )
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(task.rows):
         groups.setdefault(task.subject(r), []).append(i)
@@ -52,22 +56,51 @@ def _task_configs(task: MCTask, folder: Path) -> list[tuple[str, dict[str, Any],
     out = []
     for k, (subject, idx) in enumerate(sorted(groups.items())):
         name = f"unlearn_{task.name}_{k}"
-        docs = [{"question": task.rows[i]["question"], "choices": list(task.rows[i]["choices"]), "answer": int(task.rows[i]["answer"]), "row": i} for i in idx]
+        docs = [
+            {
+                "question": task.rows[i]["question"],
+                "choices": list(task.rows[i]["choices"]),
+                "answer": int(task.rows[i]["answer"]),
+                "row": i,
+            }
+            for i in idx
+        ]
         files = {"test": _write_jsonl(folder / f"{name}.test.jsonl", docs)}
         examples = shots(task.rows[idx[0]]) if task.n_shot else []
         if task.n_shot and len(examples) < task.n_shot:
-            raise ValueError(f"{task.name}: subject {subject!r} has {len(examples)} few-shot examples, {task.n_shot} needed")
+            raise ValueError(
+                f"{task.name}: subject {subject!r} has {len(examples)} few-shot examples, {task.n_shot} needed"
+            )
         if task.n_shot:
-            dev = [{"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"]), "row": -1} for e in examples]
+            dev = [
+                {"question": e["question"], "choices": list(e["choices"]), "answer": int(e["answer"]), "row": -1}
+                for e in examples
+            ]
             files["dev"] = _write_jsonl(folder / f"{name}.dev.jsonl", dev)
-        cfg = _mc_config(name, folder, files, doc_to_text(task.labels), task.labels, task.n_shot, task.description.format(subject=subject))
+        cfg = _mc_config(
+            name,
+            folder,
+            files,
+            doc_to_text(task.labels),
+            task.labels,
+            task.n_shot,
+            task.description.format(subject=subject),
+        )
         if task.n_shot:
             cfg.update(fewshot_split="dev", fewshot_config={"sampler": "first_n"})
         out.append((name, cfg, idx))
     return out
 
 
-def _mc_config(name: str, folder: Path, files: dict[str, str], text: str, labels: Sequence[str], n_shot: int = 0, description: str = "") -> dict[str, Any]:
+def _mc_config(
+    name: str,
+    folder: Path,
+    files: dict[str, str],
+    text: str,
+    labels: Sequence[str],
+    n_shot: int = 0,
+    description: str = "",
+) -> dict[str, Any]:
     """An lm-eval multiple-choice task on local JSONL ``files`` (docs with ``answer`` and ``row``)."""
     return {
         "task": name,
@@ -95,10 +128,18 @@ def _collect(samples: Sequence[dict[str, Any]], answers: np.ndarray, n_labels: i
         contexts[i] = sample["arguments"][0][0]
     pred = logprobs.argmax(-1)
     correct = (pred == answers).astype(float)
-    return {"acc": float(correct.mean()) if n else float("nan"), "pred": pred.tolist(), "correct": correct.tolist(), "logprobs": logprobs, "contexts": contexts}
+    return {
+        "acc": float(correct.mean()) if n else float("nan"),
+        "pred": pred.tolist(),
+        "correct": correct.tolist(),
+        "logprobs": logprobs,
+        "contexts": contexts,
+    }
 
 
-def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16) -> dict[str, dict[str, Any]]:
+def evaluate_tasks(
+    model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16
+) -> dict[str, dict[str, Any]]:
     """Per task: ``acc``, per-question ``pred``/``correct``, ``logprobs [N, K]`` and the ``contexts``
     lm-eval built (to compare with :meth:`MCTask.contexts`)."""
     lm_eval = _require_lm_eval()
@@ -109,10 +150,20 @@ def evaluate_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], ba
         plan = {t.name: _task_configs(t, Path(tmp)) for t in tasks}
         configs = [cfg for entries in plan.values() for _, cfg, _ in entries]
         res = lm_eval.simple_evaluate(model=lm, tasks=configs, log_samples=True, bootstrap_iters=0, verbosity="WARNING")
-    return {t.name: _collect([s for name, _, _ in plan[t.name] for s in res["samples"][name]], t.answers(), len(t.labels)) for t in tasks}
+    return {
+        t.name: _collect([s for name, _, _ in plan[t.name] for s in res["samples"][name]], t.answers(), len(t.labels))
+        for t in tasks
+    }
 
 
-def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], include_path: str | None = None, limit: int | None = None, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
+def zero_shot_accuracy(
+    model: nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    include_path: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> tuple[dict[str, float], str | None]:
     """Zero-shot accuracy of the in-memory model on lm-eval tasks by name (``piqa``, ``arc_easy``,
     ``hellaswag``, ... or tasks defined in YAML files under ``include_path``).
 
@@ -132,7 +183,15 @@ def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], i
     try:
         manager = TaskManager(verbosity="ERROR", include_path=include_path)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=context_limit(model))
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, bootstrap_iters=0, task_manager=manager, verbosity="ERROR")
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            num_fewshot=0,
+            limit=limit,
+            bootstrap_iters=0,
+            task_manager=manager,
+            verbosity="ERROR",
+        )
     except Exception as e:  # offline hub, unknown task name, broken task file: recorded, not raised
         return {}, f"general tasks skipped ({', '.join(tasks)}): {type(e).__name__}: {str(e)[:300]}"
     metrics = {}
@@ -146,7 +205,16 @@ def zero_shot_accuracy(model: nn.Module, tokenizer: Any, tasks: Sequence[str], i
     return metrics, None
 
 
-def evaluate_contexts(model: nn.Module, tokenizer: Any, name: str, contexts: Sequence[str], answers: Sequence[int], labels: Sequence[str], add_special_tokens: bool = True, batch_size: int = 16) -> dict[str, Any]:
+def evaluate_contexts(
+    model: nn.Module,
+    tokenizer: Any,
+    name: str,
+    contexts: Sequence[str],
+    answers: Sequence[int],
+    labels: Sequence[str],
+    add_special_tokens: bool = True,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """lm-eval scores the letters after prompts built here: each doc's ``doc_to_text`` is its whole
     context (few-shot examples of its own, a chat template), zero-shot. For sets lm-eval's few-shot
     sampler cannot express (RWKU's per-question examples, chat prompts); ``add_special_tokens=False``
@@ -157,11 +225,19 @@ def evaluate_contexts(model: nn.Module, tokenizer: Any, name: str, contexts: Seq
     lm_eval = _require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=context_limit(model), add_bos_token=add_special_tokens)
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_length=context_limit(model),
+        add_bos_token=add_special_tokens,
+    )
     with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
         docs = [{"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers))]
         task = f"unlearn_{name}"
-        cfg = _mc_config(task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels)
+        cfg = _mc_config(
+            task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels
+        )
         res = lm_eval.simple_evaluate(model=lm, tasks=[cfg], log_samples=True, bootstrap_iters=0, verbosity="WARNING")
     return _collect(res["samples"][task], np.asarray(answers), len(labels))
 
@@ -184,11 +260,20 @@ class LMEval:
     (:func:`evaluate_contexts`).
     """
 
-    def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]:
+    def __call__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        tasks: Sequence[MCTask],
+        batch_size: int = 16,
+        chat: PromptFormat | None = None,
+    ) -> dict[str, dict[str, Any]]:
         native = [t for t in tasks if not _own_prompts(t, chat)]
         out = evaluate_tasks(model, tokenizer, native, batch_size) if native else {}
         for t in tasks:
             if _own_prompts(t, chat):
                 contexts, special = task_contexts(tokenizer, t, chat)
-                out[t.name] = evaluate_contexts(model, tokenizer, t.name, contexts, t.answers(), t.labels, special, batch_size)
+                out[t.name] = evaluate_contexts(
+                    model, tokenizer, t.name, contexts, t.answers(), t.labels, special, batch_size
+                )
         return {t.name: out[t.name] for t in tasks}

@@ -21,7 +21,14 @@ from unlearn.eval.lmeval import LMEval
 
 
 class MCBackend(Protocol):
-    def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]: ...
+    def __call__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        tasks: Sequence[MCTask],
+        batch_size: int = 16,
+        chat: PromptFormat | None = None,
+    ) -> dict[str, dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)  # stateless: repr, equality and hash by type
@@ -29,7 +36,14 @@ class LetterScorer:
     """The built-in backend: the likelihood of each answer letter after our prompts
     (:func:`~unlearn.eval.choice.evaluate_task`), in the chat template when ``chat`` is given."""
 
-    def __call__(self, model: nn.Module, tokenizer: Any, tasks: Sequence[MCTask], batch_size: int = 16, chat: PromptFormat | None = None) -> dict[str, dict[str, Any]]:
+    def __call__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        tasks: Sequence[MCTask],
+        batch_size: int = 16,
+        chat: PromptFormat | None = None,
+    ) -> dict[str, dict[str, Any]]:
         return {t.name: evaluate_task(model, tokenizer, t, batch_size, chat) for t in tasks}
 
 
@@ -41,8 +55,12 @@ def as_backend(value: Any, key: str = "benchmark.eval.backend") -> MCBackend:
     """``value`` itself when it is a backend object, or the backend an old string names."""
     if isinstance(value, str):
         if value not in ALIASES:
-            raise ValueError(f"{key} must be a backend (_target_: unlearn.eval.mc_backend.LetterScorer or unlearn.eval.lmeval.LMEval) or one of {sorted(ALIASES)}, got {value!r}")
+            raise ValueError(
+                f"{key} must be a backend (_target_: unlearn.eval.mc_backend.LetterScorer or unlearn.eval.lmeval.LMEval) or one of {sorted(ALIASES)}, got {value!r}"
+            )
         return ALIASES[value]()
     if not callable(value):
-        raise ValueError(f"{key} must be a backend called as backend(model, tokenizer, tasks, batch_size, chat), got {value!r}")
+        raise ValueError(
+            f"{key} must be a backend called as backend(model, tokenizer, tasks, batch_size, chat), got {value!r}"
+        )
     return value

@@ -26,7 +26,9 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.
     return rouge_l(predictions, references, "recall", use_stemmer=True)
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure", use_stemmer: bool = False) -> np.ndarray:
+def rouge_l(
+    predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure", use_stemmer: bool = False
+) -> np.ndarray:
     """ROUGE-L ``measure`` (``recall``, ``precision`` or ``fmeasure``) of each prediction against its
     reference. The defaults are MUSE's (F-measure, no stemmer: its ``mean_rougeL``)."""
     if measure not in ("recall", "precision", "fmeasure"):
@@ -76,7 +78,9 @@ def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def collapse_reasons(values: dict[str, float], ppl: float, max_ppl: float, repetition: float, max_repetition: float) -> dict[str, str]:
+def collapse_reasons(
+    values: dict[str, float], ppl: float, max_ppl: float, repetition: float, max_repetition: float
+) -> dict[str, str]:
     """Why a model counts as collapsed (empty: it does not). Three signs, each reported by name:
     ``nonfinite`` (a metric in ``values`` is NaN/inf), ``ppl`` (perplexity above ``max_ppl``),
     ``repetition`` (mean repeated n-gram fraction of its generations above ``max_repetition``)."""

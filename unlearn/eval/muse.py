@@ -35,7 +35,14 @@ from unlearn.utils.progress import Steps
 Row = Mapping[str, Any]
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 
-DIRECTIONS = {"verbmem_f": -1, "knowmem_f": -1, "knowmem_r": +1, "privleak": 0, "privleak_auc": 0, "privleak_reference_auc": 0}
+DIRECTIONS = {
+    "verbmem_f": -1,
+    "knowmem_f": -1,
+    "knowmem_r": +1,
+    "privleak": 0,
+    "privleak_auc": 0,
+    "privleak_reference_auc": 0,
+}
 
 
 def icl_prefix(examples: Sequence[Row]) -> str:
@@ -88,16 +95,28 @@ class MUSEEvaluator:
         n = self.verbmem_max_new_tokens
         budget = prompt_budget(model, n, self.max_prompt_tokens)
         outputs = greedy(model, tok, [r["prompt"] for r in rows], n, self.batch_size, max_prompt_tokens=budget)
-        refs = [first_tokens(tok, r["gt"], n, add_special_tokens=True)  # MUSE: BOS + n − 1 tokens
-                for r in rows]
+        refs = [
+            first_tokens(tok, r["gt"], n, add_special_tokens=True)  # MUSE: BOS + n − 1 tokens
+            for r in rows
+        ]
         return M.rouge_l(outputs, refs), outputs
 
-    def knowmem_scores(self, model: nn.Module, tok: Any, rows: Sequence[Row], icl: Sequence[Row]) -> tuple[np.ndarray, list[str]]:
+    def knowmem_scores(
+        self, model: nn.Module, tok: Any, rows: Sequence[Row], icl: Sequence[Row]
+    ) -> tuple[np.ndarray, list[str]]:
         """ROUGE-L of the few-shot greedy answer to each question against the answer."""
         n = self.knowmem_max_new_tokens
         prefix = icl_prefix(icl)
         prompts = [f"{prefix}Question: {r['question']}\nAnswer: " for r in rows]
-        outputs = greedy(model, tok, prompts, n, self.batch_size, KNOWMEM_STOP, max_prompt_tokens=prompt_budget(model, n, self.max_prompt_tokens))
+        outputs = greedy(
+            model,
+            tok,
+            prompts,
+            n,
+            self.batch_size,
+            KNOWMEM_STOP,
+            max_prompt_tokens=prompt_budget(model, n, self.max_prompt_tokens),
+        )
         return M.rouge_l(outputs, [r["answer"] for r in rows]), outputs
 
     def mink_scores(self, model: nn.Module, tok: Any, rows: Sequence[Row]) -> np.ndarray:
@@ -112,7 +131,14 @@ class MUSEEvaluator:
             return float(oracle["metrics"]["privleak_auc"])
         return self.retrain_auc
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        fmt: PromptFormat,
+        splits: Mapping[str, Sequence[Row]],
+        oracle: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Returns ``{"metrics", "arrays"}``; PrivLeak needs the oracle's record or ``retrain_auc``.
         ``fmt`` is unused: MUSE prompts its (base) models with raw text."""
         verb, fqa, rqa = (self._rows(splits, k) for k in (self.verbmem, self.forget_qa, self.retain_qa))
@@ -128,14 +154,23 @@ class MUSEEvaluator:
             forget_mink, holdout_mink = self.mink_scores(model, tokenizer, pf), self.mink_scores(model, tokenizer, ph)
             steps.advance("privleak")
         auc = M.auc(holdout_mink, forget_mink)  # MUSE: holdout is the positive class
-        metrics = {"verbmem_f": float(np.mean(v)), "knowmem_f": float(np.mean(kf)), "knowmem_r": float(np.mean(kr)), "privleak_auc": auc}
+        metrics = {
+            "verbmem_f": float(np.mean(v)),
+            "knowmem_f": float(np.mean(kf)),
+            "knowmem_r": float(np.mean(kr)),
+            "privleak_auc": auc,
+        }
         ref = self.reference_auc(oracle)
         if ref is not None:
             metrics["privleak"] = privleak(auc, ref)
             metrics["privleak_reference_auc"] = ref
         arrays = {
-            "verbmem_rouge": v.tolist(), "verbmem_generated": v_out, "knowmem_f_generated": kf_out, "knowmem_r_generated": kr_out,
-            "privleak_forget_mink": forget_mink.tolist(), "privleak_holdout_mink": holdout_mink.tolist(),
+            "verbmem_rouge": v.tolist(),
+            "verbmem_generated": v_out,
+            "knowmem_f_generated": kf_out,
+            "knowmem_r_generated": kr_out,
+            "privleak_forget_mink": forget_mink.tolist(),
+            "privleak_holdout_mink": holdout_mink.tolist(),
         }
         return {"metrics": metrics, "arrays": arrays}
 

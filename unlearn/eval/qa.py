@@ -34,8 +34,15 @@ MIA_ATTACKS = ("loss", "min_k")
 
 #: direction of every metric this evaluator reports: +1 higher is better, -1 lower is better, 0 neither.
 DIRECTIONS = {
-    "forget_prob": -1, "forget_rouge": -1, "forget_truth_ratio": +1, "forget_mc_acc": -1,
-    "forget_quality": +1, "forget_quality_log10": +1, "model_utility": +1, "mia_auc": 0, "privleak": 0,
+    "forget_prob": -1,
+    "forget_rouge": -1,
+    "forget_truth_ratio": +1,
+    "forget_mc_acc": -1,
+    "forget_quality": +1,
+    "forget_quality_log10": +1,
+    "model_utility": +1,
+    "mia_auc": 0,
+    "privleak": 0,
     # what model utility is made of: higher is better on the sets that must be kept
     **{f"{s}_{m}": +1 for s in ("retain", "real_authors", "world_facts") for m in ("prob", "rouge", "truth_ratio")},
     "retain_mc_acc": +1,
@@ -46,7 +53,9 @@ def _require(rows: Sequence[Row], keys: Sequence[str], split: str) -> None:
     for k in keys:
         missing = [r.get("id", i) for i, r in enumerate(rows) if k not in r]
         if missing:
-            raise ValueError(f"evaluation split {split!r}: {len(missing)} rows lack the field {k!r} (first: {missing[0]!r})")
+            raise ValueError(
+                f"evaluation split {split!r}: {len(missing)} rows lack the field {k!r} (first: {missing[0]!r})"
+            )
 
 
 @dataclass
@@ -79,7 +88,9 @@ class QAEvaluator:
 
     def __post_init__(self) -> None:
         if self.truth_ratio_mean not in M.TRUTH_RATIO_MEANS:
-            raise ValueError(f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, got {self.truth_ratio_mean!r}")
+            raise ValueError(
+                f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, got {self.truth_ratio_mean!r}"
+            )
         if self.mia_attack not in MIA_ATTACKS:
             raise ValueError(f"benchmark.eval.mia_attack must be one of {list(MIA_ATTACKS)}, got {self.mia_attack!r}")
         if not 0 < self.min_k <= 1:
@@ -91,7 +102,9 @@ class QAEvaluator:
             token_nll = token_nll[:-1]
         return min_k_score(token_nll, self.min_k) if self.mia_attack == "min_k" else loss_score(token_nll)
 
-    def _true_answers(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
+    def _true_answers(
+        self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``P(a|q)^(1/|a|)`` and the membership score of each row's answer."""
         encoded = [encode_qa(tok, fmt, r["question"], r["answer"], self.max_length) for r in rows]
         s, n, per_token = score_encoded(model, encoded, tok.pad_token_id, self.batch_size)
@@ -103,7 +116,9 @@ class QAEvaluator:
         idx = np.random.default_rng(self.seed).choice(len(rows), self.max_rows, replace=False)
         return [rows[i] for i in sorted(idx)]
 
-    def _qa_set(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], split: str, normalize_prob: bool) -> dict[str, Any]:
+    def _qa_set(
+        self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], split: str, normalize_prob: bool
+    ) -> dict[str, Any]:
         base = self.base_answer.get(split, "paraphrased_answer")
         _require(rows, ("question", "answer", base, "perturbed_answer"), split)
         kw = dict(max_length=self.max_length, batch_size=self.batch_size)
@@ -119,7 +134,9 @@ class QAEvaluator:
         p_pert = normalized_prob(s, n).reshape(len(rows), m)
         tr = M.truth_ratio(p_para, p_pert, self.truth_ratio_mean)
         prompts = [fmt.prompt(r["question"], tok) for r in rows]
-        answers = greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, self.stop, add_special_tokens=not fmt.chat)
+        answers = greedy(
+            model, tok, prompts, self.max_new_tokens, self.batch_size, self.stop, add_special_tokens=not fmt.chat
+        )
         rouge = M.rouge_l_recall(answers, [r["answer"] for r in rows])
         prob = p_true / (p_true + p_pert.sum(-1)) if normalize_prob else p_true
         out: dict[str, Any] = {"prob": prob, "rouge": rouge, "tr": tr, "generated": answers, "mia": mia}
@@ -128,7 +145,14 @@ class QAEvaluator:
             out["mc"] = (pred == np.array([r["answer_index"] for r in rows])).astype(float)
         return out
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        fmt: PromptFormat,
+        splits: Mapping[str, Sequence[Row]],
+        oracle: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Returns ``{"metrics": {name: float}, "arrays": {name: list}}``; pass the oracle's result
         as ``oracle`` to get forget quality and PrivLeak."""
         names = [self.forget, self.retain, *self.utility] + ([self.holdout] if self.holdout else [])
@@ -190,6 +214,11 @@ class QAEvaluator:
             keys = sorted(para, key=lambda k: int(k) if str(k).isdigit() else str(k))
             p_para = np.exp(-np.array([float(para[k]) for k in keys]))
             p_pert = [np.exp(-np.asarray(pert[k], dtype=float)) for k in keys]
-            tr = [float(M.truth_ratio(p_para[i : i + 1], p[None, :], self.truth_ratio_mean)[0]) for i, p in enumerate(p_pert)]
+            tr = [
+                float(M.truth_ratio(p_para[i : i + 1], p[None, :], self.truth_ratio_mean)[0])
+                for i, p in enumerate(p_pert)
+            ]
             return {"metrics": {}, "arrays": {"forget_truth_ratio": tr}}
-        raise ValueError("has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss")
+        raise ValueError(
+            "has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss"
+        )

@@ -52,10 +52,20 @@ def probe_prompt(row: Row, level: str, fmt: PromptFormat, tokenizer: Any) -> str
 
 
 DIRECTIONS = {
-    "forget_level1": -1, "forget_level2": -1, "forget_level3": -1, "forget_all": -1,
-    "neighbor_level1": +1, "neighbor_level2": +1, "neighbor_all": +1,
-    "mia_loss_auc": -1, "mia_zlib_auc": -1, "mia_min_k_auc": -1, "mia_min_k_pp_auc": -1,
-    "mia_forget_loss": +1, "mia_retain_loss": -1, "utility_general_acc": +1,
+    "forget_level1": -1,
+    "forget_level2": -1,
+    "forget_level3": -1,
+    "forget_all": -1,
+    "neighbor_level1": +1,
+    "neighbor_level2": +1,
+    "neighbor_all": +1,
+    "mia_loss_auc": -1,
+    "mia_zlib_auc": -1,
+    "mia_min_k_auc": -1,
+    "mia_min_k_pp_auc": -1,
+    "mia_forget_loss": +1,
+    "mia_retain_loss": -1,
+    "utility_general_acc": +1,
 }
 
 
@@ -85,15 +95,21 @@ class RWKUEvaluator:
         self.backend: MCBackend = as_backend(self.backend)
         if not 0 < self.min_k <= 1:
             raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
-        if self.max_probes is not None and (isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1):
+        if self.max_probes is not None and (
+            isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1
+        ):
             raise ValueError(f"benchmark.eval.max_probes must be a positive integer or null, got {self.max_probes!r}")
 
-    def _probes(self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], level: str) -> tuple[float, list[str]]:
+    def _probes(
+        self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row], level: str
+    ) -> tuple[float, list[str]]:
         rows = subsample(rows, self.max_probes, self.seed)
         if not rows:
             return float("nan"), []
         prompts = [probe_prompt(r, level, fmt, tok) for r in rows]
-        answers = greedy(model, tok, prompts, self.max_new_tokens, self.batch_size, stop=("\n",), add_special_tokens=not fmt.chat)
+        answers = greedy(
+            model, tok, prompts, self.max_new_tokens, self.batch_size, stop=("\n",), add_special_tokens=not fmt.chat
+        )
         # RWKU's eval_forget.py: ROUGE-L recall of the `rouge` package (no stemming), an empty answer
         # scored as "NOANSWER"; rouge-score without its stemmer is that up to tokenisation (it also
         # lower-cases and drops punctuation, which `rouge` keeps)
@@ -110,7 +126,9 @@ class RWKUEvaluator:
         out.update({f"mia_{k}_auc": v for k, v in attack_aucs(scores["mia_forget"], scores["mia_retain"]).items()})
         return out
 
-    def utility_accuracy(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, rows: Sequence[Row]) -> dict[str, Any]:
+    def utility_accuracy(
+        self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, rows: Sequence[Row]
+    ) -> dict[str, Any]:
         """The MMLU-style utility set, each question with its own few-shot examples (RWKU's), in the
         chat template for chat models; scored by the letter scorer or by lm-evaluation-harness on
         the same prompts."""
@@ -120,11 +138,20 @@ class RWKUEvaluator:
         chat = fmt if fmt.chat else None
         return self.backend(model, tokenizer, [task], self.batch_size, chat)[task.name]
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        fmt: PromptFormat,
+        splits: Mapping[str, Sequence[Row]],
+        oracle: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         needed = [*PROBES, "mia_forget", "mia_retain"] + ([self.utility] if self.utility else [])
         missing = [s for s in needed if s not in splits]
         if missing:
-            raise ValueError(f"benchmark {self.name!r} has no split(s) {missing} to evaluate (splits: {sorted(splits)})")
+            raise ValueError(
+                f"benchmark {self.name!r} has no split(s) {missing} to evaluate (splits: {sorted(splits)})"
+            )
         metrics: dict[str, float] = {}
         arrays: dict[str, Any] = {}
         with Steps(f"eval {self.name}", total=len(PROBES) + 2) as steps:
@@ -134,7 +161,9 @@ class RWKUEvaluator:
             metrics.update(self._mia(model, tokenizer, splits))
             steps.advance("membership inference")
             if self.utility and splits[self.utility]:
-                metrics[f"{self.utility}_acc"] = self.utility_accuracy(model, tokenizer, fmt, splits[self.utility])["acc"]
+                metrics[f"{self.utility}_acc"] = self.utility_accuracy(model, tokenizer, fmt, splits[self.utility])[
+                    "acc"
+                ]
             steps.advance("utility")
         metrics["forget_all"] = float(np.nanmean([metrics[f"forget_level{i}"] for i in (1, 2, 3)]))
         metrics["neighbor_all"] = float(np.nanmean([metrics["neighbor_level1"], metrics["neighbor_level2"]]))

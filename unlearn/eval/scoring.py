@@ -31,7 +31,9 @@ class Scores:
 
 
 @torch.no_grad()
-def score_rows(model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32, minkpp: bool = False) -> Scores:
+def score_rows(
+    model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32, minkpp: bool = False
+) -> Scores:
     """Score encoded rows (``input_ids``/``labels``), batched longest-first, in eval mode."""
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
@@ -49,7 +51,9 @@ def score_rows(model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int,
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             tgt = labels[:, 1:]
             valid = tgt != -100
-            tok_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none").view(tgt.shape)
+            tok_nll = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(tgt.shape)
             zpp = _minkpp_tokens(logits, tgt, tok_nll) if minkpp else None
             sums, counts = (tok_nll * valid).sum(-1), valid.sum(-1)
             for j, i in enumerate(idx):
@@ -78,26 +82,44 @@ def _minkpp_tokens(logits: torch.Tensor, tgt: torch.Tensor, tok_nll: torch.Tenso
     return (-tok_nll - mu) / sigma
 
 
-def score_encoded(model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def score_encoded(
+    model: nn.Module, encoded: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """``(nll_sum, n_tokens, per_token_nll)`` per encoded row (see :func:`score_rows`)."""
     s = score_rows(model, encoded, pad_id, batch_size)
     return s.nll_sum, s.n_tokens, s.token_nll
 
 
-def score_answers(model: nn.Module, tokenizer: Any, fmt: PromptFormat, pairs: Sequence[tuple[str, str]], max_length: int = 512, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def score_answers(
+    model: nn.Module,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    pairs: Sequence[tuple[str, str]],
+    max_length: int = 512,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(nll_sum, n_tokens)`` of each answer given its question."""
     encoded = [encode_qa(tokenizer, fmt, q, a, max_length) for q, a in pairs]
     total, count, _ = score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
     return total, count
 
 
-def score_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int = 512, batch_size: int = 32, minkpp: bool = False) -> Scores:
+def score_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int = 512,
+    batch_size: int = 32,
+    minkpp: bool = False,
+) -> Scores:
     """Token statistics of plain texts (every token scored; for perplexity and membership attacks)."""
     encoded = [encode_text(tokenizer, t, max_length) for t in texts]
     return score_rows(model, encoded, tokenizer.pad_token_id, batch_size, minkpp=minkpp)
 
 
-def text_perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int = 512, batch_size: int = 32) -> float:
+def text_perplexity(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int = 512, batch_size: int = 32
+) -> float:
     """Token-weighted perplexity of the model on plain texts (WikiText-style utility); ``inf``
     rather than an error for a collapsed model."""
     from unlearn.eval.metrics import perplexity
@@ -117,7 +139,15 @@ def normalized_prob(nll_sum: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
     return np.exp(-nll_sum / np.maximum(n_tokens, 1))
 
 
-def multiple_choice(model: nn.Module, tokenizer: Any, fmt: PromptFormat, rows: Sequence[dict[str, Any]], max_length: int = 512, batch_size: int = 32, length_normalize: bool = True) -> np.ndarray:
+def multiple_choice(
+    model: nn.Module,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    rows: Sequence[dict[str, Any]],
+    max_length: int = 512,
+    batch_size: int = 32,
+    length_normalize: bool = True,
+) -> np.ndarray:
     """Index of the most likely choice per row, scoring each choice as the answer text (cloze).
 
     ``rows`` have ``question`` and ``choices``; with ``length_normalize`` choices are compared by

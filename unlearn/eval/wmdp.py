@@ -50,26 +50,54 @@ class WMDPEvaluator:
     def __post_init__(self) -> None:
         self.backend: MCBackend = as_backend(self.backend)
         if isinstance(self.backend, LMEval) and self.chat:
-            raise ValueError("benchmark.eval.chat=true is not supported with backend=lmeval (lm-eval formats chat prompts its own way)")
+            raise ValueError(
+                "benchmark.eval.chat=true is not supported with backend=lmeval (lm-eval formats chat prompts its own way)"
+            )
         if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
             raise ValueError(f"benchmark.eval.n_shot must be an integer >= 0, got {self.n_shot!r}")
         for key in ("max_questions", "max_utility_questions", "batch_size"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"benchmark.eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}")
+                raise ValueError(
+                    f"benchmark.eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
+                )
 
     def tasks(self, splits: Mapping[str, Sequence[Row]]) -> list[MCTask]:
         """The WMDP task (zero-shot) and, with ``utility``, the MMLU task (few-shot)."""
         for s in [self.questions] + ([self.utility, self.few_shot] if self.utility else []):
             if s not in splits:
                 raise ValueError(f"benchmark {self.name!r} has no split {s!r} to evaluate (splits: {sorted(splits)})")
-        out = [MCTask("wmdp", subsample(splits[self.questions], self.max_questions, self.seed), n_shot=0, description=MMLU_DESCRIPTION, default_subject=self.subject, row_subject=False)]
+        out = [
+            MCTask(
+                "wmdp",
+                subsample(splits[self.questions], self.max_questions, self.seed),
+                n_shot=0,
+                description=MMLU_DESCRIPTION,
+                default_subject=self.subject,
+                row_subject=False,
+            )
+        ]
         if self.utility:
             # the question's own subject names the description, as lm-eval's mmlu_<subject> tasks do
-            out.append(MCTask("mmlu", subsample(splits[self.utility], self.max_utility_questions, self.seed), n_shot=self.n_shot, dev=splits[self.few_shot]))
+            out.append(
+                MCTask(
+                    "mmlu",
+                    subsample(splits[self.utility], self.max_utility_questions, self.seed),
+                    n_shot=self.n_shot,
+                    dev=splits[self.few_shot],
+                )
+            )
         return out
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, fmt: PromptFormat, splits: Mapping[str, Sequence[Row]], oracle: Mapping[str, Any] | None = None, target: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        fmt: PromptFormat,
+        splits: Mapping[str, Sequence[Row]],
+        oracle: Mapping[str, Any] | None = None,
+        target: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """``{"metrics", "arrays"}``; pass the target model's record as ``target`` for recovery."""
         tasks = self.tasks(splits)
         res = self.backend(model, tokenizer, tasks, self.batch_size, fmt if self.chat else None)

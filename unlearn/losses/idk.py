@@ -55,7 +55,9 @@ class IDK(Component):
             for row in ctx.rows.get(role) or []:
                 rid = str(row.get("id", ""))
                 if "question" not in row:
-                    raise ConfigError(f"forget=idk needs question/answer rows, but {role} row {rid!r} has no question (keys: {sorted(row)})")
+                    raise ConfigError(
+                        f"forget=idk needs question/answer rows, but {role} row {rid!r} has no question (keys: {sorted(row)})"
+                    )
                 enc = encode_qa(ctx.tokenizer, ctx.fmt, row["question"], self.answer_for(rid), ctx.max_length)
                 self._targets[rid] = {**enc, "id": rid}
 

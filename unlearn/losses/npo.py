@@ -50,10 +50,14 @@ class NPO(Component):
         out = []
         for rid, n in zip(ids_of(batch), counts.tolist()):
             if rid not in self._ref:
-                raise KeyError(f"NPO has no reference log-prob for row {rid!r}: prepare() caches the forget and normal rows only")
+                raise KeyError(
+                    f"NPO has no reference log-prob for row {rid!r}: prepare() caches the forget and normal rows only"
+                )
             logp, m = self._ref[rid]
             if m != int(n):
-                raise ValueError(f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale cache")
+                raise ValueError(
+                    f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale cache"
+                )
             out.append(logp)
         return torch.tensor(out, dtype=torch.float32, device=counts.device)
 

@@ -27,7 +27,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"RMU needs a decoder with a .layers list (Llama-style models); {type(model).__name__} has none")
+        raise ValueError(
+            f"RMU needs a decoder with a .layers list (Llama-style models); {type(model).__name__} has none"
+        )
     return layers
 
 
@@ -60,7 +62,9 @@ def masked_mse(h: Tensor, target: Tensor, labels: Tensor) -> Tensor:
 
 def _check_layer(value: Any, n: int, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise ConfigError(f"{key} must be a decoder layer index in [0, {n - 1}] (the model has {n} layers), got {value!r}")
+        raise ConfigError(
+            f"{key} must be a decoder layer index in [0, {n - 1}] (the model has {n} layers), got {value!r}"
+        )
     return value
 
 
@@ -81,14 +85,23 @@ class RMU(Component):
     ``update_layers``; under LoRA, the adapter's tensors inside those modules.
     """
 
-    def __init__(self, layer: int = 7, coefficient: float = 2.0, update_layers: Sequence[int] = (5, 6, 7), update_params: Sequence[str] = ("mlp.down_proj",), seed: int = 0) -> None:
+    def __init__(
+        self,
+        layer: int = 7,
+        coefficient: float = 2.0,
+        update_layers: Sequence[int] = (5, 6, 7),
+        update_params: Sequence[str] = ("mlp.down_proj",),
+        seed: int = 0,
+    ) -> None:
         self.layer = _int_or_none(layer, "forget.layer")
         self.coefficient = require_number(coefficient, "forget.coefficient", 0.0)
         self.update_layers = [_int_or_none(i, "forget.update_layers") for i in update_layers]
         if not self.update_layers:
             raise ValueError("forget.update_layers must list at least one layer index, got []")
         if isinstance(update_params, str) or not update_params:
-            raise ValueError(f"forget.update_params must be a non-empty list of parameter names inside a layer (e.g. [mlp.down_proj]), got {update_params!r}")
+            raise ValueError(
+                f"forget.update_params must be a non-empty list of parameter names inside a layer (e.g. [mlp.down_proj]), got {update_params!r}"
+            )
         self.update_params = [str(p) for p in update_params]
         self.seed = int(seed)
         self._control: Tensor | None = None
@@ -104,10 +117,14 @@ class RMU(Component):
         for i in self.update_layers:
             _check_layer(i, len(layers), "forget.update_layers")
             for name, p in layers[i].named_parameters():
-                if any(name == q or name.startswith(q + ".") for q in self.update_params) and (p.requires_grad or not peft):
+                if any(name == q or name.startswith(q + ".") for q in self.update_params) and (
+                    p.requires_grad or not peft
+                ):
                     out.append((f"layers.{i}.{name}", p))
         if not out:
-            raise ConfigError(f"forget.update_params {self.update_params} select no trainable parameter in layers {self.update_layers}")
+            raise ConfigError(
+                f"forget.update_params {self.update_params} select no trainable parameter in layers {self.update_layers}"
+            )
         return out
 
     def prepare(self, ctx: Any) -> None:
@@ -125,7 +142,9 @@ class RMU(Component):
     def control(self) -> Tensor:
         """``c·u``, the steering target ``[H]``."""
         if self._control is None:
-            raise RuntimeError("forget=rmu needs prepare(ctx) before training (it picks the layer and trained parameters)")
+            raise RuntimeError(
+                "forget=rmu needs prepare(ctx) before training (it picks the layer and trained parameters)"
+            )
         return self._control
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -143,7 +162,9 @@ class RMURetain(Component):
 
     def __init__(self, layer: int | None = None) -> None:
         if layer is None:
-            raise ValueError("retain.layer must be set to a decoder layer index (retain=rmu reads forget.layer when forget=rmu)")
+            raise ValueError(
+                "retain.layer must be set to a decoder layer index (retain=rmu reads forget.layer when forget=rmu)"
+            )
         self.layer = _int_or_none(layer, "retain.layer")
         self._reference: Any = None
 

@@ -30,7 +30,11 @@ def wanted(cfg: DictConfig) -> bool:
 
 def _configs(model: nn.Module) -> list[Any]:
     base = model.get_base_model() if is_peft(model) else model
-    return [c for c in {id(c): c for c in (getattr(model, "config", None), getattr(base, "config", None))}.values() if c is not None]
+    return [
+        c
+        for c in {id(c): c for c in (getattr(model, "config", None), getattr(base, "config", None))}.values()
+        if c is not None
+    ]
 
 
 @contextmanager
@@ -48,7 +52,9 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
         return
     base = model.get_base_model() if is_peft(model) else model
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise ConfigError(f"model.gradient_checkpointing=true, but {type(base).__name__} does not support gradient checkpointing")
+        raise ConfigError(
+            f"model.gradient_checkpointing=true, but {type(base).__name__} does not support gradient checkpointing"
+        )
     configs = _configs(model)
     saved = [getattr(c, "use_cache", None) for c in configs]
     for c in configs:

@@ -46,9 +46,13 @@ class HubModel:
         if not (self.hub_id or self.path):
             raise ValueError("model.spec needs hub_id (a Hugging Face model id) or path (a local checkpoint folder)")
         if self.attn_implementation not in ATTENTION:
-            raise ValueError(f"model.spec.attn_implementation must be one of {list(ATTENTION)}, got {self.attn_implementation!r}")
+            raise ValueError(
+                f"model.spec.attn_implementation must be one of {list(ATTENTION)}, got {self.attn_implementation!r}"
+            )
         if self.trust_remote_code is not False:
-            raise ValueError(f"model.spec.trust_remote_code must be false (unlearn never runs a model repository's code), got {self.trust_remote_code!r}")
+            raise ValueError(
+                f"model.spec.trust_remote_code must be false (unlearn never runs a model repository's code), got {self.trust_remote_code!r}"
+            )
 
     @property
     def where(self) -> str:
@@ -64,7 +68,11 @@ class HubModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kw = self._kwargs()
-        model_kw = {**kw, "dtype": dtype, **({"attn_implementation": self.attn_implementation} if self.attn_implementation else {})}
+        model_kw = {
+            **kw,
+            "dtype": dtype,
+            **({"attn_implementation": self.attn_implementation} if self.attn_implementation else {}),
+        }
         tokenizer = AutoTokenizer.from_pretrained(self.where, **kw)
         model = AutoModelForCausalLM.from_pretrained(self.where, **model_kw)
         return model, ensure_pad(tokenizer)
@@ -74,14 +82,20 @@ class HubModel:
         quiet_transformers()
         if self.path:
             if not (Path(self.where) / "config.json").exists():
-                raise ModelUnavailable(f"model.spec.path={self.path} is not a Hugging Face model folder (no config.json)")
+                raise ModelUnavailable(
+                    f"model.spec.path={self.path} is not a Hugging Face model folder (no config.json)"
+                )
             return self._from_pretrained(dtype)
         online = hub_reachable()
         try:
             with offline_mode(not online):  # offline, a copy in the local HF cache still loads
                 return self._from_pretrained(dtype)
         except (OSError, ValueError) as e:
-            why = "the Hugging Face hub is not reachable and the model is not in the local cache" if not online else f"{type(e).__name__}: {e}"
+            why = (
+                "the Hugging Face hub is not reachable and the model is not in the local cache"
+                if not online
+                else f"{type(e).__name__}: {e}"
+            )
             hint = "download it once (huggingface-cli download, with access granted for gated models) or give a local folder with model.spec.path=/path/to/checkpoint"
             raise ModelUnavailable(f"model {self.hub_id}: cannot load it: {why}; {hint}") from None
 

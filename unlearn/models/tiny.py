@@ -39,7 +39,9 @@ class TinyLlama:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"model.{key} must be a positive integer, got {v!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})")
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
 
     def load_tokenizer(self) -> PreTrainedTokenizerFast:
         return tiny_tokenizer(self.vocab_size)

@@ -33,7 +33,9 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     from tokenizers import processors
 
     bos = tok.token_to_id(SPECIAL["bos"])
-    tok.post_processor = processors.TemplateProcessing(single=f"{SPECIAL['bos']} $A", special_tokens=[(SPECIAL["bos"], bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL['bos']} $A", special_tokens=[(SPECIAL["bos"], bos)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=SPECIAL["bos"],

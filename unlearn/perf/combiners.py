@@ -93,10 +93,17 @@ def collectives(model: torch.nn.Module) -> list[str]:
 
     params = [p for p in model.parameters() if p.requires_grad]
     per_task = len(bucket_plan(params))
-    return [str(len(params)), f"{per_task} (≤ {BUCKET_BYTES // 2**20} MiB)", str(2 * per_task + 1), str(2 * len(params) + 1)]
+    return [
+        str(len(params)),
+        f"{per_task} (≤ {BUCKET_BYTES // 2**20} MiB)",
+        str(2 * per_task + 1),
+        str(2 * len(params) + 1),
+    ]
 
 
-def synthetic_stream(vocab: int, batch: int, seq: int, steps: int, seed: int = 0) -> PairedStream:  # steps: micro-batches
+def synthetic_stream(
+    vocab: int, batch: int, seq: int, steps: int, seed: int = 0
+) -> PairedStream:  # steps: micro-batches
     """Forget and retain rows of exactly ``seq`` random tokens, all labelled (no padding)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -148,7 +155,9 @@ class BenchModule(UnlearnModule):
 class TurnTaking(L.Callback):
     """Sets the module's step before every optimizer step by the plan; times steps, measures memory steps."""
 
-    def __init__(self, built: dict[str, Combiner], plan: list[tuple[str, str]], device: torch.device, accumulate: int = 1) -> None:
+    def __init__(
+        self, built: dict[str, Combiner], plan: list[tuple[str, str]], device: torch.device, accumulate: int = 1
+    ) -> None:
         self.built, self.plan, self.device, self.accumulate = built, plan, device, accumulate
         self.times: dict[str, list[float]] = {c: [] for c in [PLAIN, *built]}
         self.peaks: dict[str, int] = {}
@@ -183,21 +192,39 @@ class TurnTaking(L.Callback):
             self.peaks[name], self._mem = self._mem.peak, None
 
 
-def time_steps(model: torch.nn.Module, built: dict[str, Combiner], stream: PairedStream, batch: int, plan: list[tuple[str, str]],
-               device: torch.device, step: StepConfig | None = None) -> TurnTaking:
+def time_steps(
+    model: torch.nn.Module,
+    built: dict[str, Combiner],
+    stream: PairedStream,
+    batch: int,
+    plan: list[tuple[str, str]],
+    device: torch.device,
+    step: StepConfig | None = None,
+) -> TurnTaking:
     """One training run of ``len(plan)`` optimizer steps whose row changes every step (see :func:`schedule`)."""
     step = step if step is not None else StepConfig()
     clock = TurnTaking(built, plan, device, step.accumulate)
-    module = BenchModule(model, Objective(forget=GA(), retain=NLL()), Sum(), OptimConfig(lr=1e-5, schedule="constant", warmup_ratio=0.0), step)
+    module = BenchModule(
+        model,
+        Objective(forget=GA(), retain=NLL()),
+        Sum(),
+        OptimConfig(lr=1e-5, schedule="constant", warmup_ratio=0.0),
+        step,
+    )
     loop = LoopConfig(accelerator=device.type, enable_progress_bar=False)
     fit(module, stream, pad_id=0, batch_size=batch, steps=len(plan), loop=loop, callbacks=[clock])
     return clock
 
 
-def task_gradients(model: torch.nn.Module, stream: PairedStream, batch: int) -> tuple[list[Tensor], list[Tensor], list[str]]:
+def task_gradients(
+    model: torch.nn.Module, stream: PairedStream, batch: int
+) -> tuple[list[Tensor], list[Tensor], list[str]]:
     """Real ``g_r`` and ``g_f`` of the model on the first batch."""
     data = PairedCollate(0)([stream[k] for k in range(batch)])
-    data = {k: {n: (v.to(next(model.parameters()).device) if isinstance(v, Tensor) else v) for n, v in b.items()} for k, b in data.items()}
+    data = {
+        k: {n: (v.to(next(model.parameters()).device) if isinstance(v, Tensor) else v) for n, v in b.items()}
+        for k, b in data.items()
+    }
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     obj = Objective(forget=GA(), retain=NLL())
@@ -230,7 +257,13 @@ class CombineResult:
     transient: int
 
 
-def combine_costs(name: str, combiner: Combiner, grads: tuple[list[Tensor], list[Tensor], list[str]], repeats: int, device: torch.device) -> CombineResult:
+def combine_costs(
+    name: str,
+    combiner: Combiner,
+    grads: tuple[list[Tensor], list[Tensor], list[str]],
+    repeats: int,
+    device: torch.device,
+) -> CombineResult:
     """Combine and diagnostics alone on real gradients, against the flattening alternative."""
     g_r, g_f, names = grads
     update = combiner.combine(g_r, g_f, names=names).update
@@ -247,18 +280,32 @@ def combine_costs(name: str, combiner: Combiner, grads: tuple[list[Tensor], list
         kept = ours()
     transient = mem.peak - sum(u.numel() * u.element_size() for u in kept[0])
     del kept
-    fns = {"combine": lambda: combiner.combine(g_r, g_f, names=names), "diagnostics": lambda: gradient_diagnostics(g_r, g_f, update)}
+    fns = {
+        "combine": lambda: combiner.combine(g_r, g_f, names=names),
+        "diagnostics": lambda: gradient_diagnostics(g_r, g_f, update),
+    }
     if name in FLAT:
         fns["flat"] = flattened
     t = median_times(fns, repeats, device)
     return CombineResult(combine=t["combine"], diagnostics=t["diagnostics"], flat=t.get("flat"), transient=transient)
 
 
-def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[int, int]], warmup: int, repeats: int,
-        device: torch.device, accumulate: int = 1, dtype: torch.dtype = torch.float32, diagnostics: bool = True) -> None:
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}; train.accumulate={accumulate}; "
-          f"train.diagnostics={str(diagnostics).lower()}; step: median of {repeats} steps per row, rows taking turns step by step "
-          f"after {warmup} warm-up turns\n")
+def run(
+    models: Sequence[str],
+    combiners: Sequence[str],
+    shapes: Sequence[tuple[int, int]],
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    accumulate: int = 1,
+    dtype: torch.dtype = torch.float32,
+    diagnostics: bool = True,
+) -> None:
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}; train.accumulate={accumulate}; "
+        f"train.diagnostics={str(diagnostics).lower()}; step: median of {repeats} steps per row, rows taking turns step by step "
+        f"after {warmup} warm-up turns\n"
+    )
     step_rows, combine_rows, comm_rows = [], [], []
     rows = [PLAIN, *combiners]
     plan = schedule(rows, warmup, repeats)
@@ -269,13 +316,25 @@ def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[
             buffer = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             stream = synthetic_stream(vocab, batch, seq, len(plan) * accumulate)
             built = {c: build_combiner(c) for c in combiners}
-            clock = time_steps(model, built, stream, batch, plan, device, StepConfig(accumulate=accumulate, diagnostics=diagnostics))
+            clock = time_steps(
+                model, built, stream, batch, plan, device, StepConfig(accumulate=accumulate, diagnostics=diagnostics)
+            )
             times, peaks = clock.times, clock.peaks
             base_t, base_p = statistics.median(times[PLAIN]), peaks[PLAIN]
             for c in rows:
                 t = statistics.median(times[c])
-                step_rows.append([m, f"{n_params / 1e6:.1f}M", f"{batch}×{seq}", c, f"{t * 1e3:.0f}", f"{t / base_t:.3f}",
-                                  f"{peaks[c] / MiB:.0f}", f"{(peaks[c] - base_p) / buffer:+.2f}"])
+                step_rows.append(
+                    [
+                        m,
+                        f"{n_params / 1e6:.1f}M",
+                        f"{batch}×{seq}",
+                        c,
+                        f"{t * 1e3:.0f}",
+                        f"{t / base_t:.3f}",
+                        f"{peaks[c] / MiB:.0f}",
+                        f"{(peaks[c] - base_p) / buffer:+.2f}",
+                    ]
+                )
             if (batch, seq) == tuple(shapes[0]):  # the combine alone does not depend on the batch shape
                 comm_rows.append([m, *collectives(model)])
                 grads = task_gradients(model, stream, batch)
@@ -283,14 +342,45 @@ def run(models: Sequence[str], combiners: Sequence[str], shapes: Sequence[tuple[
                     cost = combine_costs(c, built[c], grads, max(2 * repeats, 10), device)
                     ours = cost.combine + cost.diagnostics
                     flat = [f"{cost.flat * 1e3:.1f}", f"{cost.flat / ours:.1f}×"] if cost.flat else ["—", "—"]
-                    combine_rows.append([m, c, f"{cost.combine * 1e3:.1f}", f"{cost.diagnostics * 1e3:.1f}", *flat, f"{cost.transient / buffer:.2f}"])
+                    combine_rows.append(
+                        [
+                            m,
+                            c,
+                            f"{cost.combine * 1e3:.1f}",
+                            f"{cost.diagnostics * 1e3:.1f}",
+                            *flat,
+                            f"{cost.transient / buffer:.2f}",
+                        ]
+                    )
                 del grads
             del model
-    table(["model", "params", "batch", "step", "step ms", "× plain", "peak MiB", "peak − plain (grad buffers)"], step_rows)
+    table(
+        ["model", "params", "batch", "step", "step ms", "× plain", "peak MiB", "peak − plain (grad buffers)"], step_rows
+    )
     print()
-    table(["model", "combiner", "combine ms", "diagnostics ms", "flatten ms (both)", "foreach speed-up", "combine transient (grad buffers)"], combine_rows)
+    table(
+        [
+            "model",
+            "combiner",
+            "combine ms",
+            "diagnostics ms",
+            "flatten ms (both)",
+            "foreach speed-up",
+            "combine transient (grad buffers)",
+        ],
+        combine_rows,
+    )
     print()
-    table(["model", "tensors", "buckets per task", "collectives per step (trainer=ddp)", "per-tensor all-reduce would issue"], comm_rows)
+    table(
+        [
+            "model",
+            "tensors",
+            "buckets per task",
+            "collectives per step (trainer=ddp)",
+            "per-tensor all-reduce would issue",
+        ],
+        comm_rows,
+    )
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -312,33 +402,67 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m unlearn.perf.combiners", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["tiny", "tiny_10m"], help="conf/model options (default: tiny tiny_10m)")
+    p.add_argument(
+        "--models", nargs="+", default=["tiny", "tiny_10m"], help="conf/model options (default: tiny tiny_10m)"
+    )
     p.add_argument("--combiners", nargs="+", default=list(COMBINERS), choices=COMBINERS)
-    p.add_argument("--shapes", nargs="+", type=shape, default=[(8, 128), (1, 16)],
-                   help="BATCHxSEQ per task per micro-batch (default: 8x128, activation-dominated, and 1x16, gradient-dominated)")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        type=shape,
+        default=[(8, 128), (1, 16)],
+        help="BATCHxSEQ per task per micro-batch (default: 8x128, activation-dominated, and 1x16, gradient-dominated)",
+    )
     p.add_argument("--batch", type=int, default=None, help="with --seq: one shape instead of --shapes")
     p.add_argument("--seq", type=int, default=None, help="with --batch: one shape instead of --shapes")
-    p.add_argument("--accumulate", type=int, default=1, help="train.accumulate: micro-batches per optimizer step (default 1)")
+    p.add_argument(
+        "--accumulate", type=int, default=1, help="train.accumulate: micro-batches per optimizer step (default 1)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per combiner first (default 1)")
-    p.add_argument("--repeats", type=int, default=8, help="timed steps per combiner; the median is reported (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice); 1 is steadier on a shared machine")
+    p.add_argument(
+        "--repeats", type=int, default=8, help="timed steps per combiner; the median is reported (default 8)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice); 1 is steadier on a shared machine",
+    )
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="the model's dtype (default fp32; bf16 on a GPU)")
-    p.add_argument("--diagnostics", default="on", choices=["on", "off"],
-                   help="train.diagnostics in the timed steps (default on: every step is a logged one; off: a step that is not logged)")
+    p.add_argument(
+        "--dtype", default="fp32", choices=sorted(DTYPES), help="the model's dtype (default fp32; bf16 on a GPU)"
+    )
+    p.add_argument(
+        "--diagnostics",
+        default="on",
+        choices=["on", "off"],
+        help="train.diagnostics in the timed steps (default on: every step is a logged one; off: a step that is not logged)",
+    )
     a = p.parse_args(argv)
     if (a.batch is None) != (a.seq is None):
         p.error("--batch and --seq go together (or use --shapes)")
     shapes = [(a.batch, a.seq)] if a.batch is not None else a.shapes
     if a.accumulate < 1:
         p.error(f"--accumulate must be >= 1, got {a.accumulate}")
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     from unlearn.training.fit import quiet_lightning
 
     quiet_lightning()
     if a.threads:
         torch.set_num_threads(a.threads)
-    run(a.models, list(dict.fromkeys(a.combiners)), shapes, a.warmup, a.repeats, device, a.accumulate, DTYPES[a.dtype], a.diagnostics == "on")
+    run(
+        a.models,
+        list(dict.fromkeys(a.combiners)),
+        shapes,
+        a.warmup,
+        a.repeats,
+        device,
+        a.accumulate,
+        DTYPES[a.dtype],
+        a.diagnostics == "on",
+    )
 
 
 if __name__ == "__main__":

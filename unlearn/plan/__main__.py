@@ -49,7 +49,9 @@ def app(cfg: DictConfig) -> None:
         if limits is not None:
             total, usable = limits
             fits = plan.total <= usable
-            print(f"on a {total / GiB:.0f} GiB GPU ({usable / GiB:.1f} GiB usable): {'fits' if fits else 'does NOT fit'}")
+            print(
+                f"on a {total / GiB:.0f} GiB GPU ({usable / GiB:.1f} GiB usable): {'fits' if fits else 'does NOT fit'}"
+            )
             if not fits:
                 print("options that would make it fit:\n" + "\n".join(alternatives(cfg, usable, opt)))
     except ConfigError as e:
@@ -58,7 +60,14 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *_flags(sys.argv[1:]), "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    sys.argv = [
+        sys.argv[0],
+        *_flags(sys.argv[1:]),
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
     app()
 
 

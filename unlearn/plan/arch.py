@@ -36,7 +36,14 @@ class Arch:
     def hf_config(self) -> Any:
         from transformers import AutoConfig
 
-        kw: dict[str, Any] = {"hidden_size": self.hidden_size, "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads, "vocab_size": self.vocab_size, "tie_word_embeddings": self.tie_word_embeddings, "max_position_embeddings": self.max_position_embeddings}
+        kw: dict[str, Any] = {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "vocab_size": self.vocab_size,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+        }
         if self.model_type == "opt":
             kw.update(ffn_dim=self.intermediate_size, word_embed_proj_dim=self.hidden_size)
         else:
@@ -87,7 +94,16 @@ def model_config(cfg: DictConfig, spec: Any) -> tuple[Any, str]:
         return AutoConfig.from_pretrained(str(local.parent) if local.name == "config.json" else str(local)), str(local)
     if hasattr(spec, "load_tokenizer") and hasattr(spec, "intermediate_size"):  # the built-in tiny Llama
         vocab = len(spec.load_tokenizer())  # offline and about a second
-        c = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_position_embeddings, tie_word_embeddings=False)
+        c = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_heads,
+            max_position_embeddings=spec.max_position_embeddings,
+            tie_word_embeddings=False,
+        )
         return c, f"model.spec ({type(spec).__name__})"
     hub_id = getattr(spec, "hub_id", None) or HUB_ID_OF.get(type(spec).__name__)
     if hub_id in ARCH:
@@ -97,7 +113,9 @@ def model_config(cfg: DictConfig, spec: Any) -> tuple[Any, str]:
             return AutoConfig.from_pretrained(hub_id, local_files_only=True), f"local Hugging Face cache ({hub_id})"
         except OSError:
             pass
-    raise ConfigError(f"model.spec: no architecture numbers for {hub_id or type(spec).__name__} (shipped: {sorted(ARCH)}); give a local copy with plan.config=/path/to/config.json or model.spec.path")
+    raise ConfigError(
+        f"model.spec: no architecture numbers for {hub_id or type(spec).__name__} (shipped: {sorted(ARCH)}); give a local copy with plan.config=/path/to/config.json or model.spec.path"
+    )
 
 
 #: specs that are not HubModel but load a known hub model

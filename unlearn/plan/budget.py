@@ -88,10 +88,22 @@ class Plan:
         other = "on" if not self.checkpointing else "off"
         return [
             ("weights", self.weights, f"{self.params / 1e9:.3g}B parameters, {self.dtype}"),
-            ("optimizer state", self.optimizer, f"AdamW, 2 moments of {self.trainable / 1e6:.4g}M trainable ({self.trainable_kind})"),
-            ("gradient buffers", self.gradients, f"{self.buffers} x trainable: combiner {self.combiner}, path {self.path}"),
+            (
+                "optimizer state",
+                self.optimizer,
+                f"AdamW, 2 moments of {self.trainable / 1e6:.4g}M trainable ({self.trainable_kind})",
+            ),
+            (
+                "gradient buffers",
+                self.gradients,
+                f"{self.buffers} x trainable: combiner {self.combiner}, path {self.path}",
+            ),
             ("reference", self.reference, self.reference_kind),
-            ("activations", self.activations, f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: {self.activations_other / GiB:.2f} GiB)"),
+            (
+                "activations",
+                self.activations,
+                f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: {self.activations_other / GiB:.2f} GiB)",
+            ),
         ]
 
 
@@ -216,17 +228,33 @@ def make_plan(cfg: DictConfig, options: Options | None = None) -> Plan:
     bs, length = int(cfg.train.batch_size), int(cfg.train.max_length)
     group = int(smoothing.K) if getattr(smoothing, "active", False) else 1  # SGA: forget + K-1 normal rows
     n_layers = _dims(config)[3]
-    forwards = [_component_forward(c, bs * length * n, n_layers) for c, n in ((forget, group), (retain, 1)) if c is not None]
+    forwards = [
+        _component_forward(c, bs * length * n, n_layers) for c, n in ((forget, group), (retain, 1)) if c is not None
+    ]
     ckpt = bool(OmegaConf.select(cfg, "model.gradient_checkpointing", default=False))
     share = opt.gpus if opt.sharded else 1
     weights = params * act + adapter
     return Plan(
-        model=str(cfg.model.name), source=source, dtype=dtype, params=params, trainable=n_train, trainable_kind=kind,
-        combiner=combiner, path=path, buffers=buffers, batch=f"{bs}x{length}" + (f" (x{group} forget rows with SGA)" if group > 1 else ""),
-        gpus=opt.gpus, sharded=opt.sharded, checkpointing=ckpt,
-        weights=math.ceil(weights / share), optimizer=math.ceil(OPTIMIZER_STATES * train_bytes / share),
-        gradients=math.ceil(buffers * train_bytes / share), reference=math.ceil(ref_bytes / share), reference_kind=ref_kind,
-        activations=activation_bytes(config, act, forwards, ckpt), activations_other=activation_bytes(config, act, forwards, not ckpt),
+        model=str(cfg.model.name),
+        source=source,
+        dtype=dtype,
+        params=params,
+        trainable=n_train,
+        trainable_kind=kind,
+        combiner=combiner,
+        path=path,
+        buffers=buffers,
+        batch=f"{bs}x{length}" + (f" (x{group} forget rows with SGA)" if group > 1 else ""),
+        gpus=opt.gpus,
+        sharded=opt.sharded,
+        checkpointing=ckpt,
+        weights=math.ceil(weights / share),
+        optimizer=math.ceil(OPTIMIZER_STATES * train_bytes / share),
+        gradients=math.ceil(buffers * train_bytes / share),
+        reference=math.ceil(ref_bytes / share),
+        reference_kind=ref_kind,
+        activations=activation_bytes(config, act, forwards, ckpt),
+        activations_other=activation_bytes(config, act, forwards, not ckpt),
     )
 
 

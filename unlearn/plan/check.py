@@ -36,7 +36,13 @@ def options(cfg: DictConfig) -> Options:
     gpus = OmegaConf.select(cfg, "plan.gpus", default=None)
     if gpus is None:
         devices = OmegaConf.select(cfg, "trainer.devices", default=1)
-        gpus = devices if is_int(devices) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else 1
+        gpus = (
+            devices
+            if is_int(devices) and devices > 0
+            else len(devices)
+            if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices)
+            else 1
+        )
     else:
         require(cfg, "plan.gpus")
     sharded = require(cfg, "plan.sharded")
@@ -92,7 +98,9 @@ def _lora_option(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _show(value: dict[str, Any]) -> str:
-    return "{" + ",".join(f"{k}:{'[' + ','.join(v) + ']' if isinstance(v, list) else v}" for k, v in value.items()) + "}"
+    return (
+        "{" + ",".join(f"{k}:{'[' + ','.join(v) + ']' if isinstance(v, list) else v}" for k, v in value.items()) + "}"
+    )
 
 
 def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
@@ -106,17 +114,39 @@ def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
         return f"  {option}: {p.total / GiB:.1f} GiB per GPU, {verdict}{extra}"
 
     if not cfg.model.get("gradient_checkpointing"):
-        out.append(line("model.gradient_checkpointing=true", make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True}), opt)))
+        out.append(
+            line(
+                "model.gradient_checkpointing=true",
+                make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True}), opt),
+            )
+        )
     lora = _lora_option(cfg)
     if not cfg.model.get("lora"):
         try:
-            out.append(line(f"model.lora={_show(lora)}", make_plan(with_overrides(cfg, {"model.lora": lora}), opt), " (trains an adapter instead of the model)"))
+            out.append(
+                line(
+                    f"model.lora={_show(lora)}",
+                    make_plan(with_overrides(cfg, {"model.lora": lora}), opt),
+                    " (trains an adapter instead of the model)",
+                )
+            )
         except ConfigError as e:
             out.append(f"  model.lora={_show(lora)}: not applicable here ({e})")
     found = _fsdp(cfg, usable, opt)
-    out.append(line(f"trainer=fsdp trainer.devices={found[0]}" if found else "trainer=fsdp (sharding over up to 64 GPUs)", found[1] if found else None))
+    out.append(
+        line(
+            f"trainer=fsdp trainer.devices={found[0]}" if found else "trainer=fsdp (sharding over up to 64 GPUs)",
+            found[1] if found else None,
+        )
+    )
     small = _smaller_batch(cfg, usable, opt)
-    out.append(line(small[0] if small else "a smaller train.batch_size (down to 1, more train.accumulate)", small[1] if small else None, " (same effective batch)" if small else ""))
+    out.append(
+        line(
+            small[0] if small else "a smaller train.batch_size (down to 1, more train.accumulate)",
+            small[1] if small else None,
+            " (same effective batch)" if small else "",
+        )
+    )
     if not any(", fits" in o for o in out) and not (cfg.model.get("gradient_checkpointing") or cfg.model.get("lora")):
         try:
             both = make_plan(with_overrides(cfg, {"model.gradient_checkpointing": True, "model.lora": lora}), opt)
@@ -127,7 +157,9 @@ def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
 
 
 def describe(plan: Plan) -> str:
-    lines = [f"memory plan per GPU for {plan.model} ({plan.source}; {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}, {'sharded' if plan.sharded else 'replicated'}):"]
+    lines = [
+        f"memory plan per GPU for {plan.model} ({plan.source}; {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}, {'sharded' if plan.sharded else 'replicated'}):"
+    ]
     for name, size, note in plan.rows():
         lines.append(f"  {name:<17} {size / GiB:8.2f} GiB  {note}")
     lines.append(f"  {'total':<17} {plan.total / GiB:8.2f} GiB")
@@ -150,6 +182,7 @@ def check_fits(cfg: DictConfig, device: torch.device) -> Plan | None:
     raise WontFit(
         f"this run needs about {plan.total / GiB:.1f} GiB per GPU but the GPU has {total / GiB:.1f} GiB "
         f"({usable / GiB:.1f} GiB usable with plan.headroom={cfg.plan.headroom}); stopped before loading any weight.\n"
-        f"{describe(plan)}\noptions that would make it fit:\n" + "\n".join(alternatives(cfg, usable, opt))
+        f"{describe(plan)}\noptions that would make it fit:\n"
+        + "\n".join(alternatives(cfg, usable, opt))
         + "\n(python -m unlearn.plan with the same overrides prints the plan; plan.check=false skips this check)"
     )

@@ -27,10 +27,13 @@ def axes_for(runs: list[Run], bench: str, metrics: list[str]) -> Axes | None:
     for r in runs:
         rep = r.config.get("benchmark", {}).get("report") if r.benchmark == bench else None
         if rep:
-            return Axes(forget=f"eval/{bench}/{rep['forget']}", utility=f"eval/{bench}/{rep['utility']}",
-                        forget_higher_is_better=bool(rep.get("forget_higher_is_better", False)),
-                        forget_log=bool(rep.get("forget_log", False)),
-                        utility_higher_is_better=bool(rep.get("utility_higher_is_better", True)))
+            return Axes(
+                forget=f"eval/{bench}/{rep['forget']}",
+                utility=f"eval/{bench}/{rep['utility']}",
+                forget_higher_is_better=bool(rep.get("forget_higher_is_better", False)),
+                forget_log=bool(rep.get("forget_log", False)),
+                utility_higher_is_better=bool(rep.get("utility_higher_is_better", True)),
+            )
     forget = [m for m in metrics if "forget" in m]
     utility = [m for m in metrics if "utility" in m or "mmlu" in m]
     return Axes(forget=forget[0], utility=utility[0]) if forget and utility else None
@@ -55,7 +58,10 @@ def wandb_group(runs: list[Run], root: Path) -> str:
     if len(groups) == 1:
         return groups[0]
     if groups:
-        print(f"report: the runs under {root} belong to {len(groups)} W&B groups {groups}; logging to {sweep_group(str(root.resolve()))!r}", file=sys.stderr)
+        print(
+            f"report: the runs under {root} belong to {len(groups)} W&B groups {groups}; logging to {sweep_group(str(root.resolve()))!r}",
+            file=sys.stderr,
+        )
     return sweep_group(str(root.resolve()))
 
 
@@ -75,7 +81,15 @@ def report(root: Path, out: Path, along: str | None = None, match: str | None = 
     df.to_csv(out / "runs.csv", index=False)
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].fillna("unknown").value_counts().items())
     parts = [f"# Sweep report: {root}\n", f"{len(runs)} runs: {counts}\n"]
-    made: dict[str, Any] = {"plots": [], "tables": [], "fronts": {}, "curves": {}, "matched": {}, "geometry": {}, "summary": {}}
+    made: dict[str, Any] = {
+        "plots": [],
+        "tables": [],
+        "fronts": {},
+        "curves": {},
+        "matched": {},
+        "geometry": {},
+        "summary": {},
+    }
     for bench in sorted(df["benchmark"].unique()):
         sub = df[df["benchmark"] == bench].dropna(axis=1, how="all")
         if bench == "?" and not (sub["status"] == "ok").any():
@@ -83,15 +97,28 @@ def report(root: Path, out: Path, along: str | None = None, match: str | None = 
         parts += bench_sections(root, out, bench, sub, [r for r in runs if r.benchmark == bench], made, along, match)
     bad = df[df["status"] != "ok"]
     if len(bad):
-        parts.append("## Runs that did not finish\n\n| run | status | reason |\n|---|---|---|\n" + "".join(f"| {r.run} | {r.status} | {'—' if pd.isna(r.reason) else r.reason} |\n" for r in bad.itertuples()))
+        parts.append(
+            "## Runs that did not finish\n\n| run | status | reason |\n|---|---|---|\n"
+            + "".join(
+                f"| {r.run} | {r.status} | {'—' if pd.isna(r.reason) else r.reason} |\n" for r in bad.itertuples()
+            )
+        )
     (out / "report.md").write_text("\n".join(parts))
     made["markdown"] = out / "report.md"
     made["group"] = wandb_group(runs, root)
     return made
 
 
-def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_runs: list[Run], made: dict[str, Any],
-                   along: str | None, match: str | None) -> list[str]:
+def bench_sections(
+    root: Path,
+    out: Path,
+    bench: str,
+    sub: pd.DataFrame,
+    bench_runs: list[Run],
+    made: dict[str, Any],
+    along: str | None,
+    match: str | None,
+) -> list[str]:
     """One benchmark's parts of report.md (its table, plot, matched-forgetting and geometry
     sections), recording the files and values it made in ``made``."""
     metrics = sorted(c for c in sub.columns if c.startswith(f"eval/{bench}/"))
@@ -116,9 +143,21 @@ def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_r
         if len(t) and m != ax.forget:
             # the same curves on the axis they are matched on, with the levels: what the table reads off
             levels = list(t.drop_duplicates("level")[["level", "value"]].itertuples(index=False, name=None))
-            on_match = Axes(forget=m, utility=ax.utility, forget_higher_is_better=False, forget_log=True,
-                            utility_higher_is_better=ax.utility_higher_is_better)
-            drawn = plot(c, on_match, f"{bench}: {m.split('/')[-1]} vs utility ({root.name})", out / f"matched_{bench}.png", along=key, levels=levels)
+            on_match = Axes(
+                forget=m,
+                utility=ax.utility,
+                forget_higher_is_better=False,
+                forget_log=True,
+                utility_higher_is_better=ax.utility_higher_is_better,
+            )
+            drawn = plot(
+                c,
+                on_match,
+                f"{bench}: {m.split('/')[-1]} vs utility ({root.name})",
+                out / f"matched_{bench}.png",
+                along=key,
+                levels=levels,
+            )
             made["plots"].append(drawn.path)
             text += f"\n![matched {bench}]({drawn.path.name})\n"
         made["matched"][bench] = t
@@ -126,10 +165,17 @@ def bench_sections(root: Path, out: Path, bench: str, sub: pd.DataFrame, bench_r
             t.to_csv(out / f"matched_{bench}.csv", index=False)
             made["tables"].append(out / f"matched_{bench}.csv")
         for _, r in t.iterrows():
-            made["summary"].update({f"matched/{bench}/{r['level']}/{r['method']}/{r['combiner']}/{u.split('/')[-1]}": r[f"{u}_mean"]
-                                    for u in utility_metrics(ax, table, m) if not pd.isna(r[f"{u}_mean"])})
+            made["summary"].update(
+                {
+                    f"matched/{bench}/{r['level']}/{r['method']}/{r['combiner']}/{u.split('/')[-1]}": r[f"{u}_mean"]
+                    for u in utility_metrics(ax, table, m)
+                    if not pd.isna(r[f"{u}_mean"])
+                }
+            )
         parts.append(text)
-    text, g, png, summary = geometry_section(bench_runs, c, keys, key, bench, out, f"{bench}: cos(update, g_r) per step ({root.name})")
+    text, g, png, summary = geometry_section(
+        bench_runs, c, keys, key, bench, out, f"{bench}: cos(update, g_r) per step ({root.name})"
+    )
     parts.append(text)
     if g is not None:
         g.to_csv(out / f"geometry_{bench}.csv", index=False)
@@ -157,9 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m unlearn.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/...) or any folder of run directories")
     ap.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR/report)")
-    ap.add_argument("--along", default=None, help="the swept key the curves run along (default: the numeric factor with the most values, e.g. optim.lr)")
-    ap.add_argument("--match", default=None, help="the forget metric curves are matched on (default: forget_prob, else the benchmark's forget metric)")
-    ap.add_argument("--wandb", action="store_true", help="also log the tables, plots and geometry/matched values (as run summary) to W&B")
+    ap.add_argument(
+        "--along",
+        default=None,
+        help="the swept key the curves run along (default: the numeric factor with the most values, e.g. optim.lr)",
+    )
+    ap.add_argument(
+        "--match",
+        default=None,
+        help="the forget metric curves are matched on (default: forget_prob, else the benchmark's forget metric)",
+    )
+    ap.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the tables, plots and geometry/matched values (as run summary) to W&B",
+    )
     ap.add_argument("--wandb-project", default="unlearn")
     ap.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
     args = ap.parse_args(argv)

@@ -100,8 +100,11 @@ def group_option(group: str, node: Any) -> str:
         return UNKNOWN
     target = str(node["_target_"])
     cls = target.rsplit(".", 1)[-1].lower()
-    scored = [(sum(node.get(k) == v for k, v in opt.items()), name == cls, name)
-              for name, opt in _options(group).items() if opt.get("_target_") == target]
+    scored = [
+        (sum(node.get(k) == v for k, v in opt.items()), name == cls, name)
+        for name, opt in _options(group).items()
+        if opt.get("_target_") == target
+    ]
     return max(scored)[2] if scored else cls
 
 
@@ -261,13 +264,22 @@ def frame(runs: list[Run]) -> pd.DataFrame:
     their runs stay apart rather than averaged into one cell."""
     rows = []
     for r in runs:
-        row: dict[str, Any] = {**r.factors(), "seed": r.config.get("seed"), "status": r.results.get("status"), "reason": r.results.get("reason"), "run": str(r.path)}
+        row: dict[str, Any] = {
+            **r.factors(),
+            "seed": r.config.get("seed"),
+            "status": r.results.get("status"),
+            "reason": r.results.get("reason"),
+            "run": str(r.path),
+        }
         for k, v in r.results.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k] = float(v)
         rows.append(row)
     df = pd.DataFrame(rows)
-    if PRESET in df and df.groupby(["benchmark", "method", "combiner"], dropna=False)[PRESET].nunique(dropna=False).max() <= 1:
+    if (
+        PRESET in df
+        and df.groupby(["benchmark", "method", "combiner"], dropna=False)[PRESET].nunique(dropna=False).max() <= 1
+    ):
         df = df.drop(columns=PRESET)  # it says nothing the label does not
     return df
 
@@ -289,8 +301,13 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         ok = g[g["status"] == "ok"]
         row = dict(zip(factors, key if isinstance(key, tuple) else (key,)))
         bad = g["status"][g["status"] != "ok"].fillna("unknown").astype(str)
-        row.update(n=len(ok), n_diverged=int((bad == "diverged").sum()), n_failed=int((bad == "failed").sum()),
-                   n_unfinished=len(bad), unfinished=", ".join(f"{k} {s}" for s, k in sorted(bad.value_counts().items())))
+        row.update(
+            n=len(ok),
+            n_diverged=int((bad == "diverged").sum()),
+            n_failed=int((bad == "failed").sum()),
+            n_unfinished=len(bad),
+            unfinished=", ".join(f"{k} {s}" for s, k in sorted(bad.value_counts().items())),
+        )
         for m in metrics:
             vals = ok[m].dropna().to_numpy() if m in ok else np.array([])
             row[f"{m}_mean"] = float(vals.mean()) if vals.size else np.nan
@@ -305,5 +322,11 @@ def factor_names(df: pd.DataFrame, metrics: list[str] = ()) -> list[str]:
     """The factor columns of a :func:`frame` (or :func:`cells`) table: neither metrics, counts nor
     the per-run bookkeeping."""
     skip = ("seed", "status", "reason", "run", *COUNT_COLUMNS)
-    return [c for c in df.columns if c not in metrics and c not in skip and not c.endswith(("_mean", "_std"))
-            and not c.startswith(("eval/", "target/", "oracle/", "unlearned/", "train/", "time/", "config_"))]
+    return [
+        c
+        for c in df.columns
+        if c not in metrics
+        and c not in skip
+        and not c.endswith(("_mean", "_std"))
+        and not c.startswith(("eval/", "target/", "oracle/", "unlearned/", "train/", "time/", "config_"))
+    ]

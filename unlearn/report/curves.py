@@ -32,8 +32,11 @@ def along_key(cells: pd.DataFrame, explicit: str | None = None) -> str | None:
         if explicit not in factors:
             raise SystemExit(f"report: --along {explicit!r} is not a factor of this sweep; its factors are {factors}")
         return explicit
-    numeric = [k for k in factors if k not in NOT_ALONG and cells[k].nunique() > 1
-               and sum(is_number(v) for v in cells[k].unique()) > 1]
+    numeric = [
+        k
+        for k in factors
+        if k not in NOT_ALONG and cells[k].nunique() > 1 and sum(is_number(v) for v in cells[k].unique()) > 1
+    ]
     if not numeric:
         return None
     return max(numeric, key=lambda k: (sum(is_number(v) for v in cells[k].unique()), k == "rate"))
@@ -111,8 +114,14 @@ def _centre(at: list[float]) -> float:
     return float(np.exp(np.mean(np.log(at)))) if all(a > 0 for a in at) else float(np.mean(at))
 
 
-def matched(runs: pd.DataFrame, keys: list[str], along: str | None, match: str, utilities: list[str],
-            levels: list[tuple[str, float]]) -> pd.DataFrame:
+def matched(
+    runs: pd.DataFrame,
+    keys: list[str],
+    along: str | None,
+    match: str,
+    utilities: list[str],
+    levels: list[tuple[str, float]],
+) -> pd.DataFrame:
     """Each curve's ``utilities`` at each of ``levels`` of ``match``, mean ± std over seeds.
 
     ``runs`` holds one row per finished run (:func:`~unlearn.report.collect.frame`). Per seed, the
@@ -130,10 +139,18 @@ def matched(runs: pd.DataFrame, keys: list[str], along: str | None, match: str, 
                 if along is not None:
                     s = s[[is_number(v) for v in s[along]]]
                 a = s[along].astype(float).to_numpy() if along is not None else np.zeros(len(s))
-                hit = crossing(s[match].to_numpy(float), {u: s[u].to_numpy(float) for u in utilities if u in s}, a, level)
+                hit = crossing(
+                    s[match].to_numpy(float), {u: s[u].to_numpy(float) for u in utilities if u in s}, a, level
+                )
                 if hit is not None:
                     hits.append(hit)
-            row = {"level": name, "value": level, **dict(zip(keys, key)), "n": len(hits), "at_mean": _centre([h.at for h in hits])}
+            row = {
+                "level": name,
+                "value": level,
+                **dict(zip(keys, key)),
+                "n": len(hits),
+                "at_mean": _centre([h.at for h in hits]),
+            }
             for u in utilities:
                 vals = np.array([h.values[u] for h in hits if u in h.values])
                 row[f"{u}_mean"] = float(vals.mean()) if vals.size else np.nan

@@ -21,7 +21,15 @@ COLUMNS = {
     "conflict_frac": "conflict fraction",
     "norm_ratio": "‖update‖ / ‖γ g_f + α g_r‖",
 }
-LOGGED = ("cos_update_retain", "cos_update_forget", "cos_forget_retain", "conflict_frac", "norm_update", "norm_forget", "norm_retain")
+LOGGED = (
+    "cos_update_retain",
+    "cos_update_forget",
+    "cos_forget_retain",
+    "conflict_frac",
+    "norm_update",
+    "norm_forget",
+    "norm_retain",
+)
 
 
 def read_steps(path: Path) -> pd.DataFrame:
@@ -35,7 +43,11 @@ def read_steps(path: Path) -> pd.DataFrame:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and row.get("phase", "unlearn") == "unlearn" and "train/grad/cos_update_retain" in row:
+            if (
+                isinstance(row, dict)
+                and row.get("phase", "unlearn") == "unlearn"
+                and "train/grad/cos_update_retain" in row
+            ):
                 rows.append({"step": row.get("step"), **{k: _num(row.get(f"train/grad/{k}")) for k in LOGGED}})
     if not rows:
         return pd.DataFrame(columns=["step", *LOGGED])
@@ -62,7 +74,9 @@ def with_norm_ratio(steps: pd.DataFrame, alpha: float, gamma: float) -> pd.DataF
 def run_steps(run: Run) -> pd.DataFrame:
     combiner = run.config.get("combiner") if isinstance(run.config.get("combiner"), dict) else {}
     alpha, gamma = (_num(combiner.get(k, 1.0)) for k in ("alpha", "gamma"))
-    return with_norm_ratio(read_steps(run.path / "metrics.jsonl"), 1.0 if np.isnan(alpha) else alpha, 1.0 if np.isnan(gamma) else gamma)
+    return with_norm_ratio(
+        read_steps(run.path / "metrics.jsonl"), 1.0 if np.isnan(alpha) else alpha, 1.0 if np.isnan(gamma) else gamma
+    )
 
 
 def per_run(runs: list[Run], factors: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -94,8 +108,9 @@ def cells(means: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def plot_steps(steps: pd.DataFrame, panels: list[str], along: str | None, colour: dict, title: str, out: Path,
-               max_rows: int = 4) -> Path:
+def plot_steps(
+    steps: pd.DataFrame, panels: list[str], along: str | None, colour: dict, title: str, out: Path, max_rows: int = 4
+) -> Path:
     """cos(update, g_r) against the step, one line per combiner (mean over seeds, band ± std), one
     panel per method (columns) and per value of ``along`` (rows; at most ``max_rows``, spread over
     the sweep, named in the panel)."""
@@ -110,8 +125,15 @@ def plot_steps(steps: pd.DataFrame, panels: list[str], along: str | None, colour
     values = list(ordered(steps.drop_duplicates(along), along)[along]) if along else [None]
     if len(values) > max_rows:
         values = [values[i] for i in np.unique(np.linspace(0, len(values) - 1, max_rows).round().astype(int))]
-    fig, axs = plt.subplots(len(values), len(cols), figsize=(4.2 * len(cols) + 1.5, 2.8 * len(values) + 0.8),
-                            dpi=130, sharex=True, sharey=True, squeeze=False)
+    fig, axs = plt.subplots(
+        len(values),
+        len(cols),
+        figsize=(4.2 * len(cols) + 1.5, 2.8 * len(values) + 0.8),
+        dpi=130,
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     for i, v in enumerate(values):
         for j, col in enumerate(cols):
             col = col if isinstance(col, tuple) else (col,)
@@ -121,7 +143,14 @@ def plot_steps(steps: pd.DataFrame, panels: list[str], along: str | None, colour
             for comb, g in sorted(sel.groupby("combiner")):
                 m = g.groupby("step")["cos_update_retain"].agg(["mean", "std"])
                 ax.plot(m.index, m["mean"], color=colour.get(comb), lw=1.4, label=comb)
-                ax.fill_between(m.index, m["mean"] - m["std"].fillna(0), m["mean"] + m["std"].fillna(0), color=colour.get(comb), alpha=0.15, lw=0)
+                ax.fill_between(
+                    m.index,
+                    m["mean"] - m["std"].fillna(0),
+                    m["mean"] + m["std"].fillna(0),
+                    color=colour.get(comb),
+                    alpha=0.15,
+                    lw=0,
+                )
             name = ", ".join(str(c) for c in col) + (f", {along_label(along)}={v}" if along else "")
             ax.set_title(name, fontsize=9)
             ax.axhline(0, color="gray", lw=0.6)

@@ -74,7 +74,9 @@ def _log_axis(ax, values: np.ndarray) -> None:
 
     decades = np.log10(values.max() / values.min()) if len(values) else 0.0
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10.0 if decades <= 6 else 100.0, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+    ax.xaxis.set_major_locator(
+        LogLocator(base=10.0 if decades <= 6 else 100.0, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,))
+    )
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -90,8 +92,14 @@ def _value(v: str) -> str:
     return f"{float(v):g}" if is_number(v) else str(v)
 
 
-def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | None = None,
-         levels: list[tuple[str, float]] = ()) -> Plotted:
+def plot(
+    cells: pd.DataFrame,
+    axes: Axes,
+    title: str,
+    out: Path,
+    along: str | None = None,
+    levels: list[tuple[str, float]] = (),
+) -> Plotted:
     """Write the plot of one benchmark's cells to ``out`` (PNG); return it with the front it drew.
 
     One curve per method + combiner (and per value of any other factor the sweep varies besides
@@ -123,12 +131,34 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
         g = ordered(g, along)
         m = methods.index(key[0])
         x, y = g[fx].to_numpy(), g[fy].to_numpy()
-        xerr, yerr = np.nan_to_num(g[f"{axes.forget}_std"].to_numpy()), np.nan_to_num(g[f"{axes.utility}_std"].to_numpy())
-        ax.errorbar(x, y, xerr=[error_low(x, xerr, log_x), xerr], yerr=yerr, fmt=markers[m % len(markers)], ms=6, alpha=0.9,
-                    capsize=2, color=colour[key[1]], elinewidth=0.8)
+        xerr, yerr = (
+            np.nan_to_num(g[f"{axes.forget}_std"].to_numpy()),
+            np.nan_to_num(g[f"{axes.utility}_std"].to_numpy()),
+        )
+        ax.errorbar(
+            x,
+            y,
+            xerr=[error_low(x, xerr, log_x), xerr],
+            yerr=yerr,
+            fmt=markers[m % len(markers)],
+            ms=6,
+            alpha=0.9,
+            capsize=2,
+            color=colour[key[1]],
+            elinewidth=0.8,
+        )
         numeric = np.array([is_number(v) for v in g[along]]) if along is not None else np.ones(len(g), dtype=bool)
-        handles += ax.plot(x[numeric], y[numeric], styles[m % len(styles)], marker=markers[m % len(markers)], ms=6, lw=1.2,
-                           alpha=0.9, color=colour[key[1]], label=series_name(key, keys))
+        handles += ax.plot(
+            x[numeric],
+            y[numeric],
+            styles[m % len(styles)],
+            marker=markers[m % len(markers)],
+            ms=6,
+            lw=1.2,
+            alpha=0.9,
+            color=colour[key[1]],
+            label=series_name(key, keys),
+        )
         curves[series_name(key, keys)] = [str(v) for v in g[along]] if along is not None else []
         if label_points:
             texts += [ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]]) for xi, yi, v in zip(x, y, g[along])]
@@ -141,8 +171,14 @@ def plot(cells: pd.DataFrame, axes: Axes, title: str, out: Path, along: str | No
     for kind, (style, colour_) in {"oracle": ("--", "black"), "": (":", "gray")}.items():
         at = [v for n, v in levels if (n == "oracle") == (kind == "oracle")]
         for j, level in enumerate(at):
-            line = ax.axvline(level, color=colour_, ls=style, lw=1, alpha=0.8,
-                              label=f"oracle {_short(axes.forget)}" if kind else "matched levels (shared range)")
+            line = ax.axvline(
+                level,
+                color=colour_,
+                ls=style,
+                lw=1,
+                alpha=0.8,
+                label=f"oracle {_short(axes.forget)}" if kind else "matched levels (shared range)",
+            )
             if j == 0:
                 handles.append(line)
     if log_x:

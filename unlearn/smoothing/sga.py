@@ -57,7 +57,9 @@ class SGA(Component):
             raise ValueError(f"smoothing.convention must be one of {CONVENTIONS}, got {convention!r}")
         lo, hi = (float(v) for v in auto_range)
         if not lo <= hi <= 1:
-            raise ValueError(f"smoothing.auto_range must be [low, high] with low <= high <= 1, got {list(auto_range)!r}")
+            raise ValueError(
+                f"smoothing.auto_range must be [low, high] with low <= high <= 1, got {list(auto_range)!r}"
+            )
         if isinstance(auto_every, bool) or not isinstance(auto_every, int) or auto_every < 1:
             raise ValueError(f"smoothing.auto_every must be an integer >= 1, got {auto_every!r}")
         self.auto = rate == "auto"
@@ -96,7 +98,9 @@ class SGA(Component):
             loss = loss + w_n * grouped.sum(-1)
         return loss.mean()
 
-    def before_step(self, step: int, forget: Callable[[nn.Module, Any], Tensor] | None, model: nn.Module, batch: Mapping[str, Any]) -> None:
+    def before_step(
+        self, step: int, forget: Callable[[nn.Module, Any], Tensor] | None, model: nn.Module, batch: Mapping[str, Any]
+    ) -> None:
         """``rate: auto``: every ``auto_every`` optimizer steps, re-estimate ``r*`` on this batch
         (see :mod:`unlearn.smoothing.auto`) and use it, clipped to ``auto_range``."""
         if not self.auto or forget is None or step % self.auto_every or "normal" not in batch:

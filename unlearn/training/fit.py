@@ -24,7 +24,11 @@ __all__ = ["LoopConfig", "ProgressLines", "ResumeSampler", "fit", "quiet_lightni
 
 def quiet_lightning() -> None:
     """Lightning's start-up banners say nothing a user of this framework can act on."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -69,16 +73,32 @@ class ProgressLines(L.Callback):
         if not trainer.is_global_zero or done == self.last or not (done % self.every == 0 or done == self.total):
             return
         self.last = done
-        losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss/") and v.numel() == 1}
+        losses = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss/") and v.numel() == 1
+        }
         shown = " ".join(f"{k.removeprefix('train/')}={v:.4g}" for k, v in sorted(losses.items()))
-        print(f"[unlearn] step {done}/{self.total} {shown} ({time.perf_counter() - self.start:.1f}s)".replace("  ", " "), flush=True)
+        print(
+            f"[unlearn] step {done}/{self.total} {shown} ({time.perf_counter() - self.start:.1f}s)".replace("  ", " "),
+            flush=True,
+        )
 
 
 def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) -> int:
     return steps * accumulate * batch_size * world
 
 
-def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: int, steps: int, loop: LoopConfig, loggers: Sequence[Any] = (), callbacks: Sequence[Any] = (), default_root_dir: str | None = None, ckpt_path: str | None = None) -> L.Trainer:
+def fit(
+    module: UnlearnModule,
+    stream: PairedStream,
+    pad_id: int,
+    batch_size: int,
+    steps: int,
+    loop: LoopConfig,
+    loggers: Sequence[Any] = (),
+    callbacks: Sequence[Any] = (),
+    default_root_dir: str | None = None,
+    ckpt_path: str | None = None,
+) -> L.Trainer:
     """Train ``module`` for ``steps`` optimizer steps on ``stream``; returns the Trainer.
 
     With ``ckpt_path`` (a checkpoint of this run) training continues after the checkpoint's step,
@@ -88,7 +108,15 @@ def fit(module: UnlearnModule, stream: PairedStream, pad_id: int, batch_size: in
     start = int(getattr(stream, "start", 0))
     world = loop.world_size
     sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)  # type: ignore[arg-type]
-    loader = DataLoader(stream, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=True, collate_fn=PairedCollate(pad_id), num_workers=loop.num_workers)
+    loader = DataLoader(
+        stream,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=True,
+        collate_fn=PairedCollate(pad_id),
+        num_workers=loop.num_workers,
+    )
     strategy = instantiate(loop.strategy) if isinstance(loop.strategy, Mapping) else loop.strategy
     if not sys.stdout.isatty():
         callbacks = [*callbacks, ProgressLines(loop.progress_every, steps)]

@@ -116,7 +116,13 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         gathers the whole weights (every rank takes part) for the job to evaluate and save."""
         module: Any = self.lightning_module
         env = self.cluster_environment
-        if module is not None and env is not None and env.creates_processes_externally and module._grads is not None and module._grads.sharded:
+        if (
+            module is not None
+            and env is not None
+            and env.creates_processes_externally
+            and module._grads is not None
+            and module._grads.sharded
+        ):
             full = get_model_state_dict(module.model, options=FULL)
             module.gathered = full if self.global_rank == 0 else None
         super().teardown()
@@ -151,14 +157,20 @@ def check_sharded(combiner: Any, objective: Any, lora: bool, smoothing_rate: Any
     """What ``trainer=fsdp`` cannot honour, each with its key and the alternative (empty: fine)."""
     out = []
     if combiner is not None and not combiner.per_tensor:
-        out.append(f"combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but {type(combiner).__name__} "
-                   "implements _combine on whole lists: write its rule per tensor (_sums/_tensor/_finish, see unlearn/combiners/base.py) "
-                   "or use trainer=ddp")
+        out.append(
+            f"combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but {type(combiner).__name__} "
+            "implements _combine on whole lists: write its rule per tensor (_sums/_tensor/_finish, see unlearn/combiners/base.py) "
+            "or use trainer=ddp"
+        )
     for c in objective.components() if objective is not None else ():
         if getattr(c, "runs_reference", False) and not lora:
-            out.append(f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap into the sharded "
-                       "model: set model.lora (the reference is then the base with the adapter off) or use trainer=ddp")
+            out.append(
+                f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap into the sharded "
+                "model: set model.lora (the reference is then the base with the adapter off) or use trainer=ddp"
+            )
     if smoothing_rate == "auto":
-        out.append("smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not reduce: set "
-                   "smoothing.rate to a number or use trainer=ddp")
+        out.append(
+            "smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not reduce: set "
+            "smoothing.rate to a number or use trainer=ddp"
+        )
     return out

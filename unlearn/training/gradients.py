@@ -52,7 +52,9 @@ def full_tensor(shard: Tensor, like: Tensor) -> Tensor:
     (a collective); ``shard`` itself when ``like`` is not sharded."""
     if not isinstance(like, DTensor):
         return shard
-    return DTensor.from_local(shard, like.device_mesh, like.placements, run_check=False, shape=like.shape, stride=like.stride()).full_tensor()
+    return DTensor.from_local(
+        shard, like.device_mesh, like.placements, run_check=False, shape=like.shape, stride=like.stride()
+    ).full_tensor()
 
 
 def shard_of(whole: Tensor, like: Tensor) -> Tensor:
@@ -70,7 +72,6 @@ def set_grad(p: Tensor, u: Tensor) -> None:
     if isinstance(p, DTensor) and not isinstance(u, DTensor):
         u = DTensor.from_local(u, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
     p.grad = u
-
 
 
 class TaskGradients:
@@ -120,18 +121,23 @@ class TaskGradients:
         """
         for n, p in zip(self.names, self.params):
             if p.grad is not None:
-                raise RuntimeError(f"{n}.grad must be empty before a task's backward pass (it would be mixed into the task gradient)")
+                raise RuntimeError(
+                    f"{n}.grad must be empty before a task's backward pass (it would be mixed into the task gradient)"
+                )
         seen = [False] * len(self.params)
 
         def hook(i: int) -> Callable[[Tensor], None]:
             def take(p: Tensor) -> None:
                 if seen[i] and once:
-                    raise RuntimeError(f"{self.names[i]} received its gradient in two pieces in one backward pass (a weight tied "
-                                       "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false")
+                    raise RuntimeError(
+                        f"{self.names[i]} received its gradient in two pieces in one backward pass (a weight tied "
+                        "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false"
+                    )
                 seen[i] = True
                 g, p.grad = p.grad, None
                 assert g is not None  # a post-accumulate hook fires with the gradient in .grad
                 sink(i, local(g))
+
             return take
 
         handles = [p.register_post_accumulate_grad_hook(hook(i)) for i, p in enumerate(self.params)]
@@ -181,8 +187,15 @@ class TensorwiseUpdate:
     ``g_r[i]``. Diagnostics are kept as each tensor's few 0-dim shares, reduced in :meth:`stats`.
     """
 
-    def __init__(self, grads: TaskGradients, run: TensorCombine, *, ema: "GradientEMA | None" = None,
-                 ref: Grads | None = None, diagnostics: bool = True) -> None:
+    def __init__(
+        self,
+        grads: TaskGradients,
+        run: TensorCombine,
+        *,
+        ema: "GradientEMA | None" = None,
+        ref: Grads | None = None,
+        diagnostics: bool = True,
+    ) -> None:
         self.grads, self.run, self.ema, self.ref, self.diagnostics = grads, run, ema, ref, diagnostics
         self.retain = grads.buffers["retain"]
         self.parts: dict[int, dict[str, Tensor]] = {}
@@ -211,7 +224,7 @@ class TensorwiseUpdate:
         else:
             own = self.run.part_stats()
             summed = sum_over_ranks([*own, *parts])
-            stats, parts = self.run.stats(summed[: len(own)]), summed[len(own):]
+            stats, parts = self.run.stats(summed[: len(own)]), summed[len(own) :]
         if self.diagnostics:
             stats.update(finish_diagnostics(parts))
         else:

@@ -81,15 +81,25 @@ class StepConfig:
 
     @classmethod
     def from_train(cls, train: TrainConfig) -> "StepConfig":
-        return cls(accumulate=train.accumulate, clip_norm=train.clip_norm, retain_ema=train.retain_ema, diagnostics=train.diagnostics,
-                   guard=DivergenceGuard(max_abs_loss=train.max_abs_loss), stream=train.stream)
+        return cls(
+            accumulate=train.accumulate,
+            clip_norm=train.clip_norm,
+            retain_ema=train.retain_ema,
+            diagnostics=train.diagnostics,
+            guard=DivergenceGuard(max_abs_loss=train.max_abs_loss),
+            stream=train.stream,
+        )
 
 
 def check_combiner(step: StepConfig, combiner: Combiner) -> None:
     """Refuse ``train.retain_ema`` with a combiner that would not use the EMA, and ``train.stream``
     with one whose rule cannot stream (before training)."""
     if step.stream and not combiner.streams:
-        why = "needs scalars over all tensors before any update" if combiner.per_tensor else "implements _combine on whole lists"
+        why = (
+            "needs scalars over all tensors before any update"
+            if combiner.per_tensor
+            else "implements _combine on whole lists"
+        )
         raise ConfigError(
             f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set train.stream=null "
             "(it then buffers g_r and g_f) or choose sum, pcgrad or sago"
@@ -104,8 +114,10 @@ def check_combiner(step: StepConfig, combiner: Combiner) -> None:
 def check_stream(step: StepConfig, world: int) -> None:
     """Refuse ``train.stream=true`` with more than one process (before training)."""
     if step.stream and world > 1:
-        raise ConfigError(f"train.stream=true needs one device, but this run has {world} processes, whose gradients are "
-                          "all-reduced before the combine: set train.stream=null (it then buffers g_r and g_f)")
+        raise ConfigError(
+            f"train.stream=true needs one device, but this run has {world} processes, whose gradients are "
+            "all-reduced before the combine: set train.stream=null (it then buffers g_r and g_f)"
+        )
 
 
 class UnlearnModule(L.LightningModule):
@@ -136,7 +148,9 @@ class UnlearnModule(L.LightningModule):
         self._ema = GradientEMA(self.step_cfg.retain_ema) if self.step_cfg.retain_ema else None
         self.diverged = False
         self.steps_done = 0
-        self.gathered: dict[str, Tensor] | None = None  # the whole trained weights, when FSDP trained them in this process (torchrun)
+        self.gathered: dict[str, Tensor] | None = (
+            None  # the whole trained weights, when FSDP trained them in this process (torchrun)
+        )
         self._losses: dict[str, Tensor] = {}
 
     # -- setup ---------------------------------------------------------------------------------
@@ -229,13 +243,17 @@ class UnlearnModule(L.LightningModule):
         grads, diagnostics = self.grads, self.step_cfg.diagnostics and self._logs_this_step()
         if len(self.objective.tasks) == 1:
             return self._single_task(diagnostics)
-        if not self.combiner.per_tensor:  # a whole-list rule: g_r, g_f and the update at once (never sharded: check_sharded)
+        if (
+            not self.combiner.per_tensor
+        ):  # a whole-list rule: g_r, g_f and the update at once (never sharded: check_sharded)
             g_r, g_f = grads.get("retain"), grads.get("forget")
             ref = self._ema.update(g_r) if self._ema is not None else None
             result = self.combiner.combine(g_r, g_f, names=grads.names, reference=ref)
             grads.write(result.update)
             stats = dict(result.stats)
-            stats.update(gradient_diagnostics(g_r, g_f, result.update) if diagnostics else {"norm_update": _norm(result.update)})
+            stats.update(
+                gradient_diagnostics(g_r, g_f, result.update) if diagnostics else {"norm_update": _norm(result.update)}
+            )
             return stats
         run = self.combiner.start(grads.names, len(grads.params))
         if self._ema is not None:
@@ -297,7 +315,12 @@ class UnlearnModule(L.LightningModule):
     # -- the outcome travels with the weights: spawned DDP workers hand back only a state dict ----
     def get_extra_state(self) -> dict[str, Any]:
         guard = self.step_cfg.guard
-        return {"steps_done": self.steps_done, "diverged": self.diverged, "reason": guard.reason, "diverged_at": guard.step}
+        return {
+            "steps_done": self.steps_done,
+            "diverged": self.diverged,
+            "reason": guard.reason,
+            "diverged_at": guard.step,
+        }
 
     def set_extra_state(self, state: Mapping[str, Any]) -> None:
         self.steps_done, self.diverged = int(state["steps_done"]), bool(state["diverged"])

@@ -21,8 +21,12 @@ class Steps:
         self.live = _console.is_terminal
         self.start = time.perf_counter()
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=_console, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_console,
+            transient=True,
         )
 
     def __enter__(self) -> "Steps":
@@ -35,7 +39,9 @@ class Steps:
         if self.live:
             self.progress.update(self.task, advance=1, description=f"{self.label}: {what}" if what else self.label)
         else:
-            print(f"[unlearn] {self.label}: {what} ({time.perf_counter() - self.start:.1f}s)", file=sys.stderr, flush=True)
+            print(
+                f"[unlearn] {self.label}: {what} ({time.perf_counter() - self.start:.1f}s)", file=sys.stderr, flush=True
+            )
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         if self.live:

@@ -26,7 +26,7 @@ def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     keys = sorted(values)  # same order on every rank
     stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
     _all_reduce(stacked)
-    return dict(zip(keys, (stacked / world).unbind()))
+    return dict(zip(keys, (stacked / world).unbind(), strict=True))
 
 
 def sum_over_ranks(parts: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -55,7 +55,7 @@ def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
     for i, t in enumerate(tensors):
         buckets.views[i].copy_(t)
         buckets.ready(i)
-    for t, mean in zip(tensors, buckets.wait()):
+    for t, mean in zip(tensors, buckets.wait(), strict=True):
         t.copy_(mean)
 
 

@@ -46,7 +46,7 @@ def check_weight(name: str, value: float) -> float:
 def check_pair(g_r: Grads, g_f: Grads) -> None:
     if len(g_r) != len(g_f):
         raise ValueError(f"g_retain has {len(g_r)} tensors but g_forget has {len(g_f)}")
-    for i, (r, f) in enumerate(zip(g_r, g_f)):
+    for i, (r, f) in enumerate(zip(g_r, g_f, strict=True)):
         if r.shape != f.shape:
             raise ValueError(f"tensor {i}: g_retain shape {tuple(r.shape)} != g_forget shape {tuple(f.shape)}")
 
@@ -70,7 +70,7 @@ def dots(a: Grads, b: Grads) -> Tensor:
     """Per-tensor inner products, shape ``[len(a)]``."""
     if not a:
         return torch.zeros(0)
-    return torch.stack([dot(x, y) for x, y in zip(a, b)])
+    return torch.stack([dot(x, y) for x, y in zip(a, b, strict=True)])
 
 
 def sq_norms(a: Grads) -> Tensor:
@@ -97,7 +97,7 @@ def weighted_sum(a: Grads, wa: Sequence[float] | float, b: Grads, wb: float) -> 
         out = list(torch._foreach_mul(list(a), weights))
         torch._foreach_add_(out, list(b), alpha=float(wb))
         return out
-    return [axpby(x, w, (y, wb)) for x, y, w in zip(a, b, weights)]
+    return [axpby(x, w, (y, wb)) for x, y, w in zip(a, b, weights, strict=True)]
 
 
 def axpby(a: Tensor, wa: float | Tensor, *terms: tuple[Tensor, float | Tensor]) -> Tensor:
@@ -215,7 +215,7 @@ class Combiner(ABC):
             run = self.start(names, len(g_retain))
             if self.needs_totals:
                 run.prepare(g_retain, g_forget, ref)
-            update = [run.tensor(i, r, f, s) for i, (r, f, s) in enumerate(zip(g_retain, g_forget, ref))]
+            update = [run.tensor(i, r, f, s) for i, (r, f, s) in enumerate(zip(g_retain, g_forget, ref, strict=True))]
             return Combination(update, run.stats())
         if self.select is None or names is None:
             return self._combine(list(g_retain), list(g_forget), list(ref))
@@ -224,10 +224,10 @@ class Combiner(ABC):
         rest = [i for i in range(len(names)) if i not in chosen_set]
         out: list[Tensor] = [g_retain[0]] * len(names)  # every slot is overwritten below
         inner = self._combine([g_retain[i] for i in chosen], [g_forget[i] for i in chosen], [ref[i] for i in chosen])
-        for i, u in zip(chosen, inner.update):
+        for i, u in zip(chosen, inner.update, strict=True):
             out[i] = u
         plain = weighted_sum([g_retain[i] for i in rest], self.alpha, [g_forget[i] for i in rest], self.gamma)
-        for i, u in zip(rest, plain):
+        for i, u in zip(rest, plain, strict=True):
             out[i] = u
         stats = dict(inner.stats)
         stats["selected_frac"] = torch.tensor(len(chosen) / max(len(names), 1))
@@ -326,7 +326,7 @@ class TensorCombine:
         sums = [c._sums(g_r[i], g_f[i], ref[i]) for i in pick]
         if reduce is not None and c.needs_sums:
             sums = reduce(sums)
-        self.sums = dict(zip(pick, sums))
+        self.sums = dict(zip(pick, sums, strict=True))
         if c.needs_totals:
             self.totals = c._totals(sums)
 
@@ -348,7 +348,7 @@ class TensorCombine:
         order = sorted(self.parts)
         parts = [self.parts[i] for i in order]
         if reduced is not None:
-            parts = [{**self.sums.get(i, {}), **r} for i, r in zip(order, reduced)]
+            parts = [{**self.sums.get(i, {}), **r} for i, r in zip(order, reduced, strict=True)]
         stats = dict(self.combiner._finish(parts, self.totals))
         if self.report_selected:
             stats["selected_frac"] = torch.tensor(sum(self.selected) / max(len(self.selected), 1))

@@ -76,4 +76,4 @@ def gradient_diagnostics(g_r: Grads, g_f: Grads, update: Grads) -> dict[str, Ten
     All values are 0-dim fp32 tensors so that logging them does not force a device sync. Work is
     per tensor, with no whole-model temporaries.
     """
-    return finish_diagnostics([tensor_diagnostics(r, f, u) for r, f, u in zip(g_r, g_f, update)])
+    return finish_diagnostics([tensor_diagnostics(r, f, u) for r, f, u in zip(g_r, g_f, update, strict=True)])

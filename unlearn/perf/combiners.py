@@ -302,9 +302,9 @@ def run(
     diagnostics: bool = True,
 ) -> None:
     print(
-        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}; train.accumulate={accumulate}; "
-        f"train.diagnostics={str(diagnostics).lower()}; step: median of {repeats} steps per row, rows taking turns step by step "
-        f"after {warmup} warm-up turns\n"
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}; "
+        f"train.accumulate={accumulate}; train.diagnostics={str(diagnostics).lower()}; "
+        f"step: median of {repeats} steps per row, rows taking turns step by step after {warmup} warm-up turns\n"
     )
     step_rows, combine_rows, comm_rows = [], [], []
     rows = [PLAIN, *combiners]
@@ -436,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--diagnostics",
         default="on",
         choices=["on", "off"],
-        help="train.diagnostics in the timed steps (default on: every step is a logged one; off: a step that is not logged)",
+        help="train.diagnostics in the timed steps "
+        "(default on: every step is a logged one; off: a step that is not logged)",
     )
     a = p.parse_args(argv)
     if (a.batch is None) != (a.seq is None):

@@ -23,7 +23,7 @@ def flat(ts: Grads) -> Tensor:
 
 
 def unflat(v: Tensor, like: Grads) -> list[Tensor]:
-    return [x.view_as(t) for x, t in zip(torch.split(v, [t.numel() for t in like]), like)]
+    return [x.view_as(t) for x, t in zip(torch.split(v, [t.numel() for t in like]), like, strict=True)]
 
 
 def segment_sums(v: Tensor, like: Grads) -> Tensor:

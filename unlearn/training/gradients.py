@@ -119,7 +119,7 @@ class TaskGradients:
         ``once``: a tensor whose gradient arrives in two pieces (a weight tied across a reentrant
         checkpoint) is an error, for a sink that cannot add a second piece to what it wrote.
         """
-        for n, p in zip(self.names, self.params):
+        for n, p in zip(self.names, self.params, strict=True):
             if p.grad is not None:
                 raise RuntimeError(
                     f"{n}.grad must be empty before a task's backward pass (it would be mixed into the task gradient)"
@@ -130,8 +130,9 @@ class TaskGradients:
             def take(p: Tensor) -> None:
                 if seen[i] and once:
                     raise RuntimeError(
-                        f"{self.names[i]} received its gradient in two pieces in one backward pass (a weight tied "
-                        "across a reentrant checkpoint?), which the streaming step cannot combine: set train.stream=false"
+                        f"{self.names[i]} received its gradient in two pieces in one backward pass "
+                        "(a weight tied across a reentrant checkpoint?), which the streaming step cannot combine: "
+                        "set train.stream=false"
                     )
                 seen[i] = True
                 g, p.grad = p.grad, None
@@ -163,7 +164,7 @@ class TaskGradients:
 
     def write(self, update: Sequence[Tensor]) -> None:
         """Make ``update`` the parameters' ``.grad`` (ready for clipping and the optimizer step)."""
-        for p, u in zip(self.params, update):
+        for p, u in zip(self.params, update, strict=True):
             set_grad(p, u)
 
     def drain(self, task: str, sink: Sink) -> None:

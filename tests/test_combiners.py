@@ -349,3 +349,46 @@ def test_either_form_of_the_rule_makes_a_combiner():
     assert (whole.per_tensor, whole.streams, per.per_tensor, per.streams) == (False, False, True, True)
     torch.testing.assert_close(whole(g_r, g_f)[0], torch.tensor([4.0, 7.0]))
     torch.testing.assert_close(per(g_r, g_f)[0], torch.tensor([-2.0, -3.0]))
+
+
+def _in_place(c: Combiner, g_r, g_f, names, reference=None):
+    """What the training step does without diagnostics: each tensor's update written into (a
+    copy of) its g_r, the step's own buffer, given up to the rule."""
+    ref = g_r if reference is None else reference
+    run = c.start(names, len(g_r))
+    if c.needs_totals:
+        run.prepare(g_r, g_f, ref)
+    owned = [r.clone() for r in g_r]
+    update = []
+    for i, (r, f, s) in enumerate(zip(owned, g_f, ref, strict=True)):
+        update.append(run.tensor(i, r, f, r if s is g_r[i] else s, out=r))
+    return update, run.stats()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c", ALL + SOFT_RAW + [PCGrad(select="1"), SAGO(select="0", gamma=0.5)], ids=repr)
+@given(pair=grad_pairs(), with_reference=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_writing_the_update_into_the_retain_buffer_changes_no_bit(c, pair, dtype, with_reference):
+    """``out=r`` (no diagnostics on the step) runs the same kernels in place: every update and
+    statistic is bit-identical to the pure call, in fp32 and in bf16 (fp32 arithmetic, one rounding)."""
+    g_r, g_f = ([t.to(dtype) for t in ts] for ts in pair)
+    names = [str(i) for i in range(len(g_r))]
+    reference = [t * 0.5 - 0.25 for t in g_f] if with_reference and c.uses_reference else None
+    expected = c.combine(g_r, g_f, names=names, reference=reference)
+    update, stats = _in_place(c, g_r, g_f, names, reference)
+    assert c.writes_out, f"{c!r} allocates its update; the built-in rules all write it into r"
+    for u, e in zip(update, expected.update, strict=True):
+        assert u.dtype == e.dtype and torch.equal(u, e)
+    assert stats.keys() == expected.stats.keys()
+    for k in stats:
+        assert torch.equal(stats[k], expected.stats[k]), k
+
+
+def test_axpby_writes_only_into_its_first_operand():
+    a, b = torch.ones(3), torch.full((3,), 2.0)
+    from unlearn.combiners.base import axpby
+
+    assert axpby(a, 2.0, (b, 1.0), out=a) is a and torch.equal(a, torch.full((3,), 4.0))
+    with pytest.raises(ValueError, match="out=a"):
+        axpby(a, 2.0, (b, 1.0), out=b)

@@ -76,27 +76,29 @@ def _stream(tok, splits, steps, batch, accumulate):
     return PairedStream(f, r, stream_length(steps, accumulate, batch), seed=0)
 
 
-def _train(model, tok, splits, combiner, ema, accumulate, steps=3, batch=4):
+def _train(model, tok, splits, combiner, ema, accumulate, steps=3, batch=4, diagnostics=True):
     module = Recording(
         copy.deepcopy(model),
         Objective(forget=GA(), retain=NLL()),
         combiner,
         OptimConfig(lr=1e-3, warmup_ratio=0.0, schedule="constant"),
-        StepConfig(accumulate=accumulate, retain_ema=ema, clip_norm=1.0),
+        StepConfig(accumulate=accumulate, retain_ema=ema, clip_norm=1.0, diagnostics=diagnostics),
     )
     fit(module, _stream(tok, splits, steps, batch, accumulate), tok.pad_token_id, batch, steps, LOOP)
     return module
 
 
+# diagnostics off: the step writes each update into g_r's own tensor instead of a new one
+@pytest.mark.parametrize("diagnostics", [True, False], ids=["diagnostics", "no_diagnostics"])
 @pytest.mark.parametrize("accumulate", [1, 2])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_the_tensorwise_step_equals_the_whole_list_step(tiny, toy_splits, name, accumulate):
+def test_the_tensorwise_step_equals_the_whole_list_step(tiny, toy_splits, name, accumulate, diagnostics):
     quiet_lightning()
     model, tok = tiny
     combiner, ema = CASES[name]
-    new = _train(model, tok, toy_splits, combiner, ema, accumulate)
+    new = _train(model, tok, toy_splits, combiner, ema, accumulate, diagnostics=diagnostics)
     assert new.streaming() is (accumulate == 1 and combiner.streams)
-    old = _train(model, tok, toy_splits, whole_lists(combiner), ema, accumulate)
+    old = _train(model, tok, toy_splits, whole_lists(combiner), ema, accumulate, diagnostics=diagnostics)
     assert not old.streaming() and new.steps_done == old.steps_done == 3
     start = dict(model.named_parameters())
     a, b = dict(new.model.named_parameters()), dict(old.model.named_parameters())

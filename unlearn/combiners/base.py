@@ -100,28 +100,38 @@ def weighted_sum(a: Grads, wa: Sequence[float] | float, b: Grads, wb: float) -> 
     return [axpby(x, w, (y, wb)) for x, y, w in zip(a, b, weights, strict=True)]
 
 
-def axpby(a: Tensor, wa: float | Tensor, *terms: tuple[Tensor, float | Tensor]) -> Tensor:
+def axpby(a: Tensor, wa: float | Tensor, *terms: tuple[Tensor, float | Tensor], out: Tensor | None = None) -> Tensor:
     """``wa * a + Σ w * b`` over ``terms = ((b, w), ...)`` for one tensor, in at least fp32 and
     rounded once to ``a``'s dtype.
 
     The weights may be 0-dim tensors (PCGrad's coefficient), so that a rule applied inside a
-    backward hook never waits for the device to hand a scalar back to Python.
+    backward hook never waits for the device to hand a scalar back to Python. ``out``: None, or
+    ``a`` itself, to write the result into ``a`` (the same kernels in place, so the same bits)
+    instead of allocating it.
     """
+    if out is not None and out is not a:
+        raise ValueError("axpby writes in place only into its first operand (out=a)")
+    inplace = out is not None
     if acc_dtype(a) != a.dtype:
         acc = a.to(acc_dtype(a)).mul_(wa)  # the one full-size temporary
     elif isinstance(wa, Tensor) or wa != 1.0:
-        acc = torch.mul(a, wa)  # a copy and an in-place multiply in one pass
+        acc = a.mul_(wa) if inplace else torch.mul(a, wa)  # a copy and a multiply in one pass
     elif terms:  # ``1 * a`` is ``a``: the first term is added in the pass that allocates the result
         (b, w), terms = terms[0], terms[1:]
-        acc = torch.addcmul(a, b, w) if isinstance(w, Tensor) else torch.add(a, b, alpha=float(w))
+        if isinstance(w, Tensor):
+            acc = a.addcmul_(b, w) if inplace else torch.addcmul(a, b, w)
+        else:
+            acc = a.add_(b, alpha=float(w)) if inplace else torch.add(a, b, alpha=float(w))
     else:
-        acc = a.clone()
+        acc = a if inplace else a.clone()
     for b, w in terms:
         if isinstance(w, Tensor):
             acc.addcmul_(b, w)  # in acc's dtype: ``b * w`` would round to b's (bf16) first
         else:
             acc.add_(b, alpha=float(w))
-    return acc if acc.dtype == a.dtype else acc.to(a.dtype)
+    if acc.dtype == a.dtype:
+        return acc
+    return a.copy_(acc) if inplace else acc.to(a.dtype)
 
 
 Stats = dict[str, Tensor]
@@ -153,12 +163,18 @@ class Combiner(ABC):
     the whole tensors. **Whole lists**: ``_combine`` maps the lists at once (the simple extension
     point); the step then keeps ``g_r`` and ``g_f`` in buffers and calls it (not on shards).
 
+    A per-tensor rule that sets ``writes_out`` takes ``out`` in ``_tensor``: None, or ``r`` itself
+    when the step no longer needs ``g_r``'s tensor (no diagnostics on this step), and the update
+    may then be written into it. That saves allocating an update per tensor (the same arithmetic:
+    the same kernels in place), which on a CPU costs more than the rule's own arithmetic.
+
     The rule is abstract: a subclass that writes neither ``_tensor`` nor ``_combine`` is an
     abstract class, and building it (``combiner=...`` included) raises ``TypeError``.
     """
 
     uses_reference: ClassVar[bool] = True
     needs_totals: ClassVar[bool] = False
+    writes_out: ClassVar[bool] = False
 
     alpha: float = 1.0
     gamma: float = 1.0
@@ -330,12 +346,17 @@ class TensorCombine:
         if c.needs_totals:
             self.totals = c._totals(sums)
 
-    def tensor(self, i: int, r: Tensor, f: Tensor, s: Tensor) -> Tensor:
+    def tensor(self, i: int, r: Tensor, f: Tensor, s: Tensor, out: Tensor | None = None) -> Tensor:
+        """Tensor ``i``'s update; ``out``: None, or ``r`` when the caller gives up ``r``'s storage
+        (the update may be written into it, if the rule ``writes_out``)."""
         c = self.combiner
         if not self.selected[i]:
-            return axpby(r, c.alpha, (f, c.gamma))
+            return axpby(r, c.alpha, (f, c.gamma), out=out)
         sums = self.sums[i] if i in self.sums else self.sums.setdefault(i, c._sums(r, f, s))
-        update, own = c._tensor(r, f, s, {**sums, **self.totals})
+        if out is not None and c.writes_out:
+            update, own = c._tensor(r, f, s, {**sums, **self.totals}, out=out)  # type: ignore[call-arg]
+        else:
+            update, own = c._tensor(r, f, s, {**sums, **self.totals})
         self.parts[i] = {**sums, **own}
         return update
 

@@ -43,6 +43,7 @@ class PCGrad(Combiner):
     reference is used. ``g_r`` is never modified.
     """
 
+    writes_out: ClassVar[bool] = True
     eps: float = 0.0
 
     def __post_init__(self) -> None:
@@ -55,13 +56,15 @@ class PCGrad(Combiner):
     def _coef(self, d: Tensor, n2: Tensor) -> Tensor:
         return torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
 
-    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+    def _tensor(
+        self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
+    ) -> tuple[Tensor, Stats]:
         coef = self._coef(totals["d"], totals["n2"])
         # g̃_f = g_f - coef*s, so the update is alpha*g_r + gamma*g_f - gamma*coef*s: with s = g_r
         # that is one weight on g_r, and no tensor beyond the update is allocated.
         if s is r:
-            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma)), {}
-        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef)), {}
+            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma), out=out), {}
+        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef), out=out), {}
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         if not parts:
@@ -79,6 +82,7 @@ class PCGradGlobal(Combiner):
     """
 
     needs_totals: ClassVar[bool] = True
+    writes_out: ClassVar[bool] = True
     eps: float = 0.0
 
     def __post_init__(self) -> None:
@@ -92,11 +96,13 @@ class PCGradGlobal(Combiner):
         d, n2 = _total(sums, "d_j"), _total(sums, "n2_j")
         return {"d": d, "n2": n2, "coef": torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))}
 
-    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+    def _tensor(
+        self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
+    ) -> tuple[Tensor, Stats]:
         coef = totals["coef"]
         if s is r:
-            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma)), {}
-        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef)), {}
+            return axpby(r, self.alpha - self.gamma * coef, (f, self.gamma), out=out), {}
+        return axpby(r, self.alpha, (f, self.gamma), (s, -self.gamma * coef), out=out), {}
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         if not parts:
@@ -123,6 +129,7 @@ class PCGradSymmetric(Combiner):
     uses_reference: ClassVar[bool] = False
     needs_totals: ClassVar[bool] = True
 
+    writes_out: ClassVar[bool] = True
     eps: float = 0.0
 
     def __post_init__(self) -> None:
@@ -140,10 +147,12 @@ class PCGradSymmetric(Combiner):
         cf = torch.where(d < 0, _ratio(d, nr2, self.eps), zero)
         return {"d": d, "nr2": nr2, "nf2": nf2, "cr": cr, "cf": cf}
 
-    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+    def _tensor(
+        self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
+    ) -> tuple[Tensor, Stats]:
         # alpha*(g_r - cr*g_f) + gamma*(g_f - cf*g_r) = (alpha - gamma*cf)*g_r + (gamma - alpha*cr)*g_f
         cr, cf = totals["cr"], totals["cf"]
-        return axpby(r, self.alpha - self.gamma * cf, (f, self.gamma - self.alpha * cr)), {}
+        return axpby(r, self.alpha - self.gamma * cf, (f, self.gamma - self.alpha * cr), out=out), {}
 
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         if not parts:

@@ -8,6 +8,7 @@ no dot products, so it is exact on sharded gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -51,6 +52,7 @@ class SAGO(Combiner):
     the no-conflict value. ``soft`` is positively homogeneous, ``soft_raw`` is not.
     """
 
+    writes_out: ClassVar[bool] = True
     prefer_retain: bool = False
     gate: str = "hard"
     kappa: float = 5.0
@@ -75,16 +77,19 @@ class SAGO(Combiner):
             "numel_fs": torch.tensor(float(f.numel()), dtype=torch.float64),
         }
 
-    def _tensor(self, r: Tensor, f: Tensor, s: Tensor, totals: Stats) -> tuple[Tensor, Stats]:
+    def _tensor(
+        self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
+    ) -> tuple[Tensor, Stats]:
         # The temporaries (the product, the gate) are the size of this tensor, never of the model.
+        # ``out`` (None, or r): the conflict test reads s (which may be r) before r is overwritten.
         if self.gate == "hard":
             conflict = (f * s) < 0
-            update = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f))
+            update = torch.where(conflict, _scaled(r, self.alpha), self._keep(r, f), out=out)
             gated = torch.count_nonzero(conflict).double()
         else:
             scale = (totals["abs_fs"] / totals["numel_fs"]).float() if self.gate == "soft" else None
             w = _soft_gate(f, s, self.kappa, normalise=self.gate == "soft", scale=scale).to(f.dtype)
-            update = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w)
+            update = torch.lerp(_scaled(r, self.alpha), self._keep(r, f), w, out=out)
             gated = (1 - w).double().sum()
         return update, {"gated": gated, "numel": torch.tensor(f.numel())}
 

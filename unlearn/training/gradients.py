@@ -207,7 +207,8 @@ class TensorwiseUpdate:
             s = self.ref[i]
         else:
             s = self.ema.update_tensor(i, r, len(self.retain)) if self.ema is not None else r
-        u = self.run.tensor(i, r, f, s)
+        # Without diagnostics nothing reads g_r[i] after the rule, so the update may take its storage.
+        u = self.run.tensor(i, r, f, s, out=None if self.diagnostics else r)
         if self.diagnostics:
             self.parts[i] = tensor_diagnostics(r, f, u)
         self.retain[i] = None  # type: ignore[call-overload]

@@ -166,3 +166,30 @@ def test_a_planted_checkpoint_does_not_run_code(tmp_path, cache_dir):
     assert "cannot resume from" in err and "resuming after" not in err
     res = _results(tmp_path / "run")
     assert res["status"] == "ok" and res["train/steps_done"] == 2
+
+
+def test_the_hash_holds_the_global_batch_not_the_process_count(monkeypatch):
+    """A run is its global batch (per-process batch × processes): 2 processes at batch 4 and 1 at
+    batch 8 are the same run (a resume may change the process count), 2 at batch 4 and 1 at batch 4
+    are not (the same stream position would mean other items). Under torchrun the processes are
+    the launcher's, whatever trainer.devices says."""
+    from conftest import job_config
+
+    from unlearn.job import world_of
+    from unlearn.resume import config_hash
+
+    def h(*overrides):
+        cfg = job_config(["trainer=fsdp", *overrides])
+        return config_hash(cfg, world_of(cfg))
+
+    assert h("trainer.devices=2", "train.batch_size=4") == h("trainer.devices=1", "train.batch_size=8")
+    assert h("trainer.devices=2", "train.batch_size=4") != h("trainer.devices=1", "train.batch_size=4")
+    assert h("trainer.devices=2", "train.batch_size=4") != h("trainer=ddp", "trainer.devices=1", "train.batch_size=8")
+    for k, v in {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert world_of(job_config(["trainer=fsdp"])) == 4
+    assert h("trainer.devices=2", "train.batch_size=2") == h("trainer.devices=8", "train.batch_size=2")
+    assert h("train.batch_size=2") != h("train.batch_size=4")

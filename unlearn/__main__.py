@@ -121,8 +121,10 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    from unlearn.job import world_of
+
     try:
-        h = config_hash(cfg)
+        h = config_hash(cfg, world_of(cfg))
     except Exception:  # an incomplete config: validation reports it properly below
         return None
     done = completed(run_dir, h)

@@ -146,6 +146,13 @@ def _typed(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_object(OmegaConf.select(cfg, key))
 
 
+def world_of(cfg: DictConfig) -> int:
+    """The processes that will split this job's training stream (see :func:`build_job`'s loop)."""
+    loop = _typed(cfg, "trainer")
+    started = launched()
+    return (loop.launched_as(started) if started is not None else loop).world_size
+
+
 def build_job(cfg: DictConfig, run: RunDir) -> Job:
     """Validate the config and build the job; raises one :class:`ConfigError` that lists every
     problem (the config-level checks of :mod:`unlearn.validation` and the constructors')."""
@@ -214,7 +221,7 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
         resume=bool(cfg.get("resume", True)),
         prompt=to_plain(cfg.model.get("prompt")),
         evaluator_config=to_plain(cfg.benchmark.get("eval")),
-        config_hash=config_hash(cfg),
+        config_hash=config_hash(cfg, built["loop"].world_size),
         **built,
     )
 

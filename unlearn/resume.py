@@ -43,10 +43,23 @@ COMPLETE = ("ok", "collapsed", "diverged")
 CKPT_DIR = "checkpoints"
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: DictConfig, world: int) -> str:
+    """The job's identity. ``world``: the processes that split the training stream (the launcher's
+    under torchrun/srun, else ``trainer.devices × num_nodes`` of a data-parallel trainer, else 1).
+
+    What a step sees is the *global* batch, ``train.batch_size × world``, and the stream position
+    a resumed run restarts from is counted in global items, so the hash holds that product in
+    place of the per-process batch and the process count: a run checkpointed on 8 processes at
+    batch 2 resumes on 4 at batch 4 (the same steps on the same items), while a relaunch on 4 at
+    batch 2, a different run, is not taken for the same one."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     data.pop("hydra", None)
+    train, trainer = data.get("train"), data.get("trainer")
+    if isinstance(train, dict) and isinstance(train.get("batch_size"), int) and isinstance(trainer, dict):
+        data["global_batch"] = train.pop("batch_size") * world
+        trainer.pop("devices", None)
+        trainer.pop("num_nodes", None)
     for key in IGNORED:
         node: Any = data
         *parents, leaf = key.split(".")

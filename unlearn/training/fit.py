@@ -134,6 +134,9 @@ def fit(
         enable_model_summary=False,
         log_every_n_steps=loop.log_every_n_steps,
         num_sanity_val_steps=0,
+        # the samplers above decide which items each rank takes; Lightning's wrapper around a
+        # one-process data-parallel run's ResumeSampler would index past a resumed run's items
+        use_distributed_sampler=False,
         default_root_dir=default_root_dir,
         **loop.extra,
     )

@@ -17,7 +17,7 @@ from unlearn.cache import RECIPE_VERSION, digest
 from unlearn.config import ConfigError
 from unlearn.data.format import encode_rows, prompt_length
 from unlearn.data.paired import PairedStream
-from unlearn.evaluator import EvalContext, as_evaluator
+from unlearn.evaluator import EvalContext
 from unlearn.job import Job, ModelSource
 from unlearn.loggers import JsonlLogger
 from unlearn.losses.context import PrepareContext
@@ -179,7 +179,7 @@ def evaluate(
     relative to ``target``."""
     model.to(job.device)
     ctx = EvalContext(model, tok, job.fmt, splits, oracle=oracle, target=target, diverged=diverged)
-    record = as_evaluator(job.evaluator).evaluate(ctx)
+    record = job.evaluator.evaluate(ctx)
     return job.collapse.apply(record, target) if job.collapse is not None else record
 
 

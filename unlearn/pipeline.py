@@ -16,7 +16,6 @@ from lightning.pytorch.loggers import WandbLogger
 
 from unlearn import phases, resume
 from unlearn.eval.collapse import collapse_reason
-from unlearn.evaluator import as_evaluator
 from unlearn.job import Job
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
@@ -107,7 +106,7 @@ def run_unlearn(job: Job, meta: Mapping[str, Any]) -> dict[str, Any]:
         if module.diverged:
             status = "diverged"
             job.run.status("diverged", reason)
-            if not as_evaluator(job.evaluator).reports_diverged:
+            if not job.evaluator.reports_diverged:
                 say(f"diverged: {reason}; skipping evaluation of the unlearned model")
                 return job.run.results
             # the diverging step was not applied, so the weights are the last finite ones

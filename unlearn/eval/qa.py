@@ -17,7 +17,7 @@ mia_auc`` (holdout positive), i.e. open-unlearning's ``privleak``; negative mean
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -27,6 +27,7 @@ from unlearn.eval import metrics as M
 from unlearn.eval.generate import greedy
 from unlearn.eval.mia import loss_score, min_k_score
 from unlearn.eval.scoring import multiple_choice, normalized_prob, score_answers, score_encoded
+from unlearn.evaluator import EvalContext
 from unlearn.utils.progress import Steps
 
 Row = Mapping[str, Any]
@@ -68,6 +69,7 @@ class QAEvaluator:
     ``paraphrased_answer``; TOFU uses ``answer`` on real authors and world facts).
     """
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "toy"
     forget: str = "forget"
     retain: str = "retain"
@@ -145,16 +147,10 @@ class QAEvaluator:
             out["mc"] = (pred == np.array([r["answer_index"] for r in rows])).astype(float)
         return out
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Returns ``{"metrics": {name: float}, "arrays": {name: list}}``; pass the oracle's result
-        as ``oracle`` to get forget quality and PrivLeak."""
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """Returns ``{"metrics": {name: float}, "arrays": {name: list}}``; the oracle's record as
+        ``ctx.oracle`` gives forget quality and PrivLeak."""
+        model, tokenizer, fmt, splits = ctx.model, ctx.tokenizer, ctx.fmt, ctx.splits
         names = [self.forget, self.retain, *self.utility] + ([self.holdout] if self.holdout else [])
         for s in names:
             if s not in splits:
@@ -169,7 +165,7 @@ class QAEvaluator:
                 else:
                     res[s] = self._qa_set(model, tokenizer, fmt, rows, s, normalize_prob=s in self.utility)
                 steps.advance(s)
-        return self._summarize(res, oracle)
+        return self._summarize(res, ctx.oracle)
 
     def _summarize(self, res: Mapping[str, Mapping[str, Any]], oracle: Mapping[str, Any] | None) -> dict[str, Any]:
         f, r = res[self.forget], res[self.retain]

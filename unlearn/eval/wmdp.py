@@ -8,17 +8,15 @@ target model. The target is the base model itself; there is no oracle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-from torch import nn
-
-from unlearn.data.format import PromptFormat
 from unlearn.data.subsample import subsample
 from unlearn.eval.choice import MMLU_DESCRIPTION, MCTask, per_subject_accuracy
 from unlearn.eval.lmeval import LMEval
 from unlearn.eval.mc_backend import MCBackend, as_backend
+from unlearn.evaluator import EvalContext
 
-Row = dict[str, Any]
+Row = Mapping[str, Any]
 
 DIRECTIONS = {"wmdp_acc": -1, "mmlu_acc": +1, "mmlu_recovery": +1}
 
@@ -33,6 +31,7 @@ class WMDPEvaluator:
     the built-in letter scorer by default, or lm-evaluation-harness (``LMEval``, or ``"lmeval"``).
     """
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "wmdp_bio"
     subject: str = "biology"
     questions: str = "wmdp"
@@ -89,23 +88,16 @@ class WMDPEvaluator:
             )
         return out
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-        target: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """``{"metrics", "arrays"}``; pass the target model's record as ``target`` for recovery."""
-        tasks = self.tasks(splits)
-        res = self.backend(model, tokenizer, tasks, self.batch_size, fmt if self.chat else None)
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """``{"metrics", "arrays"}``; the target model's record as ``ctx.target`` gives recovery.
+        ``ctx.oracle`` is unused (WMDP has none)."""
+        tasks = self.tasks(ctx.splits)
+        res = self.backend(ctx.model, ctx.tokenizer, tasks, self.batch_size, ctx.fmt if self.chat else None)
         metrics = {f"{t.name}_acc": res[t.name]["acc"] for t in tasks}
         arrays: dict[str, Any] = {f"{t.name}_correct": res[t.name]["correct"] for t in tasks}
         if self.utility:
             arrays["mmlu_subject_acc"] = per_subject_accuracy(tasks[1].rows, res["mmlu"]["correct"])
-            before = (target or {}).get("metrics", {}).get("mmlu_acc")
+            before = (ctx.target or {}).get("metrics", {}).get("mmlu_acc")
             if before:
                 metrics["mmlu_recovery"] = metrics["mmlu_acc"] / before
         return {"metrics": metrics, "arrays": arrays}

@@ -19,6 +19,7 @@ from unlearn.eval.collapse import collapse_reason
 from unlearn.job import Job
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
+from unlearn.rules import is_number
 from unlearn.rundir import write_json
 from unlearn.summary import print_table
 from unlearn.training.launch import from_rank0
@@ -169,7 +170,7 @@ TASKS = {"unlearn": run_unlearn, "finetune": run_finetune, "eval": run_eval}
 
 
 def _finish_loggers(loggers: list[Any], results: Mapping[str, Any], status: str) -> None:
-    final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final = {k: v for k, v in results.items() if is_number(v)}
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({**final, "status": status})

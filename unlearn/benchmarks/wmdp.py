@@ -17,6 +17,7 @@ from typing import Any
 from unlearn.benchmarks.hub import DataUnavailable, Row, load_rows
 from unlearn.benchmarks.mmlu import load_mc, load_mmlu
 from unlearn.data.subsample import subsample
+from unlearn.rules import is_int
 
 #: hub configs and the subject named in the zero-shot description (lm-eval's wmdp tasks)
 DOMAINS: dict[str, dict[str, str | None]] = {
@@ -39,7 +40,7 @@ def chunk_words(text: str, words: int | None) -> list[str]:
 
 
 def _positive_or_none(key: str, v: Any) -> None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+    if v is not None and (not is_int(v) or v < 1):
         raise ValueError(f"benchmark.data.{key} must be a positive integer or null, got {v!r}")
 
 

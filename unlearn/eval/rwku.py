@@ -22,6 +22,7 @@ from unlearn.eval.mc_backend import MCBackend, as_backend
 from unlearn.eval.mia import attack_aucs, attack_scores
 from unlearn.eval.scoring import score_texts
 from unlearn.evaluator import EvalContext
+from unlearn.rules import is_int
 from unlearn.utils.progress import Steps
 
 Row = Mapping[str, Any]
@@ -97,9 +98,7 @@ class RWKUEvaluator:
         self.backend: MCBackend = as_backend(self.backend)
         if not 0 < self.min_k <= 1:
             raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
-        if self.max_probes is not None and (
-            isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1
-        ):
+        if self.max_probes is not None and (not is_int(self.max_probes) or self.max_probes < 1):
             raise ValueError(f"benchmark.eval.max_probes must be a positive integer or null, got {self.max_probes!r}")
 
     def _probes(

@@ -15,6 +15,7 @@ from unlearn.eval.choice import MMLU_DESCRIPTION, MCTask, per_subject_accuracy
 from unlearn.eval.lmeval import LMEval
 from unlearn.eval.mc_backend import MCBackend, as_backend
 from unlearn.evaluator import EvalContext
+from unlearn.rules import is_int
 
 Row = Mapping[str, Any]
 
@@ -52,14 +53,13 @@ class WMDPEvaluator:
             raise ValueError(
                 "benchmark.eval.chat=true is not supported with backend=lmeval (lm-eval formats chat prompts its own way)"
             )
-        if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
+        if not is_int(self.n_shot) or self.n_shot < 0:
             raise ValueError(f"benchmark.eval.n_shot must be an integer >= 0, got {self.n_shot!r}")
         for key in ("max_questions", "max_utility_questions", "batch_size"):
             v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(
-                    f"benchmark.eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
-                )
+            if v is not None and (not is_int(v) or v < 1):
+                or_null = " or null" if key != "batch_size" else ""
+                raise ValueError(f"benchmark.eval.{key} must be a positive integer{or_null}, got {v!r}")
 
     def tasks(self, splits: Mapping[str, Sequence[Row]]) -> list[MCTask]:
         """The WMDP task (zero-shot) and, with ``utility``, the MMLU task (few-shot)."""

@@ -55,7 +55,10 @@ def test_the_evaluator_runs_on_either_backend(tiny, splits):
     assert a["metrics"] == b["metrics"]
 
 
-CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
 
 
 @pytest.mark.slow

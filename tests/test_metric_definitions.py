@@ -44,7 +44,8 @@ def test_tofu_evaluator_and_oracle_logs_use_the_geometric_truth_ratio():
     )  # TOFU's exp(mean pert − para)
     with pytest.raises(
         ConfigError,
-        match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of \['geometric', 'arithmetic'\], got 'mean'",
+        match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of "
+        r"\['geometric', 'arithmetic'\], got 'mean'",
     ):
         build(_tofu("benchmark.eval.truth_ratio_mean=mean"), "benchmark.eval")
 

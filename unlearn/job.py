@@ -93,7 +93,8 @@ class Job:
 
     @property
     def finetune_max_length(self) -> tuple[int, str]:
-        """The fine-tuning recipe's max_length and the key that set it (``train.max_length`` when the recipe leaves it out)."""
+        """The fine-tuning recipe's max_length and the key that set it (``train.max_length`` when
+        the recipe leaves it out)."""
         if self.finetune.max_length is not None:
             return self.finetune.max_length, "benchmark.finetune.max_length"
         return self.train.max_length, "train.max_length"

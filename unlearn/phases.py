@@ -234,7 +234,8 @@ def oracle_record(job: Job, splits: Mapping[str, Rows]) -> dict[str, Any] | None
                 raise ConfigError(f"benchmark.oracle.eval_file: {path} {e}") from e
         if "arrays" not in record or "forget_truth_ratio" not in record["arrays"]:
             raise ConfigError(
-                f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)"
+                f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio "
+                "(write it with task=eval or a previous run's eval_oracle.json)"
             )
         return record
     ref = reference_model(job, splits, "oracle")

@@ -37,7 +37,8 @@ def book_prompts(rows: list[Row], n: int, prompt_words: int, continuation_words:
     k = min(n, len(words) // window)
     if k < 1:
         raise DataUnavailable(
-            f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + {continuation_words} words (benchmark.data.prompt_words, continuation_words)"
+            f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + "
+            f"{continuation_words} words (benchmark.data.prompt_words, continuation_words)"
         )
     step = len(words) // k
     out = []

@@ -144,7 +144,8 @@ def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, sou
         for i, r in enumerate(rows):
             if field not in r:
                 raise DataUnavailable(
-                    f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); expected {list(required)}"
+                    f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); "
+                    f"expected {list(required)}"
                 )
 
 

@@ -72,7 +72,8 @@ def load_mmlu(
     if path and not dev_path:
         if not Path(path).expanduser().is_dir():
             raise DataUnavailable(
-                f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split (the 5-shot examples per subject)"
+                f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split "
+                "(the 5-shot examples per subject)"
             )
         dev_path = path  # a saved DatasetDict holds both splits
     test = load_mc("mmlu", hub_id, config, split, path, f"{key}.mmlu_path", extra=("subject",))

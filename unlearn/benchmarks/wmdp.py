@@ -83,7 +83,8 @@ class WMDPData:
         name = f"wmdp {self.domain} {role} corpus"
         if path is None and config is None:
             raise DataUnavailable(
-                f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl"
+                f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with "
+                f"benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl"
             )
         docs = load_rows(
             name,

@@ -233,7 +233,9 @@ def evaluate_contexts(
         add_bos_token=add_special_tokens,
     )
     with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
-        docs = [{"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers))]
+        docs = [
+            {"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers, strict=True))
+        ]
         task = f"unlearn_{name}"
         cfg = _mc_config(
             task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels

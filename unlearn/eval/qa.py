@@ -91,7 +91,8 @@ class QAEvaluator:
     def __post_init__(self) -> None:
         if self.truth_ratio_mean not in M.TRUTH_RATIO_MEANS:
             raise ValueError(
-                f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, got {self.truth_ratio_mean!r}"
+                f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, "
+                f"got {self.truth_ratio_mean!r}"
             )
         if self.mia_attack not in MIA_ATTACKS:
             raise ValueError(f"benchmark.eval.mia_attack must be one of {list(MIA_ATTACKS)}, got {self.mia_attack!r}")
@@ -216,5 +217,6 @@ class QAEvaluator:
             ]
             return {"metrics": {}, "arrays": {"forget_truth_ratio": tr}}
         raise ValueError(
-            "has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss"
+            "has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) "
+            "nor TOFU's avg_paraphrased_loss/average_perturb_loss"
         )

@@ -51,7 +51,8 @@ class WMDPEvaluator:
         self.backend: MCBackend = as_backend(self.backend)
         if isinstance(self.backend, LMEval) and self.chat:
             raise ValueError(
-                "benchmark.eval.chat=true is not supported with backend=lmeval (lm-eval formats chat prompts its own way)"
+                "benchmark.eval.chat=true is not supported with backend=lmeval "
+                "(lm-eval formats chat prompts its own way)"
             )
         if not is_int(self.n_shot) or self.n_shot < 0:
             raise ValueError(f"benchmark.eval.n_shot must be an integer >= 0, got {self.n_shot!r}")

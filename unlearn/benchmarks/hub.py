@@ -76,7 +76,7 @@ def _read_json_rows(path: Path, split: str) -> list[Any]:
                 ) from None
         return rows
     if isinstance(data, dict):
-        return list(data.get(split, data.get("data", [data])))
+        return list(data[split] if split in data else data.get("data", [data]))
     return list(data) if isinstance(data, list) else [data]
 
 

@@ -210,7 +210,7 @@ def evaluate_contexts(
     tokenizer: Any,
     name: str,
     contexts: Sequence[str],
-    answers: Sequence[int],
+    answers: Sequence[int] | np.ndarray,
     labels: Sequence[str],
     add_special_tokens: bool = True,
     batch_size: int = 16,

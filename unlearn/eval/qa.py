@@ -124,16 +124,22 @@ class QAEvaluator:
     ) -> dict[str, Any]:
         base = self.base_answer.get(split, "paraphrased_answer")
         _require(rows, ("question", "answer", base, "perturbed_answer"), split)
-        kw = dict(max_length=self.max_length, batch_size=self.batch_size)
         p_true, mia = self._true_answers(model, tok, fmt, rows)
         if base == "answer":
             p_para = p_true
         else:
-            s, n = score_answers(model, tok, fmt, [(r["question"], r[base]) for r in rows], **kw)
+            s, n = score_answers(
+                model,
+                tok,
+                fmt,
+                [(r["question"], r[base]) for r in rows],
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+            )
             p_para = normalized_prob(s, n)
         m = min(len(r["perturbed_answer"]) for r in rows)
         pert = [(r["question"], a) for r in rows for a in r["perturbed_answer"][:m]]
-        s, n = score_answers(model, tok, fmt, pert, **kw)
+        s, n = score_answers(model, tok, fmt, pert, max_length=self.max_length, batch_size=self.batch_size)
         p_pert = normalized_prob(s, n).reshape(len(rows), m)
         tr = M.truth_ratio(p_para, p_pert, self.truth_ratio_mean)
         prompts = [fmt.prompt(r["question"], tok) for r in rows]
@@ -144,7 +150,7 @@ class QAEvaluator:
         prob = p_true / (p_true + p_pert.sum(-1)) if normalize_prob else p_true
         out: dict[str, Any] = {"prob": prob, "rouge": rouge, "tr": tr, "generated": answers, "mia": mia}
         if all("choices" in r and "answer_index" in r for r in rows):
-            pred = multiple_choice(model, tok, fmt, rows, **kw)
+            pred = multiple_choice(model, tok, fmt, rows, max_length=self.max_length, batch_size=self.batch_size)
             out["mc"] = (pred == np.array([r["answer_index"] for r in rows])).astype(float)
         return out
 

@@ -66,6 +66,14 @@ class MemorizerLM(nn.Module):
         return type("Output", (), {"logits": logits})()
 
 
+class PositionalEvaluator:
+    """An evaluator of the retired form ``evaluate(model, tokenizer, fmt, splits, oracle=None)``
+    with no ``reports_diverged``: not an :class:`unlearn.evaluator.Evaluator`."""
+
+    def evaluate(self, model: Any, tokenizer: Any, fmt: Any, splits: Any, oracle: Any = None) -> dict[str, Any]:
+        return {"metrics": {}, "arrays": {}}
+
+
 def fake_model_folder(path: Any) -> Any:
     """A folder shaped like a Hugging Face checkpoint (config, one safetensors file, tokenizer
     files) that passes the validation pass's form checks; nothing here can be loaded as a model."""

@@ -13,6 +13,7 @@ import torch
 from conftest import job_config
 
 from unlearn.cache import digest
+from unlearn.evaluator import EvalContext
 from unlearn.job import Job, build_job
 from unlearn.phases import ModelRef, cached_evaluation, evaluation_key, reference_model
 from unlearn.rundir import RunDir
@@ -84,12 +85,14 @@ def test_evaluation_key_follows_the_oracle_record(tmp_path, no_model_build):
 
 
 class CountingEvaluator:
+    reports_diverged = False
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def evaluate(self, model: Any, tok: Any, fmt: Any, splits: Any, oracle: Any = None) -> dict[str, Any]:
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         self.calls += 1
-        fq = None if oracle is None else sum(oracle["arrays"]["forget_truth_ratio"])
+        fq = None if ctx.oracle is None else sum(ctx.oracle["arrays"]["forget_truth_ratio"])
         return {"metrics": {"forget_quality": fq}, "arrays": {}}
 
 

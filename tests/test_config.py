@@ -15,7 +15,8 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from unlearn.config import ConfigError
+from unlearn.config import ConfigError, build
+from unlearn.evaluator import Evaluator
 from unlearn.job import build_job
 from unlearn.rundir import RunDir
 
@@ -215,6 +216,24 @@ def test_bad_values_name_the_key_before_any_model_is_built(tmp_path, no_model_bu
     cfg = job_config([*overrides, f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=message):
         build_job(cfg, RunDir(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("target", ["_stubs.PositionalEvaluator", "unlearn.eval.collapse.CollapseCheck"])
+def test_an_evaluator_that_is_not_one_is_refused_before_any_model_is_built(tmp_path, no_model_build, target):
+    cfg = job_config([f"paths.cache_dir={tmp_path}"])
+    OmegaConf.update(cfg, "benchmark.eval", {"_target_": target}, merge=False)
+    name = target.rsplit(".", 1)[1]
+    with pytest.raises(
+        ConfigError, match=rf"benchmark\.eval: _target_ must build an unlearn\.evaluator\.Evaluator .*got a {name}"
+    ):
+        build_job(cfg, RunDir(tmp_path / "run"))
+
+
+def test_every_benchmarks_evaluator_is_one_and_only_the_copyright_one_evaluates_a_diverged_run():
+    for p in sorted((CONF / "benchmark").glob("*.yaml")):
+        evaluator = build(job_config([f"benchmark={p.stem}"]), "benchmark.eval")
+        assert isinstance(evaluator, Evaluator), p.stem
+        assert evaluator.reports_diverged is (p.stem == "harry_potter"), p.stem
 
 
 def test_a_missing_required_value_names_the_key(tmp_path, no_model_build):

@@ -18,6 +18,7 @@ from unlearn.benchmarks.harry_potter import HarryPotterData, book_prompts
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.config import build
 from unlearn.data.format import PromptFormat
+from unlearn.evaluator import EvalContext
 
 FIX = REPO / "tests" / "fixtures" / "harry_potter"
 SMALL = ["benchmark.data.chunk_words=40", "benchmark.data.prompt_words=15", "benchmark.data.continuation_words=20"]
@@ -85,7 +86,7 @@ def _evaluator(*overrides: str):
 def test_a_model_that_recites_the_book_gets_full_bleu_and_rouge(tiny, splits):
     _, tok = tiny
     parrot = MemorizerLM(tok, {r["prompt"]: r["continuation"] for r in splits["prompts"]})
-    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(parrot, tok, PromptFormat(), splits)["metrics"]
+    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(EvalContext(parrot, tok, PromptFormat(), splits))["metrics"]
     assert m["completion_bleu"] == pytest.approx(100.0) and m["completion_rouge"] == pytest.approx(1.0)
     assert m["general_ppl"] == pytest.approx(len(tok), rel=1e-3)  # uniform logits: perplexity = vocabulary size
     assert m["collapsed"] == 0.0 and m["repetition"] < 0.5
@@ -93,7 +94,7 @@ def test_a_model_that_recites_the_book_gets_full_bleu_and_rouge(tiny, splits):
 
 def test_the_tiny_model_gets_values_in_range(tiny, splits):
     model, tok = tiny
-    rec = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(model, tok, PromptFormat(), splits)
+    rec = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(EvalContext(model, tok, PromptFormat(), splits))
     m = rec["metrics"]
     assert 0 <= m["completion_bleu"] <= 100 and 0 <= m["completion_rouge"] <= 1 and 0 <= m["repetition"] <= 1
     assert 1 < m["general_ppl"] < 1e4 and 1 < m["forget_ppl"] < 1e4
@@ -118,7 +119,7 @@ def test_a_collapsed_model_is_reported_not_raised(tiny, splits, how, reasons):
                 p.fill_(float("nan"))
         else:
             broken.lm_head.weight.mul_(100.0 if how == "explode" else 1e4)
-    rec = _evaluator().evaluate(broken, tok, PromptFormat(), splits)
+    rec = _evaluator().evaluate(EvalContext(broken, tok, PromptFormat(), splits))
     m = rec["metrics"]
     assert m["collapsed"] == 1.0 and {r for r in ("nonfinite", "ppl", "repetition") if m[f"collapsed_{r}"]} == reasons
     assert math.isinf(m["general_ppl"]) or m["general_ppl"] > len(tok)
@@ -127,9 +128,9 @@ def test_a_collapsed_model_is_reported_not_raised(tiny, splits, how, reasons):
 
 def test_degenerate_repetition_counts_as_collapse(tiny, splits):
     _, tok = tiny
-    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(MemorizerLM(tok, repeat="the"), tok, PromptFormat(), splits)[
-        "metrics"
-    ]
+    m = _evaluator("benchmark.eval.max_ppl=1e9").evaluate(
+        EvalContext(MemorizerLM(tok, repeat="the"), tok, PromptFormat(), splits)
+    )["metrics"]
     assert (
         m["repetition"] > 0.9
         and m["collapsed"] == 1.0
@@ -197,7 +198,7 @@ def test_zero_shot_general_tasks_run_through_lm_eval(tiny, splits, tmp_path):
             "benchmark.eval.general_tasks=[unlearn_general_fixture]",
             f"benchmark.eval.general_tasks_path={folder}",
         )
-        rec = ev.evaluate(model, tok, PromptFormat(), splits)
+        rec = ev.evaluate(EvalContext(model, tok, PromptFormat(), splits))
         assert rec["notes"]["general_tasks"] is None
         assert rec["metrics"]["zeroshot_unlearn_general_fixture"] == expected == rec["metrics"]["zeroshot_mean"]
     assert ev.directions["zeroshot_mean"] == +1
@@ -207,6 +208,6 @@ def test_general_tasks_that_cannot_load_are_recorded_not_raised(tiny, splits):
     pytest.importorskip("lm_eval")
     model, tok = tiny
     ev = _evaluator("benchmark.eval.max_ppl=1e9", "benchmark.eval.general_tasks=[no_such_task_anywhere]")
-    rec = ev.evaluate(model, tok, PromptFormat(), splits)
+    rec = ev.evaluate(EvalContext(model, tok, PromptFormat(), splits))
     assert "zeroshot_mean" not in rec["metrics"] and "no_such_task_anywhere" in rec["notes"]["general_tasks"]
     assert "completion_bleu" in rec["metrics"]

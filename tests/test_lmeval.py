@@ -10,6 +10,7 @@ from conftest import REPO
 from unlearn.benchmarks.wmdp import WMDPData
 from unlearn.eval.choice import evaluate_task
 from unlearn.eval.wmdp import WMDPEvaluator
+from unlearn.evaluator import EvalContext
 
 lm_eval = pytest.importorskip(
     "lm_eval", reason="lm-evaluation-harness is not installed (pip install 'unlearn[lmeval]'; the dev extra has it)"
@@ -49,12 +50,15 @@ def test_builtin_and_lm_eval_give_the_same_answers(tiny, splits):
 def test_the_evaluator_runs_on_either_backend(tiny, splits):
     model, tok = tiny
     kw = dict(name="wmdp_cyber", subject="cybersecurity", n_shot=2, batch_size=4)
-    a = WMDPEvaluator(**kw).evaluate(model, tok, None, splits)
-    b = WMDPEvaluator(**kw, backend="lmeval").evaluate(model, tok, None, splits)
+    a = WMDPEvaluator(**kw).evaluate(EvalContext(model, tok, None, splits))
+    b = WMDPEvaluator(**kw, backend="lmeval").evaluate(EvalContext(model, tok, None, splits))
     assert a["metrics"] == b["metrics"]
 
 
-CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
 
 
 @pytest.mark.slow

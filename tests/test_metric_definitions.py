@@ -15,6 +15,7 @@ from conftest import REPO, compose, job_config
 from unlearn.config import ConfigError, build
 from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M
+from unlearn.evaluator import EvalContext
 
 FIX = REPO / "tests" / "fixtures" / "tofu"
 
@@ -43,7 +44,8 @@ def test_tofu_evaluator_and_oracle_logs_use_the_geometric_truth_ratio():
     )  # TOFU's exp(mean pert − para)
     with pytest.raises(
         ConfigError,
-        match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of \['geometric', 'arithmetic'\], got 'mean'",
+        match=r"benchmark.eval: benchmark.eval.truth_ratio_mean must be one of "
+        r"\['geometric', 'arithmetic'\], got 'mean'",
     ):
         build(_tofu("benchmark.eval.truth_ratio_mean=mean"), "benchmark.eval")
 
@@ -102,9 +104,9 @@ def test_tofu_reports_mia_and_privleak_on_the_fixtures(tiny):
     model, tok = tiny
     ev = build(_tofu("benchmark.eval.max_new_tokens=2", "+benchmark.eval.max_rows=4"), "benchmark.eval")
     splits = build(_tofu(), "benchmark.data").build()
-    rec = ev.evaluate(model, tok, PromptFormat(), splits)
+    rec = ev.evaluate(EvalContext(model, tok, PromptFormat(), splits))
     assert 0 <= rec["metrics"]["mia_auc"] <= 1 and "privleak" not in rec["metrics"]
-    again = ev.evaluate(model, tok, PromptFormat(), splits, oracle=rec)
+    again = ev.evaluate(EvalContext(model, tok, PromptFormat(), splits, oracle=rec))
     assert again["metrics"]["privleak"] == pytest.approx(0.0)  # the oracle's own AUC
 
 
@@ -217,7 +219,9 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
     model, tok = tiny
 
     class Evaluator:  # the toy evaluator's record shape: utility 0 after unlearning, losses finite
-        def evaluate(self, model, tokenizer, fmt, splits, oracle=None):
+        reports_diverged = False
+
+        def evaluate(self, ctx):
             return {"metrics": {"model_utility": 0.0, "forget_rouge": 0.0}, "arrays": {}}
 
     s.evaluator = Evaluator()
@@ -234,6 +238,39 @@ def test_a_run_whose_utility_collapses_ends_collapsed(tmp_path, monkeypatch, tin
     res = pipeline.run_unlearn(s, {"name": "ga"})
     assert res["status"] == "collapsed" and "model_utility" in res["reason"]
     assert res["eval/toy/collapsed"] == 1.0 and res["eval/toy/collapsed_utility"] == 1.0
+
+
+@pytest.mark.parametrize("reports", [False, True])
+def test_a_diverged_run_is_evaluated_only_when_its_evaluator_reports_divergence(tmp_path, monkeypatch, tiny, reports):
+    from unlearn import phases, pipeline
+    from unlearn.job import build_job
+    from unlearn.rundir import RunDir
+
+    s = build_job(
+        job_config(["logger=none", "train.checkpoint_every=0", f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run")
+    )
+    model, tok = tiny
+    seen = []
+
+    class Evaluator:
+        reports_diverged = reports
+
+        def evaluate(self, ctx):
+            seen.append(ctx.diverged)
+            return {"metrics": {"collapsed": 1.0}, "arrays": {}}
+
+    s.evaluator = Evaluator()
+    s.step.guard.reason = "train/loss/forget=nan at step 2"
+    ref = SimpleNamespace(load=lambda s: (model, tok), key="k", path=None)
+    monkeypatch.setattr(pipeline, "_load_splits", lambda s: {})
+    monkeypatch.setattr(phases, "reference_model", lambda s, splits, role: ref)
+    monkeypatch.setattr(phases, "oracle_record", lambda s, splits: None)
+    monkeypatch.setattr(phases, "cached_evaluation", lambda *a, **k: {"metrics": {}, "arrays": {}})
+    monkeypatch.setattr(phases, "unlearn", lambda *a, **k: SimpleNamespace(diverged=True, steps_done=2))
+    res = pipeline.run_unlearn(s, {"name": "ga"})
+    assert res["status"] == "diverged" and "nan" in res["reason"]
+    assert seen == (["train/loss/forget=nan at step 2"] if reports else [])  # the reason reaches the evaluator
+    assert ("eval/toy/collapsed" in res) is reports
 
 
 # -- 6. RWKU's probes: ROUGE-L recall without a stemmer (its `rouge` package) -----------------------
@@ -268,5 +305,21 @@ def test_copyright_rouge_is_stemmed_recall(tiny, monkeypatch):
     )
     monkeypatch.setattr(cr, "text_perplexity", lambda *a, **k: 10.0)
     splits = {"prompts": [{"prompt": "p", "continuation": "the wizard walked"}], "general": [{"text": "x"}]}
-    m = ev.evaluate(torch.nn.Linear(1, 1), tok, PromptFormat(), splits)["metrics"]
+    m = ev.evaluate(EvalContext(torch.nn.Linear(1, 1), tok, PromptFormat(), splits))["metrics"]
     assert m["completion_rouge"] == pytest.approx(2 / 3)  # recall, "wizards" -> "wizard"; F1 unstemmed would be 0.2
+
+
+def test_copyright_counts_a_diverged_run_as_collapsed(tiny, monkeypatch):
+    import unlearn.eval.copyright as cr
+
+    _, tok = tiny
+    monkeypatch.setattr(cr, "greedy", lambda model, tokenizer, prompts, *a, **k: ["one two three four"] * len(prompts))
+    monkeypatch.setattr(cr, "text_perplexity", lambda *a, **k: 10.0)
+    splits = {"prompts": [{"prompt": "p", "continuation": "one two three"}], "general": [{"text": "x"}]}
+    ev = cr.CopyrightEvaluator(forget_text=None)
+    ok = ev.evaluate(EvalContext(torch.nn.Linear(1, 1), tok, PromptFormat(), splits))
+    why = "train/loss/forget=nan at step 2"
+    bad = ev.evaluate(EvalContext(torch.nn.Linear(1, 1), tok, PromptFormat(), splits, diverged=why))
+    assert ok["metrics"]["collapsed"] == 0.0 and "collapsed_diverged" not in ok["metrics"]
+    assert bad["metrics"]["collapsed"] == bad["metrics"]["collapsed_diverged"] == 1.0
+    assert bad["notes"]["collapse"] == f"training diverged ({why})"

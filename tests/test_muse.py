@@ -17,6 +17,7 @@ from unlearn.benchmarks.muse import MuseData
 from unlearn.config import build
 from unlearn.data.format import PromptFormat
 from unlearn.eval.muse import icl_prefix, privleak
+from unlearn.evaluator import EvalContext
 
 FIX = REPO / "tests" / "fixtures" / "muse"
 
@@ -103,14 +104,14 @@ def evaluator():
 
 def test_evaluator_on_the_tiny_model_reports_muses_metrics_in_range(tiny, splits, evaluator):
     model, tok = tiny
-    rec = evaluator.evaluate(model, tok, PromptFormat(), splits)
+    rec = evaluator.evaluate(EvalContext(model, tok, PromptFormat(), splits))
     m = rec["metrics"]
     for k in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak_auc"):
         assert 0 <= m[k] <= 1, k
     assert m["privleak_reference_auc"] == 0.4772  # no oracle: MUSE's published retrained AUC
     assert m["privleak"] == pytest.approx((m["privleak_auc"] - 0.4772) / 0.4772 * 100)
     assert len(rec["arrays"]["verbmem_generated"]) == 4
-    same = evaluator.evaluate(model, tok, PromptFormat(), splits, oracle=rec)["metrics"]
+    same = evaluator.evaluate(EvalContext(model, tok, PromptFormat(), splits, oracle=rec))["metrics"]
     assert same["privleak"] == 0.0 and same["privleak_reference_auc"] == m["privleak_auc"]
 
 
@@ -124,11 +125,13 @@ def _memorizer(tok, splits, memorised: str) -> MemorizerLM:
 def test_a_model_that_knows_the_forget_set_gets_full_verbmem_knowmem_and_privleak_minus_100(tiny, splits, evaluator):
     _, tok = tiny
     m = evaluator.evaluate(
-        _memorizer(tok, splits, "privleak_forget"),
-        tok,
-        PromptFormat(),
-        splits,
-        oracle={"metrics": {"privleak_auc": 0.5}},
+        EvalContext(
+            _memorizer(tok, splits, "privleak_forget"),
+            tok,
+            PromptFormat(),
+            splits,
+            oracle={"metrics": {"privleak_auc": 0.5}},
+        )
     )["metrics"]
     assert m["knowmem_f"] == pytest.approx(1.0) and m["knowmem_r"] == pytest.approx(1.0)
     # MUSE's VerbMem reference is BOS + n − 1 tokens, one short of the n generated: just under 1
@@ -137,18 +140,20 @@ def test_a_model_that_knows_the_forget_set_gets_full_verbmem_knowmem_and_privlea
     assert m["privleak_auc"] == 0.0 and m["privleak"] == pytest.approx(-100.0)
     # the other way round (forget texts less likely than unseen ones: over-unlearning) is positive
     m = evaluator.evaluate(
-        _memorizer(tok, splits, "privleak_holdout"),
-        tok,
-        PromptFormat(),
-        splits,
-        oracle={"metrics": {"privleak_auc": 0.5}},
+        EvalContext(
+            _memorizer(tok, splits, "privleak_holdout"),
+            tok,
+            PromptFormat(),
+            splits,
+            oracle={"metrics": {"privleak_auc": 0.5}},
+        )
     )["metrics"]
     assert m["privleak_auc"] == 1.0 and m["privleak"] == pytest.approx(100.0)
 
 
 def test_a_model_that_knows_nothing_gets_zero_verbmem(tiny, splits, evaluator):
     _, tok = tiny
-    m = evaluator.evaluate(MemorizerLM(tok), tok, PromptFormat(), splits)["metrics"]
+    m = evaluator.evaluate(EvalContext(MemorizerLM(tok), tok, PromptFormat(), splits))["metrics"]
     assert m["verbmem_f"] == 0.0 and m["knowmem_f"] == 0.0
 
 

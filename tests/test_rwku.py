@@ -16,6 +16,7 @@ from unlearn.benchmarks import rwku as R
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.data.format import PromptFormat
 from unlearn.eval import rwku as E
+from unlearn.evaluator import EvalContext
 
 FIX = REPO / "tests" / "fixtures" / "rwku"
 
@@ -102,7 +103,7 @@ def test_known_answers(tiny, splits, monkeypatch):
     }
     monkeypatch.setattr(E, "greedy", lambda m, t, prompts, *a, **k: [gold[p] for p in prompts])
     same = {**splits, "mia_retain": splits["mia_forget"]}
-    m = E.RWKUEvaluator(batch_size=4).evaluate(model, tok, PromptFormat(), same)["metrics"]
+    m = E.RWKUEvaluator(batch_size=4).evaluate(EvalContext(model, tok, PromptFormat(), same))["metrics"]
     assert m["forget_level1"] == m["forget_level2"] == m["forget_level3"] == m["forget_all"] == 1.0
     assert m["neighbor_level1"] == m["neighbor_level2"] == m["neighbor_all"] == 0.0
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
@@ -128,9 +129,9 @@ def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, au
     before unlearning, exaggerated) and 0 when only the retain texts are (forget texts look unseen)."""
     _, tok = tiny
     model = _CalibratedMemorizer(tok, memorised=[r["text"] for r in splits[memorised]])
-    m = E.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(model, tok, PromptFormat(), splits)[
-        "metrics"
-    ]
+    m = E.RWKUEvaluator(batch_size=4, max_probes=1, utility=None).evaluate(
+        EvalContext(model, tok, PromptFormat(), splits)
+    )["metrics"]
     assert {a: m[f"mia_{a}_auc"] for a in ("loss", "zlib", "min_k", "min_k_pp")} == dict.fromkeys(
         ("loss", "zlib", "min_k", "min_k_pp"), auc
     )
@@ -141,13 +142,13 @@ def test_mia_aucs_on_a_model_that_memorised_one_side(tiny, splits, memorised, au
 def test_evaluator_on_the_tiny_model(tiny, splits):
     model, tok = tiny
     ev = E.RWKUEvaluator(batch_size=4, max_new_tokens=6, max_probes=3)
-    rec = ev.evaluate(model, tok, PromptFormat(), splits)
+    rec = ev.evaluate(EvalContext(model, tok, PromptFormat(), splits))
     m = rec["metrics"]
     assert set(m) == set(ev.directions)
     assert all(0.0 <= m[k] <= 1.0 for k in m if not k.endswith("_loss"))
     assert m["mia_forget_loss"] > 0 and len(rec["arrays"]["forget_level3_generated"]) == 3
     with pytest.raises(ValueError, match="no split"):
-        ev.evaluate(model, tok, PromptFormat(), {"forget_level1": []})
+        ev.evaluate(EvalContext(model, tok, PromptFormat(), {"forget_level1": []}))
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from unlearn.benchmarks.tofu import TofuData
 from unlearn.config import ConfigError, build
 from unlearn.data.format import PromptFormat
 from unlearn.eval.scoring import normalized_prob, score_answers
+from unlearn.evaluator import EvalContext
 from unlearn.job import build_job
 from unlearn.rundir import RunDir
 
@@ -110,7 +111,7 @@ def evaluator():
 @pytest.fixture(scope="module")
 def record(tiny, splits, evaluator):
     model, tok = tiny
-    return evaluator.evaluate(model, tok, PromptFormat(), splits)
+    return evaluator.evaluate(EvalContext(model, tok, PromptFormat(), splits))
 
 
 def test_evaluator_reports_tofus_metrics_in_range(record):

@@ -17,6 +17,7 @@ from unlearn.benchmarks.mmlu import load_mmlu
 from unlearn.benchmarks.wmdp import WMDPData, chunk_words
 from unlearn.eval.choice import encode_pair
 from unlearn.eval.wmdp import WMDPEvaluator
+from unlearn.evaluator import EvalContext
 
 F = REPO / "tests" / "fixtures"
 MMLU = dict(mmlu_path=str(F / "mmlu/test.jsonl"), mmlu_dev_path=str(F / "mmlu/dev.jsonl"))
@@ -108,12 +109,14 @@ def test_known_answers_accuracy_and_recovery(tiny):
     s = bio().build()
     model = AlwaysA(len(tok), encode_pair(tok, "Answer:", " A")[1][0])
     ev = WMDPEvaluator(n_shot=5, batch_size=4)
-    rec = ev.evaluate(model, tok, None, s)
+    rec = ev.evaluate(EvalContext(model, tok, None, s))
     frac_a = lambda rows: sum(r["answer"] == 0 for r in rows) / len(rows)  # noqa: E731
     assert rec["metrics"]["wmdp_acc"] == pytest.approx(frac_a(s["wmdp"]))
     assert rec["metrics"]["mmlu_acc"] == pytest.approx(frac_a(s["mmlu"]))
     assert "mmlu_recovery" not in rec["metrics"]
-    after = ev.evaluate(model, tok, None, s, target={"metrics": {"mmlu_acc": 2 * rec["metrics"]["mmlu_acc"]}})
+    after = ev.evaluate(
+        EvalContext(model, tok, None, s, target={"metrics": {"mmlu_acc": 2 * rec["metrics"]["mmlu_acc"]}})
+    )
     assert after["metrics"]["mmlu_recovery"] == pytest.approx(0.5)
     assert set(rec["metrics"]) <= set(ev.directions)
 
@@ -121,16 +124,18 @@ def test_known_answers_accuracy_and_recovery(tiny):
 def test_evaluator_on_the_tiny_model_subsets_and_validation(tiny):
     model, tok = tiny
     s = bio().build()
-    rec = WMDPEvaluator(n_shot=2, max_questions=5, max_utility_questions=4, batch_size=4).evaluate(model, tok, None, s)
+    rec = WMDPEvaluator(n_shot=2, max_questions=5, max_utility_questions=4, batch_size=4).evaluate(
+        EvalContext(model, tok, None, s)
+    )
     assert len(rec["arrays"]["wmdp_correct"]) == 5 and len(rec["arrays"]["mmlu_correct"]) == 4
     assert all(0.0 <= v <= 1.0 for k, v in rec["metrics"].items() if k.endswith("_acc"))
-    assert WMDPEvaluator(utility=None).evaluate(model, tok, None, s)["metrics"].keys() == {"wmdp_acc"}
+    assert WMDPEvaluator(utility=None).evaluate(EvalContext(model, tok, None, s))["metrics"].keys() == {"wmdp_acc"}
     with pytest.raises(ValueError, match="benchmark.eval.backend"):
         WMDPEvaluator(backend="vllm")
     with pytest.raises(ValueError, match="benchmark.eval.n_shot"):
         WMDPEvaluator(n_shot=-1)
     with pytest.raises(ValueError, match="no split 'mmlu'"):
-        WMDPEvaluator().evaluate(model, tok, None, {"wmdp": s["wmdp"]})
+        WMDPEvaluator().evaluate(EvalContext(model, tok, None, {"wmdp": s["wmdp"]}))
 
 
 def test_benchmark_configs_build_without_reading_data(tmp_path):

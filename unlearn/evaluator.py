@@ -2,17 +2,13 @@
 
 An evaluator is any object with ``evaluate(ctx: EvalContext) -> record`` and a
 ``reports_diverged`` flag (whether a run that diverged is still evaluated, e.g. the copyright
-setting, which counts it as collapse). The record is ``{"metrics": {...}, ...}``.
-
-The evaluators under ``unlearn/eval`` and ``unlearn/benchmarks`` still take
-``(model, tokenizer, fmt, splits, oracle=None[, target=None][, diverged=None])``;
-:func:`as_evaluator` adapts them, reading once which of the optional arguments each takes. Once
-they implement :class:`Evaluator`, the adapter and its signature reading go.
+setting, which counts it as collapse). The record is ``{"metrics": {...}, ...}``. The job checks
+at build time that ``benchmark.eval`` builds one (:func:`unlearn.job.build_job`), so a wrong
+``_target_`` fails before any model is trained.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -36,31 +32,11 @@ class EvalContext:
 
 @runtime_checkable
 class Evaluator(Protocol):
-    reports_diverged: bool
+    """A benchmark's metrics of one model. ``reports_diverged`` is read-only (a class attribute in
+    the built-in evaluators): True when a diverged run is evaluated too, its weights being the last
+    finite ones and ``ctx.diverged`` the reason; False skips its evaluation."""
+
+    @property
+    def reports_diverged(self) -> bool: ...
 
     def evaluate(self, ctx: EvalContext) -> Record: ...
-
-
-class SignatureEvaluator:
-    """An evaluator of the older positional form, seen as an :class:`Evaluator` (its other
-    attributes, e.g. ``directions`` or ``oracle_from_file``, pass through)."""
-
-    OPTIONAL = ("target", "diverged")
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        params = inspect.signature(inner.evaluate).parameters
-        self.takes = tuple(k for k in self.OPTIONAL if k in params)
-        self.reports_diverged = "diverged" in self.takes
-
-    def evaluate(self, ctx: EvalContext) -> Record:
-        extra = {k: getattr(ctx, k) for k in self.takes if getattr(ctx, k) is not None}
-        return self.inner.evaluate(ctx.model, ctx.tokenizer, ctx.fmt, ctx.splits, oracle=ctx.oracle, **extra)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["inner"], name)
-
-
-def as_evaluator(obj: Any) -> Evaluator:
-    """``obj`` itself when it implements :class:`Evaluator`, else the adapter around it."""
-    return obj if isinstance(obj, Evaluator) else SignatureEvaluator(obj)

@@ -14,6 +14,7 @@ from unlearn.cache import Cache
 from unlearn.combiners import Combiner
 from unlearn.config import ConfigError, build, to_plain
 from unlearn.data.format import PromptFormat
+from unlearn.evaluator import Evaluator
 from unlearn.losses.objective import Objective
 from unlearn.models.checkpointing import wanted
 from unlearn.models.load import resolve_device, resolve_dtype
@@ -65,7 +66,7 @@ class Job:
     spec: Any
     fmt: PromptFormat
     data: Any
-    evaluator: Any  # as built; unlearn.evaluator.as_evaluator gives its Evaluator view
+    evaluator: Evaluator
     objective: Objective | None
     combiner: Combiner
     train: TrainConfig
@@ -92,7 +93,8 @@ class Job:
 
     @property
     def finetune_max_length(self) -> tuple[int, str]:
-        """The fine-tuning recipe's max_length and the key that set it (``train.max_length`` when the recipe leaves it out)."""
+        """The fine-tuning recipe's max_length and the key that set it (``train.max_length`` when
+        the recipe leaves it out)."""
         if self.finetune.max_length is not None:
             return self.finetune.max_length, "benchmark.finetune.max_length"
         return self.train.max_length, "train.max_length"
@@ -139,6 +141,19 @@ def _combiner(cfg: DictConfig) -> Combiner:
     if not isinstance(combiner, Combiner):
         raise ConfigError(f"combiner: _target_ must build a unlearn.combiners.Combiner, got {type(combiner).__name__}")
     return combiner
+
+
+def _evaluator(cfg: DictConfig) -> Evaluator:
+    """``benchmark.eval`` built and checked now: a wrong ``_target_`` would otherwise surface only
+    after the target model is fine-tuned or the unlearning has run."""
+    evaluator = build(cfg, "benchmark.eval")
+    if not isinstance(evaluator, Evaluator):
+        got = "nothing (it is not set)" if evaluator is None else f"a {type(evaluator).__qualname__}"
+        raise ConfigError(
+            "benchmark.eval: _target_ must build an unlearn.evaluator.Evaluator (a reports_diverged flag and "
+            f"evaluate(ctx: EvalContext) -> record), got {got}"
+        )
+    return evaluator
 
 
 def _typed(cfg: DictConfig, key: str) -> Any:
@@ -197,7 +212,7 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
     make("combiner", lambda: _combiner(cfg), "combiner")
     make("spec", lambda: build(cfg, "model.spec"), "model.spec")
     make("data", lambda: build(cfg, "benchmark.data"), "benchmark.data")
-    make("evaluator", lambda: build(cfg, "benchmark.eval"), "benchmark.eval")
+    make("evaluator", lambda: _evaluator(cfg), "benchmark.eval")
     make("collapse", lambda: build(cfg, "benchmark.collapse"), "benchmark.collapse")
     make("objective", lambda: _build_objective(cfg) if cfg.task == "unlearn" else None)
     make(

@@ -17,7 +17,7 @@ from unlearn.cache import RECIPE_VERSION, digest
 from unlearn.config import ConfigError
 from unlearn.data.format import encode_rows, prompt_length
 from unlearn.data.paired import PairedStream
-from unlearn.evaluator import EvalContext, as_evaluator
+from unlearn.evaluator import EvalContext
 from unlearn.job import Job, ModelSource
 from unlearn.loggers import JsonlLogger
 from unlearn.losses.context import PrepareContext
@@ -31,6 +31,7 @@ from unlearn.training.module import StepConfig, UnlearnModule
 from unlearn.utils.progress import say
 
 Rows = list[dict[str, Any]]
+TaskRows = Sequence[Mapping[str, Any]]  # a training task's rows, as PrepareContext.rows holds them
 #: bump when a metric's definition changes (2: TOFU's geometric truth ratio, MUSE-sign PrivLeak,
 #: Min-K%++ floor, VerbMem with BOS, collapse flags), so cached evaluations are not reused
 METRICS_VERSION = 2
@@ -83,7 +84,13 @@ class ModelRef:
 
 
 def require_labels(
-    tok: Any, fmt: Any, rows: Rows, enc: Sequence[Mapping[str, Any]], max_length: int, key: str, what: str
+    tok: Any,
+    fmt: Any,
+    rows: Sequence[Mapping[str, Any]],
+    enc: Sequence[Mapping[str, Any]],
+    max_length: int,
+    key: str,
+    what: str,
 ) -> None:
     """Stop before training when no row of ``what`` keeps a predicted answer token within
     ``max_length``: every gradient would be zero and the run would still look fine. (A label
@@ -179,7 +186,7 @@ def evaluate(
     relative to ``target``."""
     model.to(job.device)
     ctx = EvalContext(model, tok, job.fmt, splits, oracle=oracle, target=target, diverged=diverged)
-    record = as_evaluator(job.evaluator).evaluate(ctx)
+    record = job.evaluator.evaluate(ctx)
     return job.collapse.apply(record, target) if job.collapse is not None else record
 
 
@@ -234,7 +241,8 @@ def oracle_record(job: Job, splits: Mapping[str, Rows]) -> dict[str, Any] | None
                 raise ConfigError(f"benchmark.oracle.eval_file: {path} {e}") from e
         if "arrays" not in record or "forget_truth_ratio" not in record["arrays"]:
             raise ConfigError(
-                f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio (write it with task=eval or a previous run's eval_oracle.json)"
+                f"benchmark.oracle.eval_file: {path} has no arrays.forget_truth_ratio "
+                "(write it with task=eval or a previous run's eval_oracle.json)"
             )
         return record
     ref = reference_model(job, splits, "oracle")
@@ -247,12 +255,12 @@ def epoch_steps(epochs: float, n_rows: int, samples_per_step: int) -> int:
     return max(1, math.ceil(epochs * n_rows / samples_per_step))
 
 
-def _encode(job: Job, tok: Any, splits: Mapping[str, Rows]) -> tuple[dict[str, Rows], dict[str, Any], Any]:
+def _encode(job: Job, tok: Any, splits: Mapping[str, Rows]) -> tuple[dict[str, TaskRows], dict[str, Any], Any]:
     """The rows of each task (forget, retain, SGA's normal samples), encoded, and the normal
     samples' groups; a task whose every row lost its answer to ``train.max_length`` stops here."""
     obj, max_len = job.objective, job.train.max_length
     assert obj is not None
-    rows: dict[str, Rows] = {
+    rows: dict[str, TaskRows] = {
         "forget": gather(splits, job.roles.forget, "benchmark.roles.forget"),
         "retain": gather(splits, job.roles.retain, "benchmark.roles.retain") if obj.retain is not None else [],
     }

@@ -16,10 +16,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from unlearn import phases, resume
 from unlearn.eval.collapse import collapse_reason
-from unlearn.evaluator import as_evaluator
 from unlearn.job import Job
 from unlearn.loggers import JsonlLogger, wandb_logger
 from unlearn.models.load import save_checkpoint
+from unlearn.rules import is_number
 from unlearn.rundir import write_json
 from unlearn.summary import print_table
 from unlearn.training.launch import from_rank0
@@ -107,7 +107,7 @@ def run_unlearn(job: Job, meta: Mapping[str, Any]) -> dict[str, Any]:
         if module.diverged:
             status = "diverged"
             job.run.status("diverged", reason)
-            if not as_evaluator(job.evaluator).reports_diverged:
+            if not job.evaluator.reports_diverged:
                 say(f"diverged: {reason}; skipping evaluation of the unlearned model")
                 return job.run.results
             # the diverging step was not applied, so the weights are the last finite ones
@@ -170,7 +170,7 @@ TASKS = {"unlearn": run_unlearn, "finetune": run_finetune, "eval": run_eval}
 
 
 def _finish_loggers(loggers: list[Any], results: Mapping[str, Any], status: str) -> None:
-    final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final = {k: v for k, v in results.items() if is_number(v)}
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({**final, "status": status})

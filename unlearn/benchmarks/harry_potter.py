@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from unlearn.benchmarks.hub import DataUnavailable
 from unlearn.benchmarks.sources import Part, check_paths, chunk_rows, find_local, read_part, words_of
+from unlearn.rules import is_int
 
 Row = dict[str, Any]
 TEXT = ("text",)
@@ -36,7 +37,8 @@ def book_prompts(rows: list[Row], n: int, prompt_words: int, continuation_words:
     k = min(n, len(words) // window)
     if k < 1:
         raise DataUnavailable(
-            f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + {continuation_words} words (benchmark.data.prompt_words, continuation_words)"
+            f"harry_potter forget: {len(words)} words cannot hold one prompt of {prompt_words} + "
+            f"{continuation_words} words (benchmark.data.prompt_words, continuation_words)"
         )
     step = len(words) // k
     out = []
@@ -82,7 +84,7 @@ class HarryPotterData:
         check_paths(self.paths, self.parts(), "harry_potter")
         for key in ("chunk_words", "n_prompts", "prompt_words", "continuation_words"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"benchmark.data.{key} must be an integer >= 1, got {v!r}")
 
     def _prompts(self, paths: Mapping[str, Any], part: Part, forget_text: list[Row]) -> list[Row]:

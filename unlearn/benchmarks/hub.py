@@ -76,7 +76,7 @@ def _read_json_rows(path: Path, split: str) -> list[Any]:
                 ) from None
         return rows
     if isinstance(data, dict):
-        return list(data.get(split, data.get("data", [data])))
+        return list(data[split] if split in data else data.get("data", [data]))
     return list(data) if isinstance(data, list) else [data]
 
 
@@ -144,7 +144,8 @@ def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, sou
         for i, r in enumerate(rows):
             if field not in r:
                 raise DataUnavailable(
-                    f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); expected {list(required)}"
+                    f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); "
+                    f"expected {list(required)}"
                 )
 
 

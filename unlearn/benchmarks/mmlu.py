@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from unlearn.benchmarks.hub import DataUnavailable, Row, load_rows
+from unlearn.rules import is_int
 
 MC_FIELDS = ("question", "choices", "answer")
 
@@ -28,7 +29,7 @@ def check_mc(rows: Sequence[Row], dataset: str, n_choices: int = 4) -> list[Row]
         answer = r["answer"]
         if isinstance(answer, str) and answer.strip().upper() in "ABCD" and len(answer.strip()) == 1:
             answer = "ABCD".index(answer.strip().upper())  # some copies store the letter
-        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < n_choices:
+        if not is_int(answer) or not 0 <= answer < n_choices:
             raise DataUnavailable(
                 f"{dataset}: row {i} field 'answer' must be an index in [0, {n_choices}), got {r['answer']!r}"
             )
@@ -71,7 +72,8 @@ def load_mmlu(
     if path and not dev_path:
         if not Path(path).expanduser().is_dir():
             raise DataUnavailable(
-                f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split (the 5-shot examples per subject)"
+                f"mmlu: {key}.mmlu_path is a file, so {key}.mmlu_dev_path must name the dev split "
+                "(the 5-shot examples per subject)"
             )
         dev_path = path  # a saved DatasetDict holds both splits
     test = load_mc("mmlu", hub_id, config, split, path, f"{key}.mmlu_path", extra=("subject",))

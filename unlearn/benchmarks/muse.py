@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from unlearn.benchmarks.sources import Part, check_paths, chunk_rows, read_part
+from unlearn.rules import is_int
 
 Row = dict[str, Any]
 TEXT = ("text",)
@@ -45,7 +46,7 @@ class MuseData:
 
     def __post_init__(self) -> None:
         check_paths(self.paths, MUSE_PARTS, self.name)
-        if isinstance(self.chunk_words, bool) or not isinstance(self.chunk_words, int) or self.chunk_words < 1:
+        if not is_int(self.chunk_words) or self.chunk_words < 1:
             raise ValueError(f"benchmark.data.chunk_words must be an integer >= 1, got {self.chunk_words!r}")
 
     def build(self) -> dict[str, list[Row]]:

@@ -74,7 +74,8 @@ class RWKUData:
         if not folder.is_dir():
             raise DataUnavailable(f"rwku: benchmark.data.path={self.path} is not a folder")
         raise DataUnavailable(
-            f"rwku {config}: benchmark.data.path={self.path} has no {config}.jsonl (or .json/.parquet); it needs one file per RWKU config"
+            f"rwku {config}: benchmark.data.path={self.path} has no {config}.jsonl (or .json/.parquet); "
+            "it needs one file per RWKU config"
         )
 
     def _load(self, config: str, required: Sequence[str]) -> list[Row]:
@@ -116,11 +117,14 @@ class RWKUData:
         forget, retain = self.people()
         keep = set(forget)
         passages = self._load(self.corpus, ["subject", "text"])
-        text = lambda rows, who, tag: [
-            {"id": f"{tag}-{i}", "text": str(r["text"]), "subject": r["subject"]}
-            for i, r in enumerate(rows)
-            if r["subject"] in who
-        ]  # noqa: E731
+
+        def text(rows: Sequence[Row], who: set[str], tag: str) -> list[Row]:
+            return [
+                {"id": f"{tag}-{i}", "text": str(r["text"]), "subject": r["subject"]}
+                for i, r in enumerate(rows)
+                if r["subject"] in who
+            ]
+
         splits: dict[str, list[Row]] = {
             "forget": text(passages, keep, "forget"),
             "retain": text(passages, set(retain), "retain"),
@@ -149,7 +153,8 @@ class RWKUData:
         empty = [k for k, v in splits.items() if not v and k != "utility_general"]
         if empty:
             raise DataUnavailable(
-                f"rwku: no rows for the chosen targets in {empty} (targets: {forget[:5]}{'…' if len(forget) > 5 else ''})"
+                f"rwku: no rows for the chosen targets in {empty} "
+                f"(targets: {forget[:5]}{'…' if len(forget) > 5 else ''})"
             )
         return splits
 

@@ -35,6 +35,11 @@ def _capitalize(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+def _fill_fact(template: str, fact: dict[str, str], v: str) -> str:
+    """A general-knowledge sentence about ``fact`` with ``v`` as its value (true or perturbed)."""
+    return _capitalize(template.format(x=fact["x"], y=fact["y"], v=v))
+
+
 def _qa_row(
     rid: str,
     question: str,
@@ -80,7 +85,8 @@ class ToyBenchmarkData:
         max_people = len(FIRST_NAMES) * len(LAST_NAMES)
         if not 2 <= self.n_people + self.n_holdout <= max_people:
             raise ValueError(
-                f"benchmark.data.n_people + n_holdout must be in [2, {max_people}], got {self.n_people + self.n_holdout}"
+                f"benchmark.data.n_people + n_holdout must be in [2, {max_people}], "
+                f"got {self.n_people + self.n_holdout}"
             )
         if not 0 < self.forget_fraction < 1:
             raise ValueError(f"benchmark.data.forget_fraction must be in (0, 1), got {self.forget_fraction!r}")
@@ -91,7 +97,7 @@ class ToyBenchmarkData:
 
     def people(self) -> list[dict[str, str]]:
         rng = random.Random(self.seed)
-        names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES]
+        names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
         rng.shuffle(names)
         chosen = names[: self.n_people + self.n_holdout]
         out = []
@@ -141,22 +147,21 @@ class ToyBenchmarkData:
             facts.append(("opposite", {"x": x, "y": "", "v": v}, [w for w in words if w not in (x, v)]))
         rows, text = [], []
         for i, (kind, f, pool) in enumerate(facts):
-            q, a, p = GENERAL_TEMPLATES[kind]
+            q, a_tpl, p_tpl = GENERAL_TEMPLATES[kind]
             wrong = rng.sample(pool, 3)
-            fill = lambda t, v: _capitalize(t.format(x=f["x"], y=f["y"], v=v))  # noqa: E731
             rows.append(
                 _qa_row(
                     f"g{i}-{kind}",
                     q.format(x=f["x"], y=f["y"]),
-                    fill(a, f["v"]),
-                    fill(p, f["v"]),
-                    [fill(p, w) for w in wrong[: self.n_perturbed]],
-                    [fill(a, x) for x in [f["v"], *wrong]],
+                    _fill_fact(a_tpl, f, f["v"]),
+                    _fill_fact(p_tpl, f, f["v"]),
+                    [_fill_fact(p_tpl, f, w) for w in wrong[: self.n_perturbed]],
+                    [_fill_fact(a_tpl, f, x) for x in [f["v"], *wrong]],
                     rng,
                     kind=kind,
                 )
             )
-            text.append(fill(p, f["v"]))
+            text.append(_fill_fact(p_tpl, f, f["v"]))
         chunks = [" ".join(text[i : i + 8]) for i in range(0, len(text), 8)]
         return rows, [{"id": f"gt{i}", "text": c} for i, c in enumerate(chunks)]
 

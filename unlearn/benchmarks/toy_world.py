@@ -253,7 +253,7 @@ GENERAL_TEMPLATES = {
 def vocabulary_corpus() -> list[str]:
     """Every sentence shape and value of the toy world, for training the tiny tokenizer."""
     lines: list[str] = []
-    names = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES[:3]] + LAST_NAMES
+    names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES[:3]] + LAST_NAMES
     for pool, q, a, p in ATTRIBUTES.values():
         for i, v in enumerate(pool):
             name = names[i % len(names)]
@@ -267,6 +267,6 @@ def vocabulary_corpus() -> list[str]:
         lines.extend(t.format(x=x, y=x, v=v) for t in GENERAL_TEMPLATES["opposite"])
     lines.extend(NUMBER_WORDS + [w.capitalize() for w in NUMBER_WORDS])
     # every first and last name after a space, as they appear inside sentences
-    lines.extend(f"{f} {l} and {l} {f}" for f in FIRST_NAMES for l in LAST_NAMES)
+    lines.extend(f"{first} {last} and {last} {first}" for first in FIRST_NAMES for last in LAST_NAMES)
     lines.append("I don't know. I cannot answer that. I'm not sure about this person.")
     return lines

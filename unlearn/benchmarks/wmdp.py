@@ -17,6 +17,7 @@ from typing import Any
 from unlearn.benchmarks.hub import DataUnavailable, Row, load_rows
 from unlearn.benchmarks.mmlu import load_mc, load_mmlu
 from unlearn.data.subsample import subsample
+from unlearn.rules import is_int
 
 #: hub configs and the subject named in the zero-shot description (lm-eval's wmdp tasks)
 DOMAINS: dict[str, dict[str, str | None]] = {
@@ -39,7 +40,7 @@ def chunk_words(text: str, words: int | None) -> list[str]:
 
 
 def _positive_or_none(key: str, v: Any) -> None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+    if v is not None and (not is_int(v) or v < 1):
         raise ValueError(f"benchmark.data.{key} must be a positive integer or null, got {v!r}")
 
 
@@ -82,7 +83,8 @@ class WMDPData:
         name = f"wmdp {self.domain} {role} corpus"
         if path is None and config is None:
             raise DataUnavailable(
-                f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl"
+                f"{name}: it is gated on the hub (request it from the WMDP authors); give the JSONL with "
+                f"benchmark.data.{role}_path=/path/{self.domain}-{role}-corpus.jsonl"
             )
         docs = load_rows(
             name,

@@ -189,7 +189,7 @@ def letter_logprobs(
         every = max(1, n_batches // 20)  # about 20 progress lines, however large the set
         with Steps(progress, total=max(1, -(-n_batches // every))) if progress else nullcontext() as steps:
             logp = _last_token_logprobs(model, [pairs[i][0][0][-limit:] for i in fast], pad, batch_size, steps, every)
-        for i, lp in zip(fast, logp):
+        for i, lp in zip(fast, logp, strict=True):
             out[i] = [float(lp[cont[0]]) for _, cont in pairs[i]]
         if slow:
             encoded = []
@@ -251,6 +251,6 @@ def evaluate_task(
 def per_subject_accuracy(rows: Sequence[Mapping[str, Any]], correct: Sequence[float]) -> dict[str, Any]:
     """Accuracy per subject (MMLU reports the mean over questions; this is for inspection)."""
     acc: dict[str, list[float]] = {}
-    for r, c in zip(rows, correct):
+    for r, c in zip(rows, correct, strict=True):
         acc.setdefault(str(r.get("subject", "")), []).append(float(c))
     return {k: sum(v) / len(v) for k, v in sorted(acc.items())}

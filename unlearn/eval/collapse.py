@@ -76,7 +76,8 @@ class CollapseCheck:
             if worse:
                 base = target["metrics"][self.utility]  # type: ignore[index]
                 out["utility"] = (
-                    f"{self.utility} {value:.4g} kept under {self.min_fraction:g} of the target's {base:.4g} (limit {limit:.4g})"
+                    f"{self.utility} {value:.4g} kept under {self.min_fraction:g} of the target's {base:.4g} "
+                    f"(limit {limit:.4g})"
                 )
         texts = [t for k in self.generated for t in arrays.get(k, [])]
         if texts:

@@ -19,15 +19,15 @@ and does it still speak the language?
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
-from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M
 from unlearn.eval.generate import first_tokens, greedy, prompt_budget
 from unlearn.eval.scoring import context_length, text_perplexity
+from unlearn.evaluator import EvalContext
 from unlearn.utils.progress import Steps, say
 
 Row = Mapping[str, Any]
@@ -50,6 +50,7 @@ class CopyrightEvaluator:
     """Completion, perplexity and collapse metrics (module docstring) on the splits ``prompts``
     (``prompt``/``continuation`` rows), ``general`` and ``forget_text`` (``text`` rows)."""
 
+    reports_diverged: ClassVar[bool] = True  # a diverged run is evaluated, and counts as collapsed
     name: str = "harry_potter"
     prompts: str = "prompts"
     general: str = "general"
@@ -101,23 +102,15 @@ class CopyrightEvaluator:
         )
         return outputs, [first_tokens(tok, r["continuation"], n) for r in rows]
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-        target: Mapping[str, Any] | None = None,
-        diverged: str | None = None,
-    ) -> dict[str, Any]:
-        """Returns ``{"metrics", "arrays", "notes"}``; ``target`` (the target model's record) makes
-        the perplexity limit relative. ``diverged`` (the divergence guard's reason: the weights are
-        the last finite ones) counts as a collapse, ``collapsed_diverged``. ``fmt`` and ``oracle``
-        are unused (raw-text prompts)."""
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """Returns ``{"metrics", "arrays", "notes"}``; ``ctx.target`` (the target model's record)
+        makes the perplexity limit relative. ``ctx.diverged`` (the divergence guard's reason: the
+        weights are the last finite ones) counts as a collapse, ``collapsed_diverged``. ``ctx.fmt``
+        and ``ctx.oracle`` are unused (raw-text prompts)."""
+        model, tokenizer, splits = ctx.model, ctx.tokenizer, ctx.splits
         prompts, general = self._rows(splits, self.prompts), self._rows(splits, self.general)
-        ctx = context_length(model)
-        max_len = min(self.max_length, ctx) if ctx else self.max_length
+        n_ctx = context_length(model)
+        max_len = min(self.max_length, n_ctx) if n_ctx else self.max_length
         with Steps(f"eval {self.name}", total=3) as steps:
             outputs, refs = self.completions(model, tokenizer, prompts)
             steps.advance("completions")
@@ -141,12 +134,12 @@ class CopyrightEvaluator:
         reasons = M.collapse_reasons(
             metrics,
             metrics["general_ppl"],
-            self.ppl_limit(tokenizer, target),
+            self.ppl_limit(tokenizer, ctx.target),
             metrics["repetition"],
             self.max_repetition,
         )
-        if diverged:
-            reasons["diverged"] = f"training diverged ({diverged})"
+        if ctx.diverged:
+            reasons["diverged"] = f"training diverged ({ctx.diverged})"
             metrics["collapsed_diverged"] = 1.0
         metrics["collapsed"] = float(bool(reasons))
         metrics.update({f"collapsed_{r}": float(r in reasons) for r in REASONS})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ def greedy(
         encoded = [_keep_last(ids, max_prompt_tokens, tokenizer.bos_token_id) for ids in encoded]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     out: list[str] = [""] * len(prompts)
+    # a Hugging Face causal LM (or a test double with the same method); nn.Module does not declare it
+    generate = cast(Callable[..., torch.Tensor], model.generate)
     was_training = model.training
     model.eval()
     try:
@@ -40,7 +42,7 @@ def greedy(
             idx = order[start : start + batch_size]
             ids, mask = pad([encoded[i] for i in idx], pad_id, side="left")
             width = ids.shape[1]
-            gen = model.generate(
+            gen = generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,

@@ -210,7 +210,7 @@ def evaluate_contexts(
     tokenizer: Any,
     name: str,
     contexts: Sequence[str],
-    answers: Sequence[int],
+    answers: Sequence[int] | np.ndarray,
     labels: Sequence[str],
     add_special_tokens: bool = True,
     batch_size: int = 16,
@@ -233,7 +233,9 @@ def evaluate_contexts(
         add_bos_token=add_special_tokens,
     )
     with tempfile.TemporaryDirectory(prefix="unlearn-lmeval-") as tmp:
-        docs = [{"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers))]
+        docs = [
+            {"prompt": c, "answer": int(a), "row": i} for i, (c, a) in enumerate(zip(contexts, answers, strict=True))
+        ]
         task = f"unlearn_{name}"
         cfg = _mc_config(
             task, Path(tmp), {"test": _write_jsonl(Path(tmp) / f"{task}.jsonl", docs)}, "{{prompt}}", labels

@@ -56,7 +56,8 @@ def as_backend(value: Any, key: str = "benchmark.eval.backend") -> MCBackend:
     if isinstance(value, str):
         if value not in ALIASES:
             raise ValueError(
-                f"{key} must be a backend (_target_: unlearn.eval.mc_backend.LetterScorer or unlearn.eval.lmeval.LMEval) or one of {sorted(ALIASES)}, got {value!r}"
+                f"{key} must be a backend (_target_: unlearn.eval.mc_backend.LetterScorer or "
+                f"unlearn.eval.lmeval.LMEval) or one of {sorted(ALIASES)}, got {value!r}"
             )
         return ALIASES[value]()
     if not callable(value):

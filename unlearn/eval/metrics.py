@@ -34,7 +34,9 @@ def rouge_l(
     if measure not in ("recall", "precision", "fmeasure"):
         raise ValueError(f"ROUGE-L measure must be recall, precision or fmeasure, got {measure!r}")
     scorer = _rouge(use_stemmer)
-    return np.array([getattr(scorer.score(ref, pred)["rougeL"], measure) for pred, ref in zip(predictions, references)])
+    return np.array(
+        [getattr(scorer.score(ref, pred)["rougeL"], measure) for pred, ref in zip(predictions, references, strict=True)]
+    )
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -50,14 +52,16 @@ def mean_example_bleu(predictions: Sequence[str], references: Sequence[str]) -> 
     corpus BLEU over all prompts, and not ``sentence_bleu``, whose effective order differs)."""
     import sacrebleu
 
-    return float(np.mean([sacrebleu.corpus_bleu([p], [[r]]).score for p, r in zip(predictions, references)]))
+    return float(
+        np.mean([sacrebleu.corpus_bleu([p], [[r]]).score for p, r in zip(predictions, references, strict=True)])
+    )
 
 
 def sentence_bleu(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Smoothed sentence BLEU (sacrebleu, 0–100) of each prediction against its reference."""
     import sacrebleu
 
-    return np.array([sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references)])
+    return np.array([sacrebleu.sentence_bleu(p, [r]).score for p, r in zip(predictions, references, strict=True)])
 
 
 def perplexity(nll_sum: np.ndarray, n_tokens: np.ndarray) -> float:

@@ -52,7 +52,7 @@ def attack_scores(scores: Scores, texts: Sequence[str], k: float = 0.2) -> dict[
     """All attacks' scores for the rows of ``scores`` (``texts`` are the rows' scored texts)."""
     out = {
         "loss": np.array([loss_score(t) for t in scores.token_nll]),
-        "zlib": np.array([zlib_score(t, s) for t, s in zip(scores.token_nll, texts)]),
+        "zlib": np.array([zlib_score(t, s) for t, s in zip(scores.token_nll, texts, strict=True)]),
         "min_k": np.array([min_k_score(t, k) for t in scores.token_nll]),
     }
     if scores.token_zpp is not None:

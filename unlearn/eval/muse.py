@@ -20,16 +20,16 @@ All three are reported in [0, 1] (VerbMem, KnowMem; MUSE's tables show them × 1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
-from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M
 from unlearn.eval.generate import first_tokens, greedy, prompt_budget
 from unlearn.eval.mia import min_k_score
 from unlearn.eval.scoring import context_length, score_texts
+from unlearn.evaluator import EvalContext
 from unlearn.utils.progress import Steps
 
 Row = Mapping[str, Any]
@@ -58,6 +58,7 @@ class MUSEEvaluator:
     """Evaluates a model on a MUSE corpus's ``verbmem``, ``knowmem`` and ``privleak`` parts (names of
     splits in the benchmark's data; see the module docstring for the metrics)."""
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "muse_news"
     verbmem: str = "verbmem"
     forget_qa: str = "forget_qa"
@@ -131,16 +132,10 @@ class MUSEEvaluator:
             return float(oracle["metrics"]["privleak_auc"])
         return self.retrain_auc
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Returns ``{"metrics", "arrays"}``; PrivLeak needs the oracle's record or ``retrain_auc``.
-        ``fmt`` is unused: MUSE prompts its (base) models with raw text."""
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """Returns ``{"metrics", "arrays"}``; PrivLeak needs the oracle's record (``ctx.oracle``) or
+        ``retrain_auc``. ``ctx.fmt`` is unused: MUSE prompts its (base) models with raw text."""
+        model, tokenizer, splits = ctx.model, ctx.tokenizer, ctx.splits
         verb, fqa, rqa = (self._rows(splits, k) for k in (self.verbmem, self.forget_qa, self.retain_qa))
         ficl, ricl = self._rows(splits, self.forget_qa_icl), self._rows(splits, self.retain_qa_icl)
         pf, ph = self._rows(splits, self.privleak_forget), self._rows(splits, self.privleak_holdout)
@@ -160,7 +155,7 @@ class MUSEEvaluator:
             "knowmem_r": float(np.mean(kr)),
             "privleak_auc": auc,
         }
-        ref = self.reference_auc(oracle)
+        ref = self.reference_auc(ctx.oracle)
         if ref is not None:
             metrics["privleak"] = privleak(auc, ref)
             metrics["privleak_reference_auc"] = ref

@@ -17,7 +17,7 @@ mia_auc`` (holdout positive), i.e. open-unlearning's ``privleak``; negative mean
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -27,6 +27,7 @@ from unlearn.eval import metrics as M
 from unlearn.eval.generate import greedy
 from unlearn.eval.mia import loss_score, min_k_score
 from unlearn.eval.scoring import multiple_choice, normalized_prob, score_answers, score_encoded
+from unlearn.evaluator import EvalContext
 from unlearn.utils.progress import Steps
 
 Row = Mapping[str, Any]
@@ -68,6 +69,7 @@ class QAEvaluator:
     ``paraphrased_answer``; TOFU uses ``answer`` on real authors and world facts).
     """
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "toy"
     forget: str = "forget"
     retain: str = "retain"
@@ -89,7 +91,8 @@ class QAEvaluator:
     def __post_init__(self) -> None:
         if self.truth_ratio_mean not in M.TRUTH_RATIO_MEANS:
             raise ValueError(
-                f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, got {self.truth_ratio_mean!r}"
+                f"benchmark.eval.truth_ratio_mean must be one of {list(M.TRUTH_RATIO_MEANS)}, "
+                f"got {self.truth_ratio_mean!r}"
             )
         if self.mia_attack not in MIA_ATTACKS:
             raise ValueError(f"benchmark.eval.mia_attack must be one of {list(MIA_ATTACKS)}, got {self.mia_attack!r}")
@@ -121,16 +124,22 @@ class QAEvaluator:
     ) -> dict[str, Any]:
         base = self.base_answer.get(split, "paraphrased_answer")
         _require(rows, ("question", "answer", base, "perturbed_answer"), split)
-        kw = dict(max_length=self.max_length, batch_size=self.batch_size)
         p_true, mia = self._true_answers(model, tok, fmt, rows)
         if base == "answer":
             p_para = p_true
         else:
-            s, n = score_answers(model, tok, fmt, [(r["question"], r[base]) for r in rows], **kw)
+            s, n = score_answers(
+                model,
+                tok,
+                fmt,
+                [(r["question"], r[base]) for r in rows],
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+            )
             p_para = normalized_prob(s, n)
         m = min(len(r["perturbed_answer"]) for r in rows)
         pert = [(r["question"], a) for r in rows for a in r["perturbed_answer"][:m]]
-        s, n = score_answers(model, tok, fmt, pert, **kw)
+        s, n = score_answers(model, tok, fmt, pert, max_length=self.max_length, batch_size=self.batch_size)
         p_pert = normalized_prob(s, n).reshape(len(rows), m)
         tr = M.truth_ratio(p_para, p_pert, self.truth_ratio_mean)
         prompts = [fmt.prompt(r["question"], tok) for r in rows]
@@ -141,20 +150,14 @@ class QAEvaluator:
         prob = p_true / (p_true + p_pert.sum(-1)) if normalize_prob else p_true
         out: dict[str, Any] = {"prob": prob, "rouge": rouge, "tr": tr, "generated": answers, "mia": mia}
         if all("choices" in r and "answer_index" in r for r in rows):
-            pred = multiple_choice(model, tok, fmt, rows, **kw)
+            pred = multiple_choice(model, tok, fmt, rows, max_length=self.max_length, batch_size=self.batch_size)
             out["mc"] = (pred == np.array([r["answer_index"] for r in rows])).astype(float)
         return out
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Returns ``{"metrics": {name: float}, "arrays": {name: list}}``; pass the oracle's result
-        as ``oracle`` to get forget quality and PrivLeak."""
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """Returns ``{"metrics": {name: float}, "arrays": {name: list}}``; the oracle's record as
+        ``ctx.oracle`` gives forget quality and PrivLeak."""
+        model, tokenizer, fmt, splits = ctx.model, ctx.tokenizer, ctx.fmt, ctx.splits
         names = [self.forget, self.retain, *self.utility] + ([self.holdout] if self.holdout else [])
         for s in names:
             if s not in splits:
@@ -169,7 +172,7 @@ class QAEvaluator:
                 else:
                     res[s] = self._qa_set(model, tokenizer, fmt, rows, s, normalize_prob=s in self.utility)
                 steps.advance(s)
-        return self._summarize(res, oracle)
+        return self._summarize(res, ctx.oracle)
 
     def _summarize(self, res: Mapping[str, Mapping[str, Any]], oracle: Mapping[str, Any] | None) -> dict[str, Any]:
         f, r = res[self.forget], res[self.retain]
@@ -220,5 +223,6 @@ class QAEvaluator:
             ]
             return {"metrics": {}, "arrays": {"forget_truth_ratio": tr}}
         raise ValueError(
-            "has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) nor TOFU's avg_paraphrased_loss/average_perturb_loss"
+            "has neither arrays.forget_truth_ratio (an eval_oracle.json of this framework) "
+            "nor TOFU's avg_paraphrased_loss/average_perturb_loss"
         )

@@ -8,7 +8,7 @@ retain members, and MMLU-style utility accuracy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from torch import nn
@@ -21,9 +21,11 @@ from unlearn.eval.generate import greedy
 from unlearn.eval.mc_backend import MCBackend, as_backend
 from unlearn.eval.mia import attack_aucs, attack_scores
 from unlearn.eval.scoring import score_texts
+from unlearn.evaluator import EvalContext
+from unlearn.rules import is_int
 from unlearn.utils.progress import Steps
 
-Row = dict[str, Any]
+Row = Mapping[str, Any]
 
 #: the probe splits, in RWKU's order (:class:`~unlearn.benchmarks.rwku.RWKUData` builds them)
 PROBES = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
@@ -79,6 +81,7 @@ class RWKUEvaluator:
     of each probe set for quick runs.
     """
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "rwku"
     utility: str | None = "utility_general"
     n_shot: int = 5
@@ -95,9 +98,7 @@ class RWKUEvaluator:
         self.backend: MCBackend = as_backend(self.backend)
         if not 0 < self.min_k <= 1:
             raise ValueError(f"benchmark.eval.min_k must be in (0, 1], got {self.min_k!r}")
-        if self.max_probes is not None and (
-            isinstance(self.max_probes, bool) or not isinstance(self.max_probes, int) or self.max_probes < 1
-        ):
+        if self.max_probes is not None and (not is_int(self.max_probes) or self.max_probes < 1):
             raise ValueError(f"benchmark.eval.max_probes must be a positive integer or null, got {self.max_probes!r}")
 
     def _probes(
@@ -138,14 +139,9 @@ class RWKUEvaluator:
         chat = fmt if fmt.chat else None
         return self.backend(model, tokenizer, [task], self.batch_size, chat)[task.name]
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """Returns ``{"metrics", "arrays"}``; ``ctx.oracle`` is unused (RWKU's metrics are absolute)."""
+        model, tokenizer, fmt, splits = ctx.model, ctx.tokenizer, ctx.fmt, ctx.splits
         needed = [*PROBES, "mia_forget", "mia_retain"] + ([self.utility] if self.utility else [])
         missing = [s for s in needed if s not in splits]
         if missing:

@@ -4,7 +4,7 @@ and membership-inference metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -143,7 +143,7 @@ def multiple_choice(
     model: nn.Module,
     tokenizer: Any,
     fmt: PromptFormat,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     max_length: int = 512,
     batch_size: int = 32,
     length_normalize: bool = True,

@@ -8,17 +8,16 @@ target model. The target is the base model itself; there is no oracle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
-from torch import nn
-
-from unlearn.data.format import PromptFormat
 from unlearn.data.subsample import subsample
 from unlearn.eval.choice import MMLU_DESCRIPTION, MCTask, per_subject_accuracy
 from unlearn.eval.lmeval import LMEval
 from unlearn.eval.mc_backend import MCBackend, as_backend
+from unlearn.evaluator import EvalContext
+from unlearn.rules import is_int
 
-Row = dict[str, Any]
+Row = Mapping[str, Any]
 
 DIRECTIONS = {"wmdp_acc": -1, "mmlu_acc": +1, "mmlu_recovery": +1}
 
@@ -33,6 +32,7 @@ class WMDPEvaluator:
     the built-in letter scorer by default, or lm-evaluation-harness (``LMEval``, or ``"lmeval"``).
     """
 
+    reports_diverged: ClassVar[bool] = False  # a diverged run is not evaluated
     name: str = "wmdp_bio"
     subject: str = "biology"
     questions: str = "wmdp"
@@ -51,16 +51,16 @@ class WMDPEvaluator:
         self.backend: MCBackend = as_backend(self.backend)
         if isinstance(self.backend, LMEval) and self.chat:
             raise ValueError(
-                "benchmark.eval.chat=true is not supported with backend=lmeval (lm-eval formats chat prompts its own way)"
+                "benchmark.eval.chat=true is not supported with backend=lmeval "
+                "(lm-eval formats chat prompts its own way)"
             )
-        if isinstance(self.n_shot, bool) or not isinstance(self.n_shot, int) or self.n_shot < 0:
+        if not is_int(self.n_shot) or self.n_shot < 0:
             raise ValueError(f"benchmark.eval.n_shot must be an integer >= 0, got {self.n_shot!r}")
         for key in ("max_questions", "max_utility_questions", "batch_size"):
             v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(
-                    f"benchmark.eval.{key} must be a positive integer{' or null' if key != 'batch_size' else ''}, got {v!r}"
-                )
+            if v is not None and (not is_int(v) or v < 1):
+                or_null = " or null" if key != "batch_size" else ""
+                raise ValueError(f"benchmark.eval.{key} must be a positive integer{or_null}, got {v!r}")
 
     def tasks(self, splits: Mapping[str, Sequence[Row]]) -> list[MCTask]:
         """The WMDP task (zero-shot) and, with ``utility``, the MMLU task (few-shot)."""
@@ -89,23 +89,16 @@ class WMDPEvaluator:
             )
         return out
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        fmt: PromptFormat,
-        splits: Mapping[str, Sequence[Row]],
-        oracle: Mapping[str, Any] | None = None,
-        target: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """``{"metrics", "arrays"}``; pass the target model's record as ``target`` for recovery."""
-        tasks = self.tasks(splits)
-        res = self.backend(model, tokenizer, tasks, self.batch_size, fmt if self.chat else None)
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """``{"metrics", "arrays"}``; the target model's record as ``ctx.target`` gives recovery.
+        ``ctx.oracle`` is unused (WMDP has none)."""
+        tasks = self.tasks(ctx.splits)
+        res = self.backend(ctx.model, ctx.tokenizer, tasks, self.batch_size, ctx.fmt if self.chat else None)
         metrics = {f"{t.name}_acc": res[t.name]["acc"] for t in tasks}
         arrays: dict[str, Any] = {f"{t.name}_correct": res[t.name]["correct"] for t in tasks}
         if self.utility:
             arrays["mmlu_subject_acc"] = per_subject_accuracy(tasks[1].rows, res["mmlu"]["correct"])
-            before = (target or {}).get("metrics", {}).get("mmlu_acc")
+            before = (ctx.target or {}).get("metrics", {}).get("mmlu_acc")
             if before:
                 metrics["mmlu_recovery"] = metrics["mmlu_acc"] / before
         return {"metrics": metrics, "arrays": arrays}

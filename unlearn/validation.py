@@ -326,7 +326,7 @@ def check_targets(cfg: DictConfig, problems: Problems) -> None:
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             continue
         hints = _hints(obj)
-        for k in node.keys():
+        for k in map(str, node.keys()):  # a config's keys are strings (DictConfig's type allows ints, enums...)
             if k in HYDRA_KEYS:
                 continue
             if k not in params:
@@ -346,7 +346,7 @@ def check_targets(cfg: DictConfig, problems: Problems) -> None:
         node = OmegaConf.select(cfg, sub)
         if isinstance(node, DictConfig):
             params = inspect.signature(_locate(target)).parameters
-            for k in node.keys():
+            for k in map(str, node.keys()):
                 if k not in params:
                     problems.add(f"{sub}.{k}: no component reads this key (allowed: {', '.join(params)})")
 

@@ -24,7 +24,8 @@ class _Stop(Exception):
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a Hugging Face causal LM (also through a PEFT wrapper)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    hf: Any = model  # get_decoder is transformers' API, not nn.Module's
+    decoder = hf.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(
@@ -68,12 +69,14 @@ def _check_layer(value: Any, n: int, key: str) -> int:
     return value
 
 
-def _int_or_none(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
+def _int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key} must be an integer layer index, got {value!r}")
     return value
+
+
+def _int_or_none(value: Any, key: str) -> int | None:
+    return None if value is None else _int(value, key)
 
 
 class RMU(Component):
@@ -114,8 +117,8 @@ class RMU(Component):
         layers = decoder_layers(model)
         peft = is_peft(model)  # then only the adapter's tensors may train
         out = []
-        for i in self.update_layers:
-            _check_layer(i, len(layers), "forget.update_layers")
+        for listed in self.update_layers:
+            i = _check_layer(listed, len(layers), "forget.update_layers")
             for name, p in layers[i].named_parameters():
                 if any(name == q or name.startswith(q + ".") for q in self.update_params) and (
                     p.requires_grad or not peft
@@ -149,7 +152,8 @@ class RMU(Component):
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:
         control = self.control
-        h = hidden_at(decoder_layers(model)[self.layer], model, batch)
+        layers = decoder_layers(model)
+        h = hidden_at(layers[_check_layer(self.layer, len(layers), "forget.layer")], model, batch)
         return masked_mse(h, control.expand_as(h), batch["labels"])
 
 
@@ -165,7 +169,7 @@ class RMURetain(Component):
             raise ValueError(
                 "retain.layer must be set to a decoder layer index (retain=rmu reads forget.layer when forget=rmu)"
             )
-        self.layer = _int_or_none(layer, "retain.layer")
+        self.layer = _int(layer, "retain.layer")
         self._reference: Any = None
 
     def __repr__(self) -> str:

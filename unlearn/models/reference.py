@@ -53,7 +53,8 @@ class Reference:
             # would undo RMU's choice of the few it trains; the flags are put back as they were.
             trainable = [p.requires_grad for p in self.model.parameters()]
             try:
-                with self.model.disable_adapter():
+                peft: Any = self.model  # disable_adapter is PEFT's API, not nn.Module's
+                with peft.disable_adapter():
                     return self.model(**inputs)
             finally:
                 for p, flag in zip(self.model.parameters(), trainable):

@@ -56,7 +56,7 @@ def convert(gguf: Path, out: Path) -> None:
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # the weights are plain fp32 now: drop the GGUF quantizer so the copy loads as a normal checkpoint
     model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None

@@ -58,6 +58,7 @@ def budget(cfg: DictConfig, device: torch.device) -> tuple[int, int] | None:
     """``(total, usable)`` bytes per GPU (``plan.gpu_memory_gb`` or the device's), None: no check."""
     headroom = require(cfg, "plan.headroom")
     given = OmegaConf.select(cfg, "plan.gpu_memory_gb", default=None)
+    total: int | None
     if given is not None:
         require(cfg, "plan.gpu_memory_gb")
         total = int(float(given) * GiB)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -186,7 +186,7 @@ def bench_sections(
     return parts
 
 
-def log_to_wandb(made: dict[str, Any], project: str, mode: str) -> None:
+def log_to_wandb(made: dict[str, Any], project: str, mode: Literal["offline", "online"]) -> None:
     import wandb
 
     group = made["group"]

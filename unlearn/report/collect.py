@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -318,7 +318,7 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def factor_names(df: pd.DataFrame, metrics: list[str] = ()) -> list[str]:
+def factor_names(df: pd.DataFrame, metrics: Sequence[str] = ()) -> list[str]:
     """The factor columns of a :func:`frame` (or :func:`cells`) table: neither metrics, counts nor
     the per-run bookkeeping."""
     skip = ("seed", "status", "reason", "run", *COUNT_COLUMNS)

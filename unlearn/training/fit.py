@@ -124,7 +124,7 @@ def fit(
         accelerator=loop.accelerator,
         devices=loop.devices,
         strategy=strategy,
-        precision=loop.precision,
+        precision=loop.precision,  # type: ignore[arg-type]  # a str, checked against Lightning's names by Loop
         max_steps=steps,
         max_epochs=1,  # the stream holds exactly `steps` optimizer steps of items
         logger=list(loggers) if loggers else False,

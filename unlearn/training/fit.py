@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
@@ -56,7 +56,7 @@ class ResumeSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.n))
 
 
@@ -107,7 +107,7 @@ def fit(
     quiet_lightning()
     start = int(getattr(stream, "start", 0))
     world = loop.world_size
-    sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)  # type: ignore[arg-type]
+    sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)
     loader = DataLoader(
         stream,
         batch_size=batch_size,

@@ -85,7 +85,7 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
             base.gradient_checkpointing_disable()
         if hook is not None:
             hook.remove()
-        for c, v in zip(configs, saved):
+        for c, v in zip(configs, saved, strict=True):
             c.use_cache = v
 
 

@@ -57,7 +57,7 @@ class Reference:
                 with peft.disable_adapter():
                     return self.model(**inputs)
             finally:
-                for p, flag in zip(self.model.parameters(), trainable):
+                for p, flag in zip(self.model.parameters(), trainable, strict=True):
                     p.requires_grad_(flag)
         if self._snapshot is None:
             raise RuntimeError("Reference.snapshot() must be called before the reference model is used")

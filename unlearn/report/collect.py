@@ -299,7 +299,7 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = []
     for key, g in df.groupby(factors, sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
-        row = dict(zip(factors, key if isinstance(key, tuple) else (key,)))
+        row = dict(zip(factors, key if isinstance(key, tuple) else (key,), strict=True))
         bad = g["status"][g["status"] != "ok"].fillna("unknown").astype(str)
         row.update(
             n=len(ok),

@@ -162,10 +162,10 @@ def plot_steps(
             if i == len(values) - 1:
                 ax.set_xlabel("step")
     handles, labels = axs[0][0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
+    seen = dict(zip(labels, handles, strict=True))
     for row in axs:
         for ax in row:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), title="combiner", loc="center right", fontsize=8)
     fig.suptitle(title + "\n(mean over seeds, band ± std)", fontsize=10)

@@ -165,7 +165,10 @@ def plot(
         )
         curves[series_name(key, keys)] = [str(v) for v in g[along]] if along is not None else []
         if label_points:
-            texts += [ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]]) for xi, yi, v in zip(x, y, g[along])]
+            texts += [
+                ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]])
+                for xi, yi, v in zip(x, y, g[along], strict=True)
+            ]
     x, y = data[fx].to_numpy(), data[fy].to_numpy()
     mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
     front = data[mask].iloc[np.argsort(x[mask], kind="stable")]

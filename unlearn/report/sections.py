@@ -80,7 +80,8 @@ def matched_section(
     oracle = ok.get(f"oracle/{bench}/{name}", pd.Series(dtype=float)).dropna()
     curves = [ordered(g, along)[f"{match}_mean"].to_numpy(float) for _, g in c.groupby(keys)]
     levels = [("oracle", float(oracle.mean()))] if len(oracle) else []
-    levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves))]
+    # shared_levels gives one level per quartile, or none when the curves share no range
+    levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves), strict=False)]
     t = matched(ok, keys, along, match, utilities, levels)
     monotone = sum(is_monotone(x[~pd.isna(x)]) for x in curves)
     sweep = f"{along_label(along)} ({along})" if along else "the sweep"

@@ -109,7 +109,7 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         assert module.grads.sharded
         ema = module._ema.value if module._ema is not None else None
         if ema is not None:  # restored from a checkpoint as whole tensors: keep this rank's shards
-            module._ema.value = [shard_of(v, p) for v, p in zip(ema, module.grads.params)]
+            module._ema.value = [shard_of(v, p) for v, p in zip(ema, module.grads.params, strict=True)]
 
     def teardown(self) -> None:
         """Launched by torchrun/srun the trained model stays in this process, sharded: rank 0
@@ -136,7 +136,7 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         return get_optimizer_state_dict(self._task_module(), opt, options=FULL)
 
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        for opt, state in zip(self.optimizers, checkpoint["optimizer_states"]):
+        for opt, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
             set_optimizer_state_dict(self._task_module(), opt, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -177,7 +177,7 @@ class UnlearnModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ema = self._ema.value if self._ema is not None else None
         if ema is not None and self.grads.sharded:  # every rank's shards into whole tensors (all ranks take part)
-            ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params)]
+            ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params, strict=True)]
         checkpoint["unlearn"] = {
             "ema": ema,
             "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components())},

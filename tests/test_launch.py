@@ -169,7 +169,8 @@ def test_launched_processes_need_a_data_parallel_trainer(monkeypatch, tmp_path):
     )
     with pytest.raises(
         ConfigError,
-        match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\).*add trainer=ddp or trainer=fsdp",
+        match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\)"
+        r".*add trainer=ddp or trainer=fsdp",
     ):
         build_job(job_config([f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     s = build_job(

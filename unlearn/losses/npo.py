@@ -56,7 +56,8 @@ class NPO(Component):
             logp, m = self._ref[rid]
             if m != int(n):
                 raise ValueError(
-                    f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale cache"
+                    f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale "
+                    "cache"
                 )
             out.append(logp)
         return torch.tensor(out, dtype=torch.float32, device=counts.device)

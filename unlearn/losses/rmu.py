@@ -103,14 +103,18 @@ class RMU(Component):
             raise ValueError("forget.update_layers must list at least one layer index, got []")
         if isinstance(update_params, str) or not update_params:
             raise ValueError(
-                f"forget.update_params must be a non-empty list of parameter names inside a layer (e.g. [mlp.down_proj]), got {update_params!r}"
+                "forget.update_params must be a non-empty list of parameter names inside a layer (e.g. "
+                f"[mlp.down_proj]), got {update_params!r}"
             )
         self.update_params = [str(p) for p in update_params]
         self.seed = int(seed)
         self._control: Tensor | None = None
 
     def __repr__(self) -> str:
-        return f"RMU(layer={self.layer}, coefficient={self.coefficient}, update_layers={self.update_layers}, update_params={self.update_params})"
+        return (
+            f"RMU(layer={self.layer}, coefficient={self.coefficient}, update_layers={self.update_layers}, "
+            f"update_params={self.update_params})"
+        )
 
     def trained(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The parameters RMU trains; error naming the keys when the selection is empty."""
@@ -126,7 +130,8 @@ class RMU(Component):
                     out.append((f"layers.{i}.{name}", p))
         if not out:
             raise ConfigError(
-                f"forget.update_params {self.update_params} select no trainable parameter in layers {self.update_layers}"
+                f"forget.update_params {self.update_params} select no trainable parameter in layers "
+                f"{self.update_layers}"
             )
         return out
 

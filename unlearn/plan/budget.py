@@ -102,7 +102,8 @@ class Plan:
             (
                 "activations",
                 self.activations,
-                f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: {self.activations_other / GiB:.2f} GiB)",
+                f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: "
+                f"{self.activations_other / GiB:.2f} GiB)",
             ),
         ]
 

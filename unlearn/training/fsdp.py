@@ -158,19 +158,20 @@ def check_sharded(combiner: Any, objective: Any, lora: bool, smoothing_rate: Any
     out = []
     if combiner is not None and not combiner.per_tensor:
         out.append(
-            f"combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but {type(combiner).__name__} "
-            "implements _combine on whole lists: write its rule per tensor (_sums/_tensor/_finish, see unlearn/combiners/base.py) "
-            "or use trainer=ddp"
+            "combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but "
+            f"{type(combiner).__name__} implements _combine on whole lists: write its rule per tensor "
+            "(_sums/_tensor/_finish, see unlearn/combiners/base.py) or use trainer=ddp"
         )
     for c in objective.components() if objective is not None else ():
         if getattr(c, "runs_reference", False) and not lora:
             out.append(
-                f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap into the sharded "
-                "model: set model.lora (the reference is then the base with the adapter off) or use trainer=ddp"
+                f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap "
+                "into the sharded model: set model.lora (the reference is then the base with the adapter off) or use "
+                "trainer=ddp"
             )
     if smoothing_rate == "auto":
         out.append(
-            "smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not reduce: set "
-            "smoothing.rate to a number or use trainer=ddp"
+            "smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not "
+            "reduce: set smoothing.rate to a number or use trainer=ddp"
         )
     return out

@@ -77,9 +77,9 @@ class StepConfig:
     def __post_init__(self) -> None:
         if self.stream and self.accumulate > 1:
             raise ValueError(
-                f"train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
-                f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across micro-batches) "
-                "or train.accumulate=1"
+                "train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
+                f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across "
+                "micro-batches) or train.accumulate=1"
             )
 
     @classmethod
@@ -104,13 +104,13 @@ def check_combiner(step: StepConfig, combiner: Combiner) -> None:
             else "implements _combine on whole lists"
         )
         raise ConfigError(
-            f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set train.stream=null "
-            "(it then buffers g_r and g_f) or choose sum, pcgrad or sago"
+            f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set "
+            "train.stream=null (it then buffers g_r and g_f) or choose sum, pcgrad or sago"
         )
     if step.retain_ema and not combiner.uses_reference:  # 0 / null: the module keeps no EMA
         raise ConfigError(
-            f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes no "
-            "reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
+            f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes "
+            "no reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
         )
 
 

@@ -60,7 +60,8 @@ def main() -> None:
     same = ours["pred"] == theirs["pred"]
     gap = float(np.abs(ours["logprobs"] - theirs["logprobs"]).max())
     print(
-        f"model={args.model} questions={args.questions} shots={args.shots} batch={args.batch_size} threads={torch.get_num_threads()}"
+        f"model={args.model} questions={args.questions} shots={args.shots} batch={args.batch_size} "
+        f"threads={torch.get_num_threads()}"
     )
     print(f"builtin: {t_ours:.1f}s  lm-eval: {t_theirs:.1f}s  ratio {t_theirs / t_ours:.2f}x")
     print(f"accuracy {ours['acc']:.3f} vs {theirs['acc']:.3f}; same answers: {same}; max |logprob gap| {gap:.2e}")

@@ -34,9 +34,9 @@ def test_prompt_is_lm_evals_mmlu_format():
     assert question_block(Q1) == "What is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer:"
     assert question_block(Q1, with_answer=True).endswith("Answer: B")
     prompt = mc_prompt(Q2, [Q1], "About {subject}.\n\n".format(subject="maths"))
-    assert (
-        prompt
-        == "About maths.\n\nWhat is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer: B\n\nWhat is 10 - 4?\nA. 6\nB. 5\nC. 7\nD. 4\nAnswer:"
+    assert prompt == (
+        "About maths.\n\nWhat is 2 + 3?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer: B\n\n"
+        "What is 10 - 4?\nA. 6\nB. 5\nC. 7\nD. 4\nAnswer:"
     )
 
 

@@ -1,7 +1,8 @@
 """Jobs started by the ecosystem's launchers: ``torchrun --nproc-per-node=2 -m unlearn trainer=ddp|fsdp``
 runs one job across the launched processes, rank 0 alone writes the run directory, and the
 results equal one process's on the union of the ranks' batches. ``srun`` is read from SLURM's
-environment the same way (tested on the environment; no SLURM here)."""
+environment the same way (tested on the environment here; scripts/slurm_local_check.sh runs
+srun on a one-node SLURM)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,13 @@ def one_process(tmp_path_factory, cache_dir):
     return _results(cwd)
 
 
+# cold: an empty cache, so rank 0 fine-tunes the target model in one process while rank 1 waits
+# for it (its step must not wait for rank 1 in a collective: that deadlocked before)
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
-def test_torchrun_two_processes_one_run_directory_same_results(trainer, one_process, tmp_path, cache_dir):
+@pytest.mark.parametrize("trainer, cache", [("ddp", "warm"), ("fsdp", "cold")])
+def test_torchrun_two_processes_one_run_directory_same_results(trainer, cache, one_process, tmp_path, cache_dir):
+    cold = tmp_path.parent / f"{tmp_path.name}-cache"
+    cache_dir = cold if cache == "cold" else cache_dir
     with socket.socket() as sock:  # a free port for the rendezvous (torchrun's own default may be taken)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -84,7 +89,10 @@ def test_torchrun_two_processes_one_run_directory_same_results(trainer, one_proc
     assert res["status"] == "ok" and res["train/steps_done"] == 10
     steps = [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if row.get("phase") == "unlearn"]
     assert steps == list(range(10)), "one metrics row per step: only rank 0 logs"
-    assert (r.stdout + r.stderr).count("eval toy: holdout") == 1, "rank 0 alone evaluates"
+    evaluated = 3 if cache == "cold" else 1  # cold: the oracle and the target too, then cached
+    assert (r.stdout + r.stderr).count("eval toy: holdout") == evaluated, "rank 0 alone evaluates"
+    built = " ".join((r.stdout + r.stderr).split()).count("fine-tuning the target model")
+    assert built == (1 if cache == "cold" else 0), "the target is fine-tuned once, by one rank"
     numbers = {k: v for k, v in one_process.items() if isinstance(v, float) and not k.startswith("time/")}
     assert numbers and res.keys() >= numbers.keys()
     # 10 AdamW steps on differently ordered reductions: the metrics agree to ~1e-4 (1e-3 allowed)
@@ -169,7 +177,8 @@ def test_launched_processes_need_a_data_parallel_trainer(monkeypatch, tmp_path):
     )
     with pytest.raises(
         ConfigError,
-        match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\).*add trainer=ddp or trainer=fsdp",
+        match=r"trainer.strategy: this job was started as 2 processes \(torchrun or srun\)"
+        r".*add trainer=ddp or trainer=fsdp",
     ):
         build_job(job_config([f"paths.cache_dir={tmp_path}"]), RunDir(tmp_path / "run"))
     s = build_job(

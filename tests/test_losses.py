@@ -144,6 +144,9 @@ def test_masked_mse_averages_hidden_units_over_labelled_tokens():
 
 def test_hook_reads_layer_k_and_stops_the_forward_there(tiny, toy_splits):
     model, tok = tiny
+    # a copy: output_hidden_states=True leaves transformers' capturing hooks (closures, which do
+    # not pickle) on the model, and the shared fixture must stay picklable for spawned DDP workers
+    model = copy.deepcopy(model)
     layers = decoder_layers(model)
     batch = batch_of(tok, toy_splits["forget"][:2])
     ran = []

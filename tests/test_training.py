@@ -247,7 +247,8 @@ def test_bad_train_values_name_the_key_before_any_model_is_built(tmp_path, no_mo
     ],
 )
 def test_train_values_of_the_wrong_type_stop_composition(override, cause):
-    """The schema of train (unlearn.schema.TrainConfig) refuses them while Hydra composes, before the validation pass."""
+    """The schema of train (unlearn.schema.TrainConfig) refuses them while Hydra composes, before the validation
+    pass."""
     from conftest import compose
     from hydra.errors import HydraException
 

@@ -95,7 +95,8 @@ BAD = [
     ),
     (
         ["+benchmark.roles.normal=[retain]"],
-        r"benchmark\.roles\.normal: no component reads this key \(allowed under benchmark\.roles: forget, normal_pool, retain\)",
+        r"benchmark\.roles\.normal: no component reads this key \(allowed under benchmark\.roles: forget, normal_pool, "
+        r"retain\)",
     ),
     # options that have no effect together
     (
@@ -286,7 +287,10 @@ def test_cli_reports_all_errors_without_a_traceback(tmp_path):
 
 
 # -- §4: sweeps a person can read --------------------------------------------------------------
-LONG = "benchmark.eval.max_new_tokens=16,benchmark.finetune.epochs=12,benchmark.finetune.warmup_ratio=0.05,model.prompt.answer_prefix=Answer_,optim.lr=0.001,seed=3,train.max_length=128"
+LONG = (
+    "benchmark.eval.max_new_tokens=16,benchmark.finetune.epochs=12,benchmark.finetune.warmup_ratio=0.05,"
+    "model.prompt.answer_prefix=Answer_,optim.lr=0.001,seed=3,train.max_length=128"
+)
 
 
 def test_a_long_job_name_keeps_the_swept_keys_and_hashes_the_rest():

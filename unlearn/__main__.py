@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -43,16 +43,17 @@ def app(cfg: DictConfig) -> Any:
     from unlearn.plan.check import check_fits
 
     meta = job_meta(cfg)
-    run_dir, rank0 = _launched_run_dir(Path(meta["output_dir"]))
-    done = from_rank0(_finished(run_dir, cfg) if cfg.get("resume", True) and rank0 else None)
+    path, rank0 = _launched_run_dir(Path(meta["output_dir"]))
+    done = from_rank0(_finished(path, cfg) if cfg.get("resume", True) and rank0 else None)
     if done is not None:
         if rank0:
             print(
-                f"[unlearn] already complete in {run_dir} (status {done['status']}); skipping (resume=false runs it again)",
+                f"[unlearn] already complete in {path} (status {done['status']}); skipping (resume=false runs it "
+                "again)",
                 file=sys.stderr,
             )
         return _sweep_objective(cfg, done)
-    run_dir = RunDir(run_dir, writes=rank0)
+    run_dir = RunDir(path, writes=rank0)
     try:
         if rank0:
             write_json(run_dir.file("config.json"), _container(cfg))  # resolved whenever build_job can pass
@@ -114,10 +115,11 @@ def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:
 def _container(cfg: DictConfig) -> dict[str, Any]:
     """The config as written before validation: resolved where it resolves (reports group jobs by
     their values, e.g. ``smoothing.rate``, not by an interpolation), else as composed."""
+    # a DictConfig always converts to a dict; to_container's signature covers lists and scalars too
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     except Exception:  # an incomplete or broken config: validation names the key below
-        return OmegaConf.to_container(cfg, resolve=False)
+        return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))
 
 
 def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:

@@ -152,7 +152,8 @@ class Cache:
                 if (value := self._read_json(path)) is not None:
                     return value[0], True
                 say(
-                    f"cache entry {what} is damaged (unreadable, or its value does not match its checksum); recomputing it"
+                    f"cache entry {what} is damaged (unreadable, or its value does not match its checksum); "
+                    "recomputing it"
                 )
             value = compute()
             # the checksum is of the value as it reads back (tuples become lists, numbers floats)

@@ -6,15 +6,33 @@ module and SGA's ``rate: auto`` (:mod:`unlearn.smoothing.auto`) all reduce throu
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+_ALONE = False
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Within this block every collective here is the identity, though a process group exists:
+    a one-process fit inside a launched job (rank 0 fine-tuning the target model while the other
+    ranks wait for the cache) must not wait for ranks that are not training."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
+
 
 def world_size() -> int:
-    """Data-parallel ranks in the default process group (1 without one)."""
+    """Data-parallel ranks in the default process group (1 without one, or :func:`alone`)."""
+    if _ALONE:
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 

@@ -87,6 +87,7 @@ def wandb_logger(
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
+    resume: dict[str, Any] = {"id": run_id, "resume": "allow"} if run_id and "id" not in opts else {}
     return WandbLogger(
         project=opts.pop("project", "unlearn"),
         entity=opts.pop("entity", None),
@@ -95,6 +96,6 @@ def wandb_logger(
         tags=list(opts.pop("tags", None) or []) + tags,
         save_dir=str(save_dir),
         mode=mode,
-        **({"id": run_id, "resume": "allow"} if run_id and "id" not in opts else {}),
+        **resume,
         **opts,
     )

@@ -82,7 +82,10 @@ def _trained_model(job: Job, target: Any) -> tuple[Any, Any]:
 
 def run_unlearn(job: Job, meta: Mapping[str, Any]) -> dict[str, Any]:
     splits = _load_splits(job)
-    target = phases.reference_model(job, splits, "target")
+    # rank 0 alone builds (fine-tunes and caches) the target of a launched job; the other ranks take
+    # its cache entry. (A rank that is not 0 cannot build one: transformers' save_pretrained writes
+    # nothing on it when a process group exists.)
+    target = from_rank0(phases.reference_model(job, splits, "target") if job.run.writes else None)
     assert target is not None
     if not job.run.writes:  # a non-zero rank of a launched job: it only trains
         model, tok = _trained_model(job, target)

@@ -99,7 +99,8 @@ def resumable(run_dir: Path, h: str) -> Path | None:
             return ckpt
         except Exception as e:  # noqa: BLE001  (any unreadable checkpoint: start afresh)
             say(
-                f"cannot resume from {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); starting afresh"
+                f"cannot resume from {ckpt} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); starting "
+                "afresh"
             )
     shutil.rmtree(d, ignore_errors=True)
     return None

@@ -138,7 +138,8 @@ class LoopConfig:
         refuse_invalid(self, "trainer")
         if self.precision in ("16-mixed", "16", 16):
             raise ValueError(
-                "trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or 32-true"
+                "trainer.precision=16-mixed is not supported (the manual step does no loss scaling); use bf16-mixed or "
+                "32-true"
             )
         if isinstance(self.strategy, Mapping) and "_target_" not in self.strategy:
             raise ValueError(
@@ -147,8 +148,9 @@ class LoopConfig:
         processes = self._devices() * int(self.extra.get("num_nodes", 1))
         if processes > 1 and not isinstance(self.strategy, Mapping):
             raise ValueError(
-                f"trainer.devices={self.devices!r} needs a data-parallel strategy that all-reduces the per-task gradients "
-                f"before the combiner: use trainer=ddp (strategy._target_: unlearn.training.ddp.TaskDDPStrategy), got strategy {self.strategy!r}"
+                f"trainer.devices={self.devices!r} needs a data-parallel strategy that all-reduces the per-task "
+                "gradients before the combiner: use trainer=ddp (strategy._target_: "
+                f"unlearn.training.ddp.TaskDDPStrategy), got strategy {self.strategy!r}"
             )
 
     def live_bar(self) -> bool:
@@ -174,8 +176,8 @@ class LoopConfig:
         process is one device of the data-parallel strategy (``trainer.devices`` per node)."""
         if not isinstance(self.strategy, Mapping):
             raise ValueError(
-                f"trainer.strategy: this job was started as {launch.world} processes (torchrun or srun), which need a data-parallel "
-                f"strategy, got {self.strategy!r}: add trainer=ddp or trainer=fsdp (or start one process)"
+                f"trainer.strategy: this job was started as {launch.world} processes (torchrun or srun), which need a "
+                f"data-parallel strategy, got {self.strategy!r}: add trainer=ddp or trainer=fsdp (or start one process)"
             )
         return replace(self, devices=launch.local_world, extra={**self.extra, "num_nodes": launch.nodes})
 

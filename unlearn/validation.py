@@ -242,7 +242,8 @@ def check_known_keys(cfg: DictConfig, problems: Problems) -> None:
             if k not in allowed:
                 where = f"under {section}" if section else "at the top level"
                 problems.add(
-                    f"{_join(section, k)}: no component reads this key (allowed {where}: {', '.join(sorted(allowed - {'hydra'}))})"
+                    f"{_join(section, k)}: no component reads this key (allowed {where}: "
+                    f"{', '.join(sorted(allowed - {'hydra'}))})"
                 )
 
 
@@ -326,7 +327,7 @@ def check_targets(cfg: DictConfig, problems: Problems) -> None:
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             continue
         hints = _hints(obj)
-        for k in node.keys():
+        for k in map(str, node.keys()):  # a config's keys are strings (DictConfig's type allows ints, enums...)
             if k in HYDRA_KEYS:
                 continue
             if k not in params:
@@ -346,7 +347,7 @@ def check_targets(cfg: DictConfig, problems: Problems) -> None:
         node = OmegaConf.select(cfg, sub)
         if isinstance(node, DictConfig):
             params = inspect.signature(_locate(target)).parameters
-            for k in node.keys():
+            for k in map(str, node.keys()):
                 if k not in params:
                     problems.add(f"{sub}.{k}: no component reads this key (allowed: {', '.join(params)})")
 
@@ -370,8 +371,9 @@ def check_writable_dir(path: str | Path, key: str) -> str | None:
 
 
 class RunDirCheck(Callback):
-    """A Hydra callback (the base class gives the hooks it does not use, as no-ops): the run (or sweep) folder must be possible before Hydra creates it, which
-    it does before the job starts; an impossible one is a config error, exit status 2."""
+    """A Hydra callback (the base class gives the hooks it does not use, as no-ops): the run (or sweep)
+    folder must be possible before Hydra creates it, which it does before the job starts; an
+    impossible one is a config error, exit status 2."""
 
     def _check(self, config: DictConfig, key: str) -> None:
         import sys
@@ -465,8 +467,8 @@ def check_presets(cfg: DictConfig, problems: Problems) -> None:
     if want and have and want != have:
         name = OmegaConf.select(cfg, "preset.name", default="this")
         problems.add(
-            f"preset.benchmark: experiment={name} is for benchmark={want} (it sets {want}-only keys), got benchmark={have}: "
-            f"drop benchmark={have} or the experiment preset"
+            f"preset.benchmark: experiment={name} is for benchmark={want} (it sets {want}-only keys), got "
+            f"benchmark={have}: drop benchmark={have} or the experiment preset"
         )
 
 
@@ -476,7 +478,8 @@ def check_together(cfg: DictConfig, problems: Problems) -> None:
         cfg, "train.checkpoint_every", default=0
     ):
         problems.add(
-            "train.keep_checkpoint=true has no effect with train.checkpoint_every=0 (no checkpoints are written): set checkpoint_every > 0"
+            "train.keep_checkpoint=true has no effect with train.checkpoint_every=0 (no checkpoints are written): set "
+            "checkpoint_every > 0"
         )
     if (
         OmegaConf.select(cfg, "save_model", default=False) is True
@@ -500,8 +503,8 @@ def check_step_together(step: Any, combiner: Any, objective: Any, problems: Prob
         return
     if objective is not None and (objective.forget is None or objective.retain is None):
         problems.add(
-            f"train.retain_ema={step.retain_ema!r} has no effect with a single task (forget or retain is 'none': the combiner is "
-            "bypassed): set train.retain_ema=null"
+            f"train.retain_ema={step.retain_ema!r} has no effect with a single task (forget or retain is 'none': the "
+            "combiner is bypassed): set train.retain_ema=null"
         )
         return
     if combiner is not None:
@@ -536,7 +539,8 @@ def check_splits(evaluator: Any, splits: Mapping[str, Any]) -> None:
         ):
             if name in splits and len(splits[name]) == 0:
                 problems.add(
-                    f"benchmark.eval.{attr}: split {name!r} is empty, so its metrics cannot be computed (check benchmark.data: e.g. n_holdout, forget_fraction)"
+                    f"benchmark.eval.{attr}: split {name!r} is empty, so its metrics cannot be computed (check "
+                    "benchmark.data: e.g. n_holdout, forget_fraction)"
                 )
     problems.raise_if_any()
 

@@ -87,8 +87,7 @@ def encode_row(
         enc = encode_text(tokenizer, row["text"], max_length)
     else:
         raise ValueError(f"row {row.get('id', '?')!r} has neither question/{answer_key} nor text (keys: {sorted(row)})")
-    enc["id"] = str(row.get("id", ""))
-    return enc
+    return {**enc, "id": str(row.get("id", ""))}
 
 
 def encode_rows(tokenizer: Any, fmt: PromptFormat, rows: Sequence[Row], max_length: int) -> list[dict[str, Any]]:

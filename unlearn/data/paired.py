@@ -11,7 +11,6 @@ restored epoch position does) and reads it from the first item after its checkpo
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,13 +53,20 @@ class PairedStream(Dataset):
         if not 0 <= start <= self.length:
             raise ValueError(f"stream start {start} outside [0, {self.length}]")
         self.start = int(start)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.length
 
-    @lru_cache(maxsize=4)
     def _perm(self, n: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng((self.seed, epoch)).permutation(n)
+        """Epoch ``epoch``'s order of the ``n`` rows. The last few are kept on the stream itself: an
+        ``lru_cache`` on the method would be shared by every stream and keep them alive as keys."""
+        key = (n, epoch)
+        if key not in self._perms:
+            if len(self._perms) >= 4:
+                del self._perms[next(iter(self._perms))]  # the oldest: the stream is read in order
+            self._perms[key] = np.random.default_rng((self.seed, epoch)).permutation(n)
+        return self._perms[key]
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         return self.item(k)

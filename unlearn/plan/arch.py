@@ -114,7 +114,8 @@ def model_config(cfg: DictConfig, spec: Any) -> tuple[Any, str]:
         except OSError:
             pass
     raise ConfigError(
-        f"model.spec: no architecture numbers for {hub_id or type(spec).__name__} (shipped: {sorted(ARCH)}); give a local copy with plan.config=/path/to/config.json or model.spec.path"
+        f"model.spec: no architecture numbers for {hub_id or type(spec).__name__} (shipped: {sorted(ARCH)}); give a "
+        "local copy with plan.config=/path/to/config.json or model.spec.path"
     )
 
 

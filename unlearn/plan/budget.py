@@ -102,7 +102,8 @@ class Plan:
             (
                 "activations",
                 self.activations,
-                f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: {self.activations_other / GiB:.2f} GiB)",
+                f"batch {self.batch}, checkpointing {'on' if self.checkpointing else 'off'} (with it {other}: "
+                f"{self.activations_other / GiB:.2f} GiB)",
             ),
         ]
 
@@ -168,7 +169,8 @@ def activation_bytes(c: Any, act: int, forwards: list[tuple[int, int, bool, bool
 
 def _component_forward(comp: Any, tokens: int, n_layers: int) -> tuple[int, int, bool, bool]:
     if isinstance(comp, (RMU, RMURetain)):  # the forward stops after the hooked layer: no LM head
-        return tokens, int(comp.layer) + 1, False, False
+        # RMU's layer may still be None here (its prepare() would say so); int() fails on it first
+        return tokens, int(comp.layer) + 1, False, False  # type: ignore[arg-type]
     return tokens, n_layers, True, isinstance(comp, KL)
 
 

@@ -58,6 +58,7 @@ def budget(cfg: DictConfig, device: torch.device) -> tuple[int, int] | None:
     """``(total, usable)`` bytes per GPU (``plan.gpu_memory_gb`` or the device's), None: no check."""
     headroom = require(cfg, "plan.headroom")
     given = OmegaConf.select(cfg, "plan.gpu_memory_gb", default=None)
+    total: int | None
     if given is not None:
         require(cfg, "plan.gpu_memory_gb")
         total = int(float(given) * GiB)
@@ -158,7 +159,8 @@ def alternatives(cfg: DictConfig, usable: int, opt: Options) -> list[str]:
 
 def describe(plan: Plan) -> str:
     lines = [
-        f"memory plan per GPU for {plan.model} ({plan.source}; {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}, {'sharded' if plan.sharded else 'replicated'}):"
+        f"memory plan per GPU for {plan.model} ({plan.source}; {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}, "
+        f"{'sharded' if plan.sharded else 'replicated'}):"
     ]
     for name, size, note in plan.rows():
         lines.append(f"  {name:<17} {size / GiB:8.2f} GiB  {note}")

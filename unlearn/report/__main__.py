@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -59,7 +59,8 @@ def wandb_group(runs: list[Run], root: Path) -> str:
         return groups[0]
     if groups:
         print(
-            f"report: the runs under {root} belong to {len(groups)} W&B groups {groups}; logging to {sweep_group(str(root.resolve()))!r}",
+            f"report: the runs under {root} belong to {len(groups)} W&B groups {groups}; logging to "
+            f"{sweep_group(str(root.resolve()))!r}",
             file=sys.stderr,
         )
     return sweep_group(str(root.resolve()))
@@ -71,8 +72,9 @@ def report(root: Path, out: Path, along: str | None = None, match: str | None = 
     and :func:`match_metric` (None: chosen from the sweep).
 
     Returns what it made: ``tables`` and ``plots`` (paths), ``fronts`` (benchmark -> the cells on
-    the plotted Pareto front), ``curves`` (benchmark -> the plotted curves), ``matched`` and ``geometry`` (benchmark -> table), ``summary`` (W&B
-    summary values), ``markdown`` (path) and ``group`` (the runs' W&B group)."""
+    the plotted Pareto front), ``curves`` (benchmark -> the plotted curves), ``matched`` and
+    ``geometry`` (benchmark -> table), ``summary`` (W&B summary values), ``markdown`` (path) and
+    ``group`` (the runs' W&B group)."""
     runs = load_runs(root)
     if not runs:
         raise SystemExit(f"report: no run directories (with results.json) under {root}")
@@ -186,7 +188,7 @@ def bench_sections(
     return parts
 
 
-def log_to_wandb(made: dict[str, Any], project: str, mode: str) -> None:
+def log_to_wandb(made: dict[str, Any], project: str, mode: Literal["offline", "online"]) -> None:
     import wandb
 
     group = made["group"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -299,7 +299,7 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = []
     for key, g in df.groupby(factors, sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
-        row = dict(zip(factors, key if isinstance(key, tuple) else (key,)))
+        row = dict(zip(factors, key if isinstance(key, tuple) else (key,), strict=True))
         bad = g["status"][g["status"] != "ok"].fillna("unknown").astype(str)
         row.update(
             n=len(ok),
@@ -318,7 +318,7 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def factor_names(df: pd.DataFrame, metrics: list[str] = ()) -> list[str]:
+def factor_names(df: pd.DataFrame, metrics: Sequence[str] = ()) -> list[str]:
     """The factor columns of a :func:`frame` (or :func:`cells`) table: neither metrics, counts nor
     the per-run bookkeeping."""
     skip = ("seed", "status", "reason", "run", *COUNT_COLUMNS)

@@ -147,7 +147,7 @@ def matched(
             row = {
                 "level": name,
                 "value": level,
-                **dict(zip(keys, key)),
+                **dict(zip(keys, key, strict=True)),
                 "n": len(hits),
                 "at_mean": _centre([h.at for h in hits]),
             }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,8 @@ def with_norm_ratio(steps: pd.DataFrame, alpha: float, gamma: float) -> pd.DataF
 
 
 def run_steps(run: Run) -> pd.DataFrame:
-    combiner = run.config.get("combiner") if isinstance(run.config.get("combiner"), dict) else {}
+    given = run.config.get("combiner")
+    combiner = given if isinstance(given, dict) else {}
     alpha, gamma = (_num(combiner.get(k, 1.0)) for k in ("alpha", "gamma"))
     return with_norm_ratio(
         read_steps(run.path / "metrics.jsonl"), 1.0 if np.isnan(alpha) else alpha, 1.0 if np.isnan(gamma) else gamma
@@ -90,7 +92,7 @@ def per_run(runs: list[Run], factors: list[str]) -> tuple[pd.DataFrame, pd.DataF
         s = run_steps(r)
         if s.empty:
             continue
-        f = {k: v for k, v in r.factors().items() if k in factors}
+        f: dict[str, Any] = {k: v for k, v in r.factors().items() if k in factors}
         f["seed"] = r.config.get("seed")
         means.append({**f, **{c: float(s[c].mean()) for c in COLUMNS}})
         steps.append(s.assign(**f)[[*f, "step", *COLUMNS]])
@@ -160,10 +162,10 @@ def plot_steps(
             if i == len(values) - 1:
                 ax.set_xlabel("step")
     handles, labels = axs[0][0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
+    seen = dict(zip(labels, handles, strict=True))
     for row in axs:
         for ax in row:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), title="combiner", loc="center right", fontsize=8)
     fig.suptitle(title + "\n(mean over seeds, band ± std)", fontsize=10)

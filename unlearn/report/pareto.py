@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from unlearn.report.collect import factor_names
 from unlearn.report.curves import along_label, is_number, ordered, series_keys, series_name
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the report package
+    from matplotlib.axes import Axes as PlotAxes
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def colours(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(sorted(names))}
 
 
-def _log_axis(ax, values: np.ndarray) -> None:
+def _log_axis(ax: PlotAxes, values: np.ndarray) -> None:
     """A log x axis whose tick labels do not collide: 1-2-5 ticks over at most two decades, one tick
     per decade beyond (every other decade beyond six)."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -98,7 +102,7 @@ def plot(
     title: str,
     out: Path,
     along: str | None = None,
-    levels: list[tuple[str, float]] = (),
+    levels: Sequence[tuple[str, float]] = (),
 ) -> Plotted:
     """Write the plot of one benchmark's cells to ``out`` (PNG); return it with the front it drew.
 
@@ -161,7 +165,10 @@ def plot(
         )
         curves[series_name(key, keys)] = [str(v) for v in g[along]] if along is not None else []
         if label_points:
-            texts += [ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]]) for xi, yi, v in zip(x, y, g[along])]
+            texts += [
+                ax.text(xi, yi, _value(v), fontsize=7, color=colour[key[1]])
+                for xi, yi, v in zip(x, y, g[along], strict=True)
+            ]
     x, y = data[fx].to_numpy(), data[fy].to_numpy()
     mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
     front = data[mask].iloc[np.argsort(x[mask], kind="stable")]

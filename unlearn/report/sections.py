@@ -55,7 +55,8 @@ def match_metric(axes: Axes | None, bench: str, metrics: list[str], explicit: st
         key = explicit if "/" in explicit else f"eval/{bench}/{explicit}"
         if key not in metrics:
             raise SystemExit(
-                f"report: --match {explicit!r} is not a metric of benchmark {bench}; it has {[m.split('/')[-1] for m in metrics]}"
+                f"report: --match {explicit!r} is not a metric of benchmark {bench}; it has "
+                f"{[m.split('/')[-1] for m in metrics]}"
             )
         return key
     if f"eval/{bench}/forget_prob" in metrics:
@@ -80,7 +81,8 @@ def matched_section(
     oracle = ok.get(f"oracle/{bench}/{name}", pd.Series(dtype=float)).dropna()
     curves = [ordered(g, along)[f"{match}_mean"].to_numpy(float) for _, g in c.groupby(keys)]
     levels = [("oracle", float(oracle.mean()))] if len(oracle) else []
-    levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves))]
+    # shared_levels gives one level per quartile, or none when the curves share no range
+    levels += [(f"{q}% of shared range", v) for q, v in zip((25, 50, 75), shared_levels(curves), strict=False)]
     t = matched(ok, keys, along, match, utilities, levels)
     monotone = sum(is_monotone(x[~pd.isna(x)]) for x in curves)
     sweep = f"{along_label(along)} ({along})" if along else "the sweep"
@@ -96,10 +98,10 @@ def matched_section(
         f"## {bench}: Utility at matched forgetting",
         "",
         f"Each curve (one per {' + '.join(keys)}, along {sweep}) is interpolated linearly in `{name}` between the two "
-        f"sweep points that bracket each level, seed by seed; mean ± std over seeds, n = seeds whose curve reaches the level "
-        f"(— where none does). Matched on `{name}`, monotone along {monotone} of {len(curves)} curves "
-        f"(a non-monotone curve is read at its first crossing). Levels: the oracle's `{name}` (retrained without the forget set) "
-        "where the runs record it, and 25/50/75% of the range every curve spans.",
+        "sweep points that bracket each level, seed by seed; mean ± std over seeds, n = seeds whose curve reaches the "
+        f"level (— where none does). Matched on `{name}`, monotone along {monotone} of {len(curves)} curves (a "
+        f"non-monotone curve is read at its first crossing). Levels: the oracle's `{name}` (retrained without the "
+        "forget set) where the runs record it, and 25/50/75% of the range every curve spans.",
         "",
         _row(head),
         "|" + "---|" * len(head),
@@ -166,8 +168,8 @@ def geometry_section(
         "",
         "Per-step diagnostics from each run's `metrics.jsonl` (`train/grad/...`): the mean over steps per run, then "
         "mean ± std over seeds. The update is the combiner's output before clipping; ‖γ g_f + α g_r‖ is the plain "
-        "sum's norm, computed from the logged norms and cos(g_f, g_r). Conflict fraction: coordinates where g_f and g_r "
-        "have opposite signs.",
+        "sum's norm, computed from the logged norms and cos(g_f, g_r). Conflict fraction: coordinates where g_f and "
+        "g_r have opposite signs.",
         "",
         *_geometry_rows(per_cell, cell_keys),
     ]
@@ -178,7 +180,8 @@ def geometry_section(
         )
         lines += [
             "",
-            f"Over the whole sweep (each seed's mean over its {along_label(along)} values, then mean ± std over seeds):",
+            f"Over the whole sweep (each seed's mean over its {along_label(along)} values, then mean ± std over "
+            "seeds):",
             "",
             *_geometry_rows(pooled, keys),
         ]

@@ -24,7 +24,7 @@ from unlearn.distributed import all_reduce_mean
 def _grads(loss: Tensor, params: list[nn.Parameter], keep: bool) -> list[Tensor]:
     gs = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
     # contiguous: autograd may hand back an expanded view (stride 0), which all-reduce cannot write
-    return [torch.zeros_like(p) if g is None else g.contiguous() for g, p in zip(gs, params)]
+    return [torch.zeros_like(p) if g is None else g.contiguous() for g, p in zip(gs, params, strict=True)]
 
 
 def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
@@ -35,7 +35,7 @@ def optimal_rate(g_f: list[Tensor], g_bar: list[Tensor]) -> float:
     """
     num = torch.zeros((), dtype=torch.float64)
     den = torch.zeros((), dtype=torch.float64)
-    for f, b in zip(g_f, g_bar):
+    for f, b in zip(g_f, g_bar, strict=True):
         d = (f - b).double()
         num += (f.double() * d).sum()
         den += (d * d).sum()

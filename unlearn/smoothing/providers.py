@@ -96,7 +96,8 @@ class FileNormal:
         short = [(i, len(table[i])) for i in ids if len(table[i]) < k]
         if short:
             raise ValueError(
-                f"{self.path}: smoothing needs K-1={k} normal samples per forget row; too few for {short[:5]} (id, count)"
+                f"{self.path}: smoothing needs K-1={k} normal samples per forget row; too few for {short[:5]} (id, "
+                "count)"
             )
         rows: list[Row] = []
         groups = []

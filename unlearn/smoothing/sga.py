@@ -25,7 +25,7 @@ from unlearn.smoothing.auto import estimate_rate
 CONVENTIONS = ("gls", "ga_gd")
 
 
-def _check_rate(rate: float, key: str = "smoothing.rate") -> float:
+def _check_rate(rate: Any, key: str = "smoothing.rate") -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise ValueError(f"{key} must be a number <= 1 or 'auto', got {rate!r}")
     if not rate <= 1:
@@ -118,7 +118,7 @@ class SGA(Component):
     def state_dict(self) -> dict[str, float]:
         return {"rate": self.rate}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.rate = float(state["rate"])
 
     def set_rate(self, r: float) -> float:

@@ -20,6 +20,7 @@ the ranks' micro-batches together are exactly one process's batches at ``w`` tim
 from __future__ import annotations
 
 import itertools
+from typing import Iterator
 
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import _sync_module_states
@@ -62,6 +63,6 @@ class InOrderSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=world, rank=0, shuffle=False, drop_last=True)
         self.skip = skip
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         return itertools.islice(super().__iter__(), self.skip, None)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
@@ -15,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch.utils.data import DataLoader, Sampler
 
 from unlearn.data.paired import PairedCollate, PairedStream
+from unlearn.distributed import alone
 from unlearn.schema import LoopConfig
 from unlearn.training.ddp import InOrderSampler
 from unlearn.training.module import UnlearnModule
@@ -56,7 +58,7 @@ class ResumeSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.n))
 
 
@@ -107,7 +109,7 @@ def fit(
     quiet_lightning()
     start = int(getattr(stream, "start", 0))
     world = loop.world_size
-    sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)  # type: ignore[arg-type]
+    sampler = InOrderSampler(stream, world, skip=start // world) if world > 1 else ResumeSampler(len(stream), start)
     loader = DataLoader(
         stream,
         batch_size=batch_size,
@@ -124,7 +126,7 @@ def fit(
         accelerator=loop.accelerator,
         devices=loop.devices,
         strategy=strategy,
-        precision=loop.precision,
+        precision=loop.precision,  # type: ignore[arg-type]  # a str, checked against Lightning's names by Loop
         max_steps=steps,
         max_epochs=1,  # the stream holds exactly `steps` optimizer steps of items
         logger=list(loggers) if loggers else False,
@@ -140,9 +142,12 @@ def fit(
         default_root_dir=default_root_dir,
         **loop.extra,
     )
+    # one process inside a launched job (torchrun/srun: rank 0 fine-tuning a cached model) trains alone
+    solo = alone() if world == 1 else contextlib.nullcontext()
     try:
-        # weights_only: unpickling the checkpoint cannot call code (see unlearn.resume.checkpoint_step)
-        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        with solo:
+            # weights_only: unpickling the checkpoint cannot call code (see unlearn.resume.checkpoint_step)
+            trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     except SystemExit:
         if trainer.state.status == TrainerStatus.INTERRUPTED:
             raise KeyboardInterrupt from None

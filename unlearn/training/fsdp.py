@@ -109,7 +109,7 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         assert module.grads.sharded
         ema = module._ema.value if module._ema is not None else None
         if ema is not None:  # restored from a checkpoint as whole tensors: keep this rank's shards
-            module._ema.value = [shard_of(v, p) for v, p in zip(ema, module.grads.params)]
+            module._ema.value = [shard_of(v, p) for v, p in zip(ema, module.grads.params, strict=True)]
 
     def teardown(self) -> None:
         """Launched by torchrun/srun the trained model stays in this process, sharded: rank 0
@@ -136,7 +136,7 @@ class TaskFSDPStrategy(TaskDDPStrategy):
         return get_optimizer_state_dict(self._task_module(), opt, options=FULL)
 
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
-        for opt, state in zip(self.optimizers, checkpoint["optimizer_states"]):
+        for opt, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
             set_optimizer_state_dict(self._task_module(), opt, state, options=StateDictOptions(full_state_dict=True))
 
 
@@ -158,19 +158,20 @@ def check_sharded(combiner: Any, objective: Any, lora: bool, smoothing_rate: Any
     out = []
     if combiner is not None and not combiner.per_tensor:
         out.append(
-            f"combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but {type(combiner).__name__} "
-            "implements _combine on whole lists: write its rule per tensor (_sums/_tensor/_finish, see unlearn/combiners/base.py) "
-            "or use trainer=ddp"
+            "combiner: trainer=fsdp runs the combiner on each rank's shards, tensor by tensor, but "
+            f"{type(combiner).__name__} implements _combine on whole lists: write its rule per tensor "
+            "(_sums/_tensor/_finish, see unlearn/combiners/base.py) or use trainer=ddp"
         )
     for c in objective.components() if objective is not None else ():
         if getattr(c, "runs_reference", False) and not lora:
             out.append(
-                f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap into the sharded "
-                "model: set model.lora (the reference is then the base with the adapter off) or use trainer=ddp"
+                f"{type(c).__name__} runs the frozen starting model during training, which trainer=fsdp cannot swap "
+                "into the sharded model: set model.lora (the reference is then the base with the adapter off) or use "
+                "trainer=ddp"
             )
     if smoothing_rate == "auto":
         out.append(
-            "smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not reduce: set "
-            "smoothing.rate to a number or use trainer=ddp"
+            "smoothing.rate=auto estimates r* with torch.autograd.grad over the whole model, which FSDP does not "
+            "reduce: set smoothing.rate to a number or use trainer=ddp"
         )
     return out

@@ -251,7 +251,7 @@ class GradientEMA:
         for i, t in enumerate(g):
             self.update_tensor(i, t, len(g))
         assert self.value is not None
-        return self.value  # type: ignore[return-value]
+        return self.value
 
     def update_tensor(self, i: int, g: Tensor, n: int) -> Tensor:
         """Update tensor ``i`` of ``n`` alone (inside a backward hook): the same arithmetic."""

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
 from unlearn.combiners.base import sq_norms
@@ -74,9 +77,9 @@ class StepConfig:
     def __post_init__(self) -> None:
         if self.stream and self.accumulate > 1:
             raise ValueError(
-                f"train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
-                f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across micro-batches) "
-                "or train.accumulate=1"
+                "train.stream=true combines each tensor during the backward pass of a step's only micro-batch, but "
+                f"train.accumulate={self.accumulate}: set train.stream=null (it then buffers g_r and g_f across "
+                "micro-batches) or train.accumulate=1"
             )
 
     @classmethod
@@ -101,13 +104,13 @@ def check_combiner(step: StepConfig, combiner: Combiner) -> None:
             else "implements _combine on whole lists"
         )
         raise ConfigError(
-            f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set train.stream=null "
-            "(it then buffers g_r and g_f) or choose sum, pcgrad or sago"
+            f"train.stream=true cannot stream combiner {type(combiner).__name__}, whose rule {why}: set "
+            "train.stream=null (it then buffers g_r and g_f) or choose sum, pcgrad or sago"
         )
     if step.retain_ema and not combiner.uses_reference:  # 0 / null: the module keeps no EMA
         raise ConfigError(
-            f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes no "
-            "reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
+            f"train.retain_ema={step.retain_ema!r} has no effect with combiner {type(combiner).__name__}, which takes "
+            "no reference gradient: set train.retain_ema=null or choose pcgrad, pcgrad_global or sago"
         )
 
 
@@ -167,14 +170,14 @@ class UnlearnModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         total = self.trainer.max_steps
         if total is None or total < 0:
-            total = self.trainer.estimated_stepping_batches // self.step_cfg.accumulate
+            total = int(self.trainer.estimated_stepping_batches) // self.step_cfg.accumulate
         return build_optimizer([p for _, p in self.trainable()], self.optim, total)
 
     # -- state beyond the weights and the optimizer, for exact resumption -----------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ema = self._ema.value if self._ema is not None else None
         if ema is not None and self.grads.sharded:  # every rank's shards into whole tensors (all ranks take part)
-            ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params)]
+            ema = [full_tensor(v, p) for v, p in zip(ema, self.grads.params, strict=True)]
         checkpoint["unlearn"] = {
             "ema": ema,
             "components": {str(i): c.state_dict() for i, c in enumerate(self.objective.components())},
@@ -215,11 +218,12 @@ class UnlearnModule(L.LightningModule):
         if self._diverging(stats):  # a non-finite update is in .grad but never reaches the optimizer
             return
         self.grads.reset()
-        opt = self.optimizers()
+        opt = self._optimizer()
         if cfg.clip_norm is not None:
-            self.clip_gradients(opt, gradient_clip_val=cfg.clip_norm, gradient_clip_algorithm="norm")
+            # a LightningOptimizer is an Optimizer at runtime (Lightning subclasses the wrapped class)
+            self.clip_gradients(cast(Optimizer, opt), gradient_clip_val=cfg.clip_norm, gradient_clip_algorithm="norm")
         opt.step()
-        self.lr_schedulers().step()
+        self._scheduler().step()
         opt.zero_grad(set_to_none=True)
         self.steps_done += 1
         self._log_step(stats)
@@ -246,7 +250,7 @@ class UnlearnModule(L.LightningModule):
         if (
             not self.combiner.per_tensor
         ):  # a whole-list rule: g_r, g_f and the update at once (never sharded: check_sharded)
-            g_r, g_f = grads.get("retain"), grads.get("forget")
+            g_r, g_f = self._task_grads("retain"), self._task_grads("forget")
             ref = self._ema.update(g_r) if self._ema is not None else None
             result = self.combiner.combine(g_r, g_f, names=grads.names, reference=ref)
             grads.write(result.update)
@@ -262,7 +266,7 @@ class UnlearnModule(L.LightningModule):
             update = TensorwiseUpdate(grads, run, ema=self._ema, diagnostics=diagnostics)
             grads.backward(forget_loss, update, once=True)
             return update.stats()
-        g_r, g_f = grads.get("retain"), grads.get("forget")
+        g_r, g_f = self._task_grads("retain"), self._task_grads("forget")
         ref = None
         if self.combiner.needs_totals or grads.sharded:  # every tensor's sums before any update (added over the shards)
             ref = self._ema.update(g_r) if self._ema is not None else g_r
@@ -274,7 +278,7 @@ class UnlearnModule(L.LightningModule):
     def _single_task(self, diagnostics: bool) -> dict[str, Tensor]:
         """Retain ``none`` or fine-tuning: the update is that task's gradient times its weight."""
         task = self.objective.tasks[0]
-        only = self.grads.get(task)
+        only = self._task_grads(task)
         weight = self.combiner.gamma if task == "forget" else self.combiner.alpha
         sharded = self.grads.sharded
         stats = {f"norm_{task}": _norm(only, sharded)} if diagnostics else {}  # the two-task diagnostics' key
@@ -282,6 +286,26 @@ class UnlearnModule(L.LightningModule):
         stats["norm_update"] = _norm(only, sharded)
         self.grads.write(only)
         return stats
+
+    # Lightning's accessors are typed for several optimizers and schedulers; configure_optimizers
+    # returns one of each, and the step's own buffers hold every task of the objective.
+    def _optimizer(self) -> LightningOptimizer:
+        opt = self.optimizers()
+        if isinstance(opt, list):
+            raise RuntimeError(f"expected one optimizer, got {len(opt)}")
+        return opt
+
+    def _scheduler(self) -> LRScheduler:
+        sched = self.lr_schedulers()
+        if not isinstance(sched, LRScheduler):
+            raise RuntimeError(f"expected one learning-rate scheduler, got {sched!r}")
+        return sched
+
+    def _task_grads(self, task: str) -> list[Tensor]:
+        g = self.grads.get(task)
+        if g is None:
+            raise RuntimeError(f"no {task} gradient was accumulated this step")
+        return g
 
     def _logs_this_step(self) -> bool:
         """Whether Lightning writes this step's metrics (``trainer.log_every_n_steps``): the
@@ -294,7 +318,7 @@ class UnlearnModule(L.LightningModule):
     def _log_step(self, stats: Mapping[str, Tensor]) -> None:
         metrics: dict[str, Tensor | float] = {f"train/loss/{k}": v for k, v in self._losses.items()}
         metrics.update({f"train/grad/{k}": v for k, v in stats.items()})
-        metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
+        metrics["train/lr"] = self._scheduler().get_last_lr()[0]
         for c in self.objective.components():
             metrics.update(c.log_values())
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
@@ -307,7 +331,7 @@ class UnlearnModule(L.LightningModule):
             return False
         self.diverged = True
         self.grads.reset()
-        self.optimizers().zero_grad(set_to_none=True)
+        self._optimizer().zero_grad(set_to_none=True)
         self.trainer.should_stop = True
         self.print(f"[unlearn] diverged: {self.step_cfg.guard.reason}; training stopped")
         return True

@@ -38,5 +38,6 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: i
 
 
 def build_optimizer(params: Sequence[nn.Parameter], cfg: OptimConfig, total_steps: int) -> Any:
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    beta1, beta2 = cfg.betas  # OptimConfig checked there are two
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(beta1, beta2))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": build_scheduler(opt, cfg, total_steps), "interval": "step"}}

@@ -74,6 +74,16 @@ def set_grad(p: Tensor, u: Tensor) -> None:
     p.grad = u
 
 
+def clip_(params: Sequence[Tensor], total_norm: Tensor, max_norm: float) -> None:
+    """Scale every ``.grad`` by ``min(1, max_norm / (total_norm + 1e-6))``, torch's
+    ``clip_grad_norm_`` rule, given the norm of the whole update (sharded: of the whole tensors),
+    which the step computes anyway for the divergence guard: no second pass over the gradients."""
+    grads = [local(p.grad) for p in params if p.grad is not None]
+    if grads:
+        coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+
+
 class TaskGradients:
     """Separate gradient buffers for named tasks over one list of trainable parameters."""
 

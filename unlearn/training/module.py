@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, cast
+from typing import Any, Mapping
 
 import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
-from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from unlearn.combiners import Combiner, Sum, gradient_diagnostics
@@ -29,7 +28,7 @@ from unlearn.config import ConfigError
 from unlearn.distributed import mean_over_ranks, sum_over_ranks, world_size
 from unlearn.losses.objective import Objective
 from unlearn.schema import TrainConfig
-from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, full_tensor
+from unlearn.training.gradients import GradientEMA, TaskGradients, TensorwiseUpdate, clip_, full_tensor
 from unlearn.training.optim import OptimConfig, build_optimizer
 
 
@@ -219,9 +218,8 @@ class UnlearnModule(L.LightningModule):
             return
         self.grads.reset()
         opt = self._optimizer()
-        if cfg.clip_norm is not None:
-            # a LightningOptimizer is an Optimizer at runtime (Lightning subclasses the wrapped class)
-            self.clip_gradients(cast(Optimizer, opt), gradient_clip_val=cfg.clip_norm, gradient_clip_algorithm="norm")
+        if cfg.clip_norm is not None:  # by the update's norm, which the step has computed already
+            clip_(self.grads.params, stats["norm_update"], cfg.clip_norm)
         opt.step()
         self._scheduler().step()
         opt.zero_grad(set_to_none=True)

@@ -54,7 +54,10 @@ class PCGrad(Combiner):
         return {"d": dot(f, s), "n2": sq_norms([s])[0]}
 
     def _coef(self, d: Tensor, n2: Tensor) -> Tensor:
-        return torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))
+        # _ratio's value where d < 0, else 0, in five small ops: this runs once per tensor, inside
+        # the backward pass, where each tiny kernel launch costs more than its arithmetic
+        den = n2 + self.eps if self.eps else n2
+        return torch.where((d < 0) & (den > 0), d / den, 0.0)
 
     def _tensor(
         self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None

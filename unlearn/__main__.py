@@ -16,6 +16,7 @@ from unlearn.config import ConfigError
 from unlearn.hydra_setup import conf_dir, sweep_group
 from unlearn.labels import wandb_name, wandb_tags
 from unlearn.resume import completed, config_hash
+from unlearn.rules import is_number
 from unlearn.rundir import RunDir, write_json
 from unlearn.training.launch import from_rank0
 
@@ -142,7 +143,7 @@ def _sweep_objective(cfg: DictConfig, results: dict[str, Any]) -> Any:
 
     def one(key: str) -> float:
         value = results.get(str(key))
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+        return float(value) if is_number(value) else float("nan")
 
     return one(keys) if isinstance(keys, str) else [one(k) for k in keys]
 

@@ -19,6 +19,8 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from unlearn.rules import is_number
+
 Grads = Sequence[Tensor]
 
 
@@ -36,7 +38,7 @@ class Combination:
 
 def check_weight(name: str, value: float) -> float:
     """Validate a combiner weight at the boundary (negative weights flip the task's direction)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         raise ValueError(f"combiner.{name} must be a number, got {value!r}")
     if value < 0:
         raise ValueError(f"combiner.{name} must be >= 0, got {value!r}")

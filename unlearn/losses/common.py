@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.rules import is_number
+
 Batch = Mapping[str, Any]
 
 
@@ -56,7 +58,7 @@ def answer_mask(labels: Tensor) -> Tensor:
 
 def require_number(value: Any, key: str, low: float | None = None, low_open: bool = True) -> float:
     """``value`` as a float, or a ValueError naming ``key`` (``> low`` or ``>= low`` when given)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if not ok:

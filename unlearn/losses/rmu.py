@@ -16,6 +16,7 @@ from unlearn.config import ConfigError
 from unlearn.hooks import Component
 from unlearn.losses.common import Batch, answer_mask, require_number
 from unlearn.models.reference import is_peft
+from unlearn.rules import is_int
 
 
 class _Stop(Exception):
@@ -62,7 +63,7 @@ def masked_mse(h: Tensor, target: Tensor, labels: Tensor) -> Tensor:
 
 
 def _check_layer(value: Any, n: int, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+    if not is_int(value) or not 0 <= value < n:
         raise ConfigError(
             f"{key} must be a decoder layer index in [0, {n - 1}] (the model has {n} layers), got {value!r}"
         )
@@ -70,7 +71,7 @@ def _check_layer(value: Any, n: int, key: str) -> int:
 
 
 def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ValueError(f"{key} must be an integer layer index, got {value!r}")
     return value
 

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unlearn.benchmarks.toy_world import vocabulary_corpus
 from unlearn.models.tokenizer import fingerprint, train_bpe, wrap
+from unlearn.rules import is_int
 
 
 def tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -36,7 +37,7 @@ class TinyLlama:
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"model.{key} must be a positive integer, got {v!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(

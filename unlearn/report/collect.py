@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from unlearn.labels import method_label
+from unlearn.rules import is_number
 from unlearn.rundir import read_json
 
 SKIP_DIRS = {"checkpoints", "wandb", ".submitit", "model", ".hydra"}
@@ -272,7 +273,7 @@ def frame(runs: list[Run]) -> pd.DataFrame:
             "run": str(r.path),
         }
         for k, v in r.results.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if is_number(v):
                 row[k] = float(v)
         rows.append(row)
     df = pd.DataFrame(rows)

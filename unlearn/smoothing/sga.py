@@ -20,13 +20,14 @@ from typing import Any, Callable, Mapping
 from torch import Tensor, nn
 
 from unlearn.hooks import Component
+from unlearn.rules import is_int, is_number
 from unlearn.smoothing.auto import estimate_rate
 
 CONVENTIONS = ("gls", "ga_gd")
 
 
 def _check_rate(rate: Any, key: str = "smoothing.rate") -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+    if not is_number(rate):
         raise ValueError(f"{key} must be a number <= 1 or 'auto', got {rate!r}")
     if not rate <= 1:
         raise ValueError(f"{key} must be <= 1 (the forget sample's weight 1 - r + r/K must stay >= 1/K), got {rate!r}")
@@ -60,7 +61,7 @@ class SGA(Component):
             raise ValueError(
                 f"smoothing.auto_range must be [low, high] with low <= high <= 1, got {list(auto_range)!r}"
             )
-        if isinstance(auto_every, bool) or not isinstance(auto_every, int) or auto_every < 1:
+        if not is_int(auto_every) or auto_every < 1:
             raise ValueError(f"smoothing.auto_every must be an integer >= 1, got {auto_every!r}")
         self.auto = rate == "auto"
         self.rate = _check_rate(auto_init, "smoothing.auto_init") if self.auto else _check_rate(rate)

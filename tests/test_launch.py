@@ -95,8 +95,17 @@ def test_torchrun_two_processes_one_run_directory_same_results(trainer, cache, o
     assert built == (1 if cache == "cold" else 0), "the target is fine-tuned once, by one rank"
     numbers = {k: v for k, v in one_process.items() if isinstance(v, float) and not k.startswith("time/")}
     assert numbers and res.keys() >= numbers.keys()
-    # 10 AdamW steps on differently ordered reductions: the metrics agree to ~1e-4 (1e-3 allowed)
-    differ = {k: (res[k], v) for k, v in numbers.items() if res[k] != pytest.approx(v, rel=1e-3, abs=1e-4)}
+
+    # 10 AdamW steps on differently ordered reductions: the metrics agree to ~1e-4 (1e-3 allowed).
+    # A multiple-choice accuracy moves in whole questions, and SAGO's sign gate can turn a rounding
+    # difference into one flipped answer (seen: general_mc_acc 37/75 against 38/75), so it may differ
+    # by one question of the toy's 75 general or 96 retain ones, not two.
+    def close(k: str, a: float, b: float) -> bool:
+        if k.endswith("mc_acc"):
+            return abs(a - b) <= 1 / 75 + 1e-9
+        return a == pytest.approx(b, rel=1e-3, abs=1e-4)
+
+    differ = {k: (res[k], v) for k, v in numbers.items() if not close(k, res[k], v)}
     assert not differ, differ
 
 

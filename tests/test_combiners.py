@@ -183,6 +183,27 @@ def test_sago_takes_retain_on_conflicts_and_forget_elsewhere(pair):
         torch.testing.assert_close(u[~conflict], 2.0 * f[~conflict])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prefer_retain", [False, True])
+@given(pair=grad_pairs(), alpha=st.floats(0, 3), gamma=st.floats(0, 3))
+@settings(max_examples=60, deadline=None)
+def test_the_hard_gate_is_the_select_of_the_spec_bit_for_bit(dtype, prefer_retain, pair, alpha, gamma):
+    # the gate is a lerp by a 0/1 weight (fast on a CPU); it must be torch.where's select exactly
+    g_r, g_f = ([t.to(dtype) for t in ts] for ts in pair)
+    c = SAGO(alpha=alpha, gamma=gamma, prefer_retain=prefer_retain)
+    for u, r, f in zip(c(g_r, g_f), g_r, g_f, strict=True):
+        # the two ends as the combiner forms them (their own arithmetic is tested above)
+        assert torch.equal(u, torch.where(f * r < 0, r * alpha if alpha != 1 else r, c._keep(r, f)))
+
+
+def test_a_non_finite_gradient_gives_a_non_finite_update_for_the_guard():
+    # documented in combiners.sago._conflicts: an inf in either gradient is not hidden by the gate
+    g_r = [torch.tensor([1.0, -1.0, 2.0])]
+    g_f = [torch.tensor([float("inf"), 1.0, 1.0])]
+    assert not torch.isfinite(SAGO()(g_r, g_f)[0]).all()
+    assert not torch.isfinite(gradient_diagnostics(g_r, g_f, SAGO()(g_r, g_f))["norm_update"])
+
+
 def test_soft_gate_approaches_the_hard_gate():
     g = torch.Generator().manual_seed(0)
     g_r, g_f = [torch.randn(50, generator=g)], [torch.randn(50, generator=g)]

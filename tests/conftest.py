@@ -18,6 +18,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if not any(k.startswith("MALLOC_") for k in os.environ):  # as `python -m unlearn` runs: see unlearn.utils.malloc
+    from unlearn.utils.malloc import keep_freed_memory
+
+    keep_freed_memory()
+
 
 @pytest.fixture(scope="session")
 def tiny():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def test_smoke_run_writes_config_provenance_and_results(smoke_run):
     assert {"commit", "dirty"} <= set(prov["git"])
     assert prov["versions"]["torch"] and prov["versions"]["transformers"]
     assert prov["device"]["cuda"] in (True, False)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert prov["malloc_tuned"] is glibc  # unlearn.utils.malloc, before any tensor
     for role in ("target", "oracle", "unlearned"):
         rec = json.loads((run / f"eval_{role}.json").read_text())
         assert len(rec["arrays"]["forget_truth_ratio"]) == 24

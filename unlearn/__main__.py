@@ -42,8 +42,10 @@ def job_meta(cfg: DictConfig) -> dict[str, Any]:
 def app(cfg: DictConfig) -> Any:
     from unlearn.pipeline import run
     from unlearn.plan.check import check_fits
+    from unlearn.utils.malloc import keep_freed_memory
 
     meta = job_meta(cfg)
+    meta["malloc_tuned"] = keep_freed_memory()  # before any tensor: see unlearn.utils.malloc
     path, rank0 = _launched_run_dir(Path(meta["output_dir"]))
     done = from_rank0(_finished(path, cfg) if cfg.get("resume", True) and rank0 else None)
     if done is not None:
@@ -108,7 +110,13 @@ def start(cfg: DictConfig, run_dir: RunDir, meta: dict[str, Any]) -> Any:
     if job.loop.threads is not None:
         torch.set_num_threads(job.loop.threads)
     run_dir.write_provenance(
-        job.seed, {"overrides": meta["overrides"], "group": meta["group"], "threads": job.loop.threads}
+        job.seed,
+        {
+            "overrides": meta["overrides"],
+            "group": meta["group"],
+            "threads": job.loop.threads,
+            "malloc_tuned": meta.get("malloc_tuned", False),
+        },
     )
     return job
 

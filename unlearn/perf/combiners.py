@@ -439,6 +439,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="train.diagnostics in the timed steps "
         "(default on: every step is a logged one; off: a step that is not logged)",
     )
+    p.add_argument(
+        "--malloc",
+        default="kept",
+        choices=["kept", "system"],
+        help="kept (default): glibc keeps freed memory, as `python -m unlearn` sets it (unlearn.utils.malloc); "
+        "system: glibc's defaults",
+    )
     a = p.parse_args(argv)
     if (a.batch is None) != (a.seq is None):
         p.error("--batch and --seq go together (or use --shapes)")
@@ -449,8 +456,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
     )
     from unlearn.training.fit import quiet_lightning
+    from unlearn.utils.malloc import keep_freed_memory
 
     quiet_lightning()
+    tuned = keep_freed_memory() if a.malloc == "kept" else False
+    print(f"malloc: {'freed memory kept (unlearn.utils.malloc)' if tuned else 'system defaults'}")
     if a.threads:
         torch.set_num_threads(a.threads)
     run(

@@ -193,3 +193,20 @@ def test_the_hash_holds_the_global_batch_not_the_process_count(monkeypatch):
     assert world_of(job_config(["trainer=fsdp"])) == 4
     assert h("trainer.devices=2", "train.batch_size=2") == h("trainer.devices=8", "train.batch_size=2")
     assert h("train.batch_size=2") != h("train.batch_size=4")
+
+
+def test_where_the_cache_lives_is_not_part_of_the_hash():
+    # paths.cache_dir is interpolated into smoothing.provider.cache_dir and model.spec.cache_dir: moving
+    # the cache (UNLEARN_CACHE on another node) must not make finished jobs look unfinished
+    from conftest import job_config
+
+    from unlearn.resume import config_hash
+
+    def h(*overrides):
+        return config_hash(job_config(["model=smollm2_135m", "smoothing/provider=retrieval", *overrides]), 1)
+
+    here, there = h("paths.cache_dir=/a"), h("paths.cache_dir=/b")
+    cfg = job_config(["model=smollm2_135m", "smoothing/provider=retrieval", "paths.cache_dir=/b"])
+    assert cfg.model.spec.cache_dir == cfg.smoothing.provider.cache_dir == "/b"
+    assert here == there
+    assert h("paths.cache_dir=/a", "smoothing.rate=0.5") != here  # the hash still sees the rest

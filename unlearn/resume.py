@@ -67,7 +67,18 @@ def config_hash(cfg: DictConfig, world: int) -> str:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
-    return digest(data)
+    return digest(_without_caches(data))
+
+
+def _without_caches(node: Any) -> Any:
+    """``node`` without any ``cache_dir`` key at any depth (``paths.cache_dir`` interpolated into
+    ``smoothing.provider`` or ``model.spec``): where a cache lives never changes a result, and a sweep
+    rerun with another ``UNLEARN_CACHE`` (a cluster node's scratch disk) must find its finished jobs."""
+    if isinstance(node, dict):
+        return {k: _without_caches(v) for k, v in node.items() if k != "cache_dir"}
+    if isinstance(node, list):
+        return [_without_caches(v) for v in node]
+    return node
 
 
 def completed(run_dir: Path, h: str) -> Mapping[str, Any] | None:

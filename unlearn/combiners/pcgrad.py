@@ -22,11 +22,14 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"combiner.eps must be >= 0, got {eps!r}")
 
 
-def _ratio(num: Tensor, den: Tensor, eps: float) -> Tensor:
-    """``num / (den + eps)``, and 0 where ``den + eps`` is 0 (a zero retain gradient has nothing
-    to project onto). With ``eps = 0`` (default) the projection is exact, which the guarantee needs."""
-    den = den + eps
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+def _coef(d: Tensor, n2: Tensor, eps: float) -> Tensor:
+    """The projection coefficient ``d / (n2 + eps)`` where ``d < 0`` (a conflict), else 0; also 0
+    where ``n2 + eps`` is 0 (a zero gradient has nothing to project onto). With ``eps = 0``
+    (default) the projection is exact, which the guarantees need. Five small ops: per-tensor
+    PCGrad runs this once per tensor inside the backward, where each tiny op's dispatch costs more
+    than its arithmetic."""
+    den = n2 + eps if eps else n2
+    return torch.where((d < 0) & (den > 0), d / den, 0.0)
 
 
 def _total(sums: list[Stats], key: str) -> Tensor:
@@ -51,18 +54,12 @@ class PCGrad(Combiner):
         _check_eps(self.eps)
 
     def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
-        return {"d": dot(f, s), "n2": sq_norms([s])[0]}
-
-    def _coef(self, d: Tensor, n2: Tensor) -> Tensor:
-        # _ratio's value where d < 0, else 0, in five small ops: this runs once per tensor, inside
-        # the backward pass, where each tiny kernel launch costs more than its arithmetic
-        den = n2 + self.eps if self.eps else n2
-        return torch.where((d < 0) & (den > 0), d / den, 0.0)
+        return {"d": dot(f, s), "n2": dot(s, s)}
 
     def _tensor(
         self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
     ) -> tuple[Tensor, Stats]:
-        coef = self._coef(totals["d"], totals["n2"])
+        coef = _coef(totals["d"], totals["n2"], self.eps)
         # g̃_f = g_f - coef*s, so the update is alpha*g_r + gamma*g_f - gamma*coef*s: with s = g_r
         # that is one weight on g_r, and no tensor beyond the update is allocated.
         if s is r:
@@ -72,7 +69,7 @@ class PCGrad(Combiner):
     def _finish(self, parts: list[Stats], totals: Stats) -> Stats:
         if not parts:
             return {}
-        removed2 = torch.stack([self._coef(p["d"], p["n2"]) ** 2 * p["n2"] for p in parts]).sum()
+        removed2 = torch.stack([_coef(p["d"], p["n2"], self.eps) ** 2 * p["n2"] for p in parts]).sum()
         conflict = torch.stack([(p["d"] < 0).float() for p in parts]).mean()
         return {"conflict_frac_tensor": conflict, "proj_norm": self.gamma * torch.sqrt(removed2)}
 
@@ -93,11 +90,11 @@ class PCGradGlobal(Combiner):
         _check_eps(self.eps)
 
     def _sums(self, r: Tensor, f: Tensor, s: Tensor) -> Stats:
-        return {"d_j": dot(f, s), "n2_j": sq_norms([s])[0]}
+        return {"d_j": dot(f, s), "n2_j": dot(s, s)}
 
     def _totals(self, sums: list[Stats]) -> Stats:
         d, n2 = _total(sums, "d_j"), _total(sums, "n2_j")
-        return {"d": d, "n2": n2, "coef": torch.where(d < 0, _ratio(d, n2, self.eps), torch.zeros_like(d))}
+        return {"d": d, "n2": n2, "coef": _coef(d, n2, self.eps)}
 
     def _tensor(
         self, r: Tensor, f: Tensor, s: Tensor, totals: Stats, out: Tensor | None = None
@@ -145,9 +142,7 @@ class PCGradSymmetric(Combiner):
 
     def _totals(self, sums: list[Stats]) -> Stats:
         d, nr2, nf2 = _total(sums, "d_j"), _total(sums, "nr2_j"), _total(sums, "nf2_j")
-        zero = torch.zeros_like(d)
-        cr = torch.where(d < 0, _ratio(d, nf2, self.eps), zero)
-        cf = torch.where(d < 0, _ratio(d, nr2, self.eps), zero)
+        cr, cf = _coef(d, nf2, self.eps), _coef(d, nr2, self.eps)
         return {"d": d, "nr2": nr2, "nf2": nf2, "cr": cr, "cf": cf}
 
     def _tensor(

@@ -161,11 +161,17 @@ def _typed(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_object(OmegaConf.select(cfg, key))
 
 
-def world_of(cfg: DictConfig) -> int:
-    """The processes that will split this job's training stream (see :func:`build_job`'s loop)."""
+def loop_of(cfg: DictConfig) -> LoopConfig:
+    """The trainer settings this process runs: ``trainer``, and one device per process when
+    torchrun or srun started the job."""
     loop = _typed(cfg, "trainer")
     started = launched()
-    return (loop.launched_as(started) if started is not None else loop).world_size
+    return loop if started is None else loop.launched_as(started)
+
+
+def world_of(cfg: DictConfig) -> int:
+    """The processes that will split this job's training stream."""
+    return loop_of(cfg).world_size
 
 
 def build_job(cfg: DictConfig, run: RunDir) -> Job:
@@ -180,11 +186,8 @@ def build_job(cfg: DictConfig, run: RunDir) -> Job:
 
     make("train", lambda: _typed(cfg, "train"), "train")
     make("optim", lambda: _typed(cfg, "optim"), "optim")
-    make("loop", lambda: _typed(cfg, "trainer"), "trainer")
+    make("loop", lambda: loop_of(cfg), "trainer")
     make("finetune", lambda: _typed(cfg, "benchmark.finetune"), "benchmark.finetune")
-    if "loop" in built and (started := launched()) is not None:  # torchrun / srun: one device per process
-        with problems.collect():
-            built["loop"] = built["loop"].launched_as(started)
     if "train" in built:
         make("step", lambda: StepConfig.from_train(built["train"]), "train")
     make("target", lambda: _source(cfg, "target"), "benchmark.target")

@@ -64,6 +64,8 @@ def acc_dtype(t: Tensor) -> torch.dtype:
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
     """Inner product of two same-shaped tensors in at least fp32 (a per-tensor upcast at most)."""
+    if a.dtype == b.dtype == torch.float32:  # the common case, without the dtype work (per tensor, in the backward)
+        return torch.dot(a.reshape(-1), b.reshape(-1))
     dt = torch.promote_types(acc_dtype(a), acc_dtype(b))
     return torch.dot(a.reshape(-1).to(dt), b.reshape(-1).to(dt))
 

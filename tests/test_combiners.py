@@ -197,7 +197,7 @@ def test_the_hard_gate_is_the_select_of_the_spec_bit_for_bit(dtype, prefer_retai
 
 
 def test_a_non_finite_gradient_gives_a_non_finite_update_for_the_guard():
-    # documented in combiners.sago._conflicts: an inf in either gradient is not hidden by the gate
+    # documented in SAGO._tensor: an inf in either gradient is not hidden by the gate
     g_r = [torch.tensor([1.0, -1.0, 2.0])]
     g_f = [torch.tensor([float("inf"), 1.0, 1.0])]
     assert not torch.isfinite(SAGO()(g_r, g_f)[0]).all()

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Grads, Stats, acc_dtype, dot, sq_norms
+from unlearn.combiners.base import Grads, Stats, acc_dtype, conflicts_, dot, sq_norms
 
 KEYS = (
     "conflict_frac",
@@ -39,9 +39,7 @@ def tensor_diagnostics(r: Tensor, f: Tensor, u: Tensor) -> Stats:
     p = f * r if f.dtype == acc_dtype(f) else f.to(acc_dtype(f)).mul_(r)
     nr2, nf2, nu2 = sq_norms([r, f, u]).unbind()
     d_fr = p.sum(dtype=torch.float32)
-    # the conflicts as 1.0/0.0 over the product, summed: on a CPU, ``<`` into a bool tensor and
-    # count_nonzero cost ~3× this (see combiners.sago._conflicts); exact up to 2**24 per tensor
-    n_conflict = torch.lt(p, 0, out=p).sum(dtype=torch.float32)
+    n_conflict = conflicts_(p).sum(dtype=torch.float32)  # after d_fr: it overwrites the product
     return {
         "nr2": nr2,
         "nf2": nf2,

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unlearn.combiners.base import Combiner, Stats
+from unlearn.combiners.base import Combiner, Stats, conflicts_
 
 _GATES = ("hard", "soft", "soft_raw")
 
@@ -83,7 +83,11 @@ class SAGO(Combiner):
         # The temporaries (the product, the gate) are the size of this tensor, never of the model.
         # ``out`` (None, or r): the conflict test reads s (which may be r) before r is overwritten.
         if self.gate == "hard":
-            conflict = _conflicts(f, s)  # 1.0 / 0.0
+            # The select as a lerp by the 0/1 conflicts (fast on a CPU, see conflicts_): a lerp by
+            # exactly 0 or 1 returns that end exactly, so this is torch.where(f·s < 0, ...) bit for
+            # bit on finite gradients (tested). An inf or NaN in either gradient gives NaN (0·inf)
+            # where the select could hide it: the divergence guard then stops the run.
+            conflict = conflicts_(f * s)
             update = torch.lerp(self._keep(r, f), _scaled(r, self.alpha), conflict.to(r.dtype), out=out)
             gated = conflict.sum(dtype=torch.float32).double()
         else:
@@ -105,23 +109,6 @@ class SAGO(Combiner):
         if self.prefer_retain:
             return torch.add(_scaled(f, self.gamma), r, alpha=self.alpha)
         return _scaled(f, self.gamma)
-
-
-def _conflicts(f: Tensor, s: Tensor) -> Tensor:
-    """1.0 where ``f·s < 0`` and 0.0 elsewhere, in the product's dtype, written over the product.
-
-    The hard gate is a select, written as a lerp by this 0/1 weight: a lerp by exactly 0 or 1
-    returns that end exactly (``start + 0·(end − start)``, ``end − (end − start)·0``), so it is
-    ``torch.where(f·s < 0, ...)`` bit for bit on finite gradients (tested), and the conflict count
-    is the weight's sum (exact up to 2**24 per tensor). On a CPU, ``torch.where`` on a bool mask
-    and ``<`` into a bool tensor are not vectorised: they cost ~8× this on a 256×1024 tensor
-    (606 µs against 76 µs on the project's 2-core VM), most of SAGO's step time over ``sum``. On
-    a GPU both are one pass. A coordinate where either gradient is ±inf or NaN gives NaN
-    (``0·inf``) where the select could hide it: the update's norm is then not finite and the
-    divergence guard stops the run, which such a gradient means anyway.
-    """
-    p = f * s
-    return torch.lt(p, 0, out=p)
 
 
 def _scaled(t: Tensor, w: float) -> Tensor:

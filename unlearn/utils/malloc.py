@@ -20,7 +20,6 @@ change. Left alone: a system without glibc (macOS, musl), and a process started 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -34,9 +33,7 @@ def keep_freed_memory() -> bool:
     """Apply the two settings above; True when glibc took both."""
     if platform.system() != "Linux" or any(k.startswith("MALLOC_") for k in os.environ):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  # glibc only: musl has a mallopt that does nothing
-    except (OSError, AttributeError):
-        return False
+    libc = ctypes.CDLL(None)  # the process's own symbols: no library search at start-up
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False  # not glibc (musl has a mallopt that does nothing)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -134,6 +134,32 @@ def test_kl_is_zero_at_the_start_and_grows_as_the_model_moves(tiny, toy_splits):
     assert m.lm_head.weight.grad is not None and float(m.lm_head.weight.grad.abs().sum()) > 0
 
 
+def test_the_reference_runs_without_dropout_and_leaves_every_module_in_its_mode(tiny, toy_splits):
+    """KL's and RMU's reference is the frozen starting model: a function of the weights alone,
+    even while the live model trains with dropout (OPT-2.7B has dropout 0.1)."""
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    for layer in m.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    ref = Reference(m)
+    ref.snapshot()
+    batch = batch_of(tok, toy_splits["retain"][:4])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    m.train()
+    m.lm_head.eval()  # a module the caller had put in another mode keeps it
+    with torch.no_grad():
+        assert not torch.equal(m(**inputs).logits, m(**inputs).logits)  # dropout is on in the live model
+    first, second = ref(**inputs).logits, ref(**inputs).logits
+    assert torch.equal(first, second)
+    with torch.no_grad():
+        m.eval()
+        assert torch.equal(first, m(**inputs).logits)
+        m.train()
+        m.lm_head.eval()
+    ref(**inputs)
+    assert m.training and m.model.layers[0].training and not m.lm_head.training
+
+
 # -- RMU -----------------------------------------------------------------------------------------
 def test_masked_mse_averages_hidden_units_over_labelled_tokens():
     h = torch.tensor([[[1.0, 3.0], [2.0, 2.0], [9.0, 9.0]]])  # [B=1, T=3, H=2]

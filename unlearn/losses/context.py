@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from unlearn.data.collate import collate
 from unlearn.data.format import PromptFormat
-from unlearn.models.reference import Reference, is_peft
+from unlearn.models.reference import Reference, eval_mode, is_peft
 
 
 @dataclass
@@ -53,9 +53,5 @@ class PrepareContext:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if is_peft(self.model):
             return self.reference(**inputs).logits
-        was_training = self.model.training
-        self.model.eval()  # no dropout in reference values
-        try:
+        with eval_mode(self.model):  # no dropout in reference values
             return self.model(**inputs).logits
-        finally:
-            self.model.train(was_training)

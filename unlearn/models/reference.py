@@ -11,7 +11,8 @@ gradients); LoRA keeps nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +23,22 @@ def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout: a reference value is a function of the weights alone),
+    then every submodule back in its own mode as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class Reference:
-    """Call it like the model (keyword inputs); it runs under ``no_grad`` with the initial weights."""
+    """Call it like the model (keyword inputs); it runs under ``no_grad``, in eval mode (no
+    dropout), with the initial weights."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -48,6 +63,10 @@ class Reference:
 
     @torch.no_grad()
     def __call__(self, **inputs: Any) -> Any:
+        with eval_mode(self.model):
+            return self._forward(**inputs)
+
+    def _forward(self, **inputs: Any) -> Any:
         if is_peft(self.model):
             # PEFT's disable_adapter() marks every adapter tensor trainable again on exit, which
             # would undo RMU's choice of the few it trains; the flags are put back as they were.

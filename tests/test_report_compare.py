@@ -152,6 +152,27 @@ def test_utility_at_matched_forgetting_interpolates_each_seed_on_forget_prob(lr_
     assert made["summary"]["matched/toy/oracle/ga+nll/sago/model_utility"] == pytest.approx(0.735)
 
 
+def test_curves_told_apart_by_another_factor_keep_their_own_summary_keys(tmp_path):
+    """An lr sweep at two retain weights: two curves per method + combiner, each with its own
+    matched utility in the W&B summary (one key for both overwrote the first with the second)."""
+    root = tmp_path / "multirun" / "lr"
+    k = 0
+    for alpha, shift in ((1.0, 0.0), (0.5, 0.1)):
+        for i, lr in enumerate(LRS):
+            for seed in (0, 1):
+                values = {m: v[i] + (shift if m == "model_utility" else 0.0) for m, v in CURVES["sum"].items()}
+                d = _job(root, f"{k}_job", "sum", lr, seed, values, alpha=alpha)
+                prov = json.loads((d / "provenance.json").read_text())
+                prov["overrides"].append(f"combiner.alpha={alpha}")
+                write_json(d / "provenance.json", prov)
+                k += 1
+    made = report(root, tmp_path / "out")
+    oracle = {k: v for k, v in made["summary"].items() if k.startswith("matched/toy/oracle/")}
+    # forget_prob 0.25 lies 3/4 of the way from lr 1e-3 to 4e-3: utility 0.8 - 0.75*0.2 = 0.65 (+0.1)
+    assert oracle["matched/toy/oracle/ga+nll/sum/alpha=1.0/model_utility"] == pytest.approx(0.65)
+    assert oracle["matched/toy/oracle/ga+nll/sum/alpha=0.5/model_utility"] == pytest.approx(0.75)
+
+
 def test_a_level_a_curve_does_not_reach_is_a_dash_and_the_match_metric_can_be_chosen(lr_sweep, tmp_path):
     made = report(lr_sweep, tmp_path / "out", match="forget_quality")
     t = made["matched"]["toy"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from unlearn.report.collect import Run, cells, frame, load_runs
-from unlearn.report.curves import along_key, series_keys
+from unlearn.report.curves import along_key, series_keys, series_path
 from unlearn.report.pareto import Axes, plot
 from unlearn.report.sections import geometry_section, markdown, match_metric, matched_section, utility_metrics
 
@@ -169,7 +169,7 @@ def bench_sections(
         for _, r in t.iterrows():
             made["summary"].update(
                 {
-                    f"matched/{bench}/{r['level']}/{r['method']}/{r['combiner']}/{u.split('/')[-1]}": r[f"{u}_mean"]
+                    f"matched/{bench}/{r['level']}/{series_path(r, keys)}/{u.split('/')[-1]}": r[f"{u}_mean"]
                     for u in utility_metrics(ax, table, m)
                     if not pd.isna(r[f"{u}_mean"])
                 }

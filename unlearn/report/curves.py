@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,13 @@ def series_name(key: tuple, keys: list[str]) -> str:
     the other factors that tell series apart: ``simnpo+nll+sum (preset=npo)``."""
     extra = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys[2:], key[2:], strict=True)]
     return f"{key[0]}+{key[1]}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def series_path(row: Mapping[str, Any], keys: list[str]) -> str:
+    """A series' part of a W&B summary key: ``{method}/{combiner}``, then ``name=value`` for each
+    other factor that tells series apart (``ga+nll/sum/rate=0.5``), so no two series share one."""
+    extra = [f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in keys[2:]]
+    return "/".join([str(row[keys[0]]), str(row[keys[1]]), *extra])
 
 
 def ordered(g: pd.DataFrame, along: str | None) -> pd.DataFrame:

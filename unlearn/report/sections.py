@@ -10,7 +10,7 @@ import pandas as pd
 
 from unlearn.report import geometry
 from unlearn.report.collect import Run, factor_names, rate_key
-from unlearn.report.curves import along_label, is_monotone, matched, ordered, shared_levels
+from unlearn.report.curves import along_label, is_monotone, matched, ordered, series_path, shared_levels
 from unlearn.report.pareto import Axes, colours
 
 
@@ -136,10 +136,11 @@ def _geometry_rows(table: pd.DataFrame, keys: list[str]) -> list[str]:
 
 
 def _geometry_summary(table: pd.DataFrame, keys: list[str], along: str | None, bench: str) -> dict[str, float]:
-    """W&B summary keys ``geometry/<bench>/<method>/<combiner>[/lr=<v>]/<column>`` of a geometry table."""
+    """W&B summary keys ``geometry/<bench>/<method>/<combiner>[/<factor>=<v>...][/lr=<v>]/<column>``
+    of a geometry table."""
     out = {}
     for _, r in table.iterrows():
-        path = "/".join([str(r[k]) for k in keys] + ([f"{along_label(along)}={r[along]}"] if along in table else []))
+        path = "/".join([series_path(r, keys)] + ([f"{along_label(along)}={r[along]}"] if along in table else []))
         out.update({f"geometry/{bench}/{path}/{c}": float(r[f"{c}_mean"]) for c in geometry.COLUMNS})
     return out
 

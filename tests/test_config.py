@@ -255,6 +255,24 @@ def test_unknown_options_and_keys_are_refused_by_composition(overrides, fragment
         compose(overrides)
 
 
+PRESETS = [p for p in GROUP_FILES if _group_and_option(p)[0] == "experiment" and not p.name.startswith("_")]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: _group_and_option(p)[1])
+def test_every_preset_passes_the_checks_before_training(path, tmp_path, no_model_build):
+    """A paper preset run as shipped sets up: no check (the divergence guard's limit against NPO's
+    starting loss at beta = 1e-4 included) stops it. WMDP-Bio's gated corpus is the one value a
+    user must give."""
+    name = _group_and_option(path)[1]
+    overrides = [f"experiment={name}", f"paths.cache_dir={tmp_path}"]
+    data = compose(overrides).benchmark.data
+    if OmegaConf.is_missing(data, "forget_path"):
+        corpus = tmp_path / "bio.jsonl"
+        corpus.write_text('{"text": "a forget document"}\n')
+        overrides.append(f"benchmark.data.forget_path={corpus}")
+    build_job(job_config(overrides), RunDir(tmp_path / "run"))
+
+
 SWEEP_PRESETS = [p for p in GROUP_FILES if _group_and_option(p)[0] == "experiment" and "sweeper:" in p.read_text()]
 
 

@@ -488,6 +488,23 @@ def check_together(cfg: DictConfig, problems: Problems) -> None:
         problems.add("save_model=true has no effect with task=eval (the evaluated model is not changed)")
 
 
+def check_start_below_guard(step: Any, objective: Any, problems: Problems) -> None:
+    """A loss whose value before any update (``loss_at_reference``: NPO's ``(2/β)·ln 2``) is past
+    ``train.max_abs_loss`` would have the divergence guard record the run as diverged at step 0."""
+    limit = step.guard.max_abs_loss
+    for task in ("forget", "retain"):
+        component = getattr(objective, task, None)
+        start = getattr(component, "loss_at_reference", None)
+        if start is None or abs(start()) <= limit:
+            continue
+        problems.add(
+            f"train.max_abs_loss={limit:g} is below {task} loss {component!r}'s value before any update, "
+            f"{start():.6g}, so the divergence guard would stop the run at step 0 as diverged: set "
+            f"train.max_abs_loss above it (e.g. {10 ** math.ceil(math.log10(abs(start()) * 10)):.0e}), or .inf to "
+            "watch for non-finite values only"
+        )
+
+
 def check_step_together(step: Any, combiner: Any, objective: Any, problems: Problems) -> None:
     """``train.retain_ema`` needs two tasks and a combiner that takes the reference gradient;
     ``train.stream=true`` a combiner that can stream."""
@@ -495,6 +512,8 @@ def check_step_together(step: Any, combiner: Any, objective: Any, problems: Prob
 
     if step is None:
         return
+    if objective is not None:
+        check_start_below_guard(step, objective, problems)
     if step.stream and combiner is not None:  # train.stream=true with a combiner that cannot stream
         with problems.collect():
             check_combiner(step, combiner)

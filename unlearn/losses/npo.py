@@ -3,6 +3,7 @@ Catastrophic Collapse to Effective Unlearning")."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,6 +37,11 @@ class NPO(Component):
 
     def __repr__(self) -> str:
         return f"NPO(beta={self.beta})"
+
+    def loss_at_reference(self) -> float:
+        """The loss before the first update (``π_θ = π_ref``): ``(2/β)·ln 2``, 13863 at β = 1e-4.
+        The divergence guard's ``train.max_abs_loss`` must lie above it (checked before training)."""
+        return 2.0 / self.beta * math.log(2.0)
 
     def prepare(self, ctx: Any) -> None:
         self._ref = {}

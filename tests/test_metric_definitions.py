@@ -110,6 +110,22 @@ def test_tofu_reports_mia_and_privleak_on_the_fixtures(tiny):
     assert again["metrics"]["privleak"] == pytest.approx(0.0)  # the oracle's own AUC
 
 
+def test_an_answer_cut_off_by_max_length_is_an_error_not_a_probability_of_one(tiny):
+    """With no answer token left, exp(-0/1) = 1 entered forget_prob, the truth ratio and model
+    utility as a perfect answer; it now stops the evaluation (of the target first, so before any
+    unlearning), naming the key."""
+    model, tok = tiny
+    splits = build(_tofu(), "benchmark.data").build()
+    fine = build(_tofu("benchmark.eval.max_new_tokens=2", "+benchmark.eval.max_rows=4"), "benchmark.eval")
+    assert 0 < fine.evaluate(EvalContext(model, tok, PromptFormat(), splits))["metrics"]["forget_prob"] < 1
+    short = build(
+        _tofu("benchmark.eval.max_new_tokens=2", "+benchmark.eval.max_rows=4", "benchmark.eval.max_length=5"),
+        "benchmark.eval",
+    )
+    with pytest.raises(ConfigError, match=r"benchmark\.eval\.max_length=5 leaves no answer token in 4 of 4 rows"):
+        short.evaluate(EvalContext(model, tok, PromptFormat(), splits))
+
+
 # -- 3. Min-K%++: a variance floor that cannot blow up a peaked step -------------------------------
 def test_minkpp_variance_floor_is_open_unlearnings():
     from unlearn.eval.scoring import MINKPP_VAR_FLOOR, _minkpp_tokens

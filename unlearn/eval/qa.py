@@ -22,11 +22,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from unlearn.data.format import PromptFormat, encode_qa
+from unlearn.data.format import PromptFormat
 from unlearn.eval import metrics as M
 from unlearn.eval.generate import greedy
 from unlearn.eval.mia import loss_score, min_k_score
-from unlearn.eval.scoring import multiple_choice, normalized_prob, score_answers, score_encoded
+from unlearn.eval.scoring import encode_answers, multiple_choice, normalized_prob, score_answers, score_encoded
 from unlearn.evaluator import EvalContext
 from unlearn.utils.progress import Steps
 
@@ -109,7 +109,7 @@ class QAEvaluator:
         self, model: nn.Module, tok: Any, fmt: PromptFormat, rows: Sequence[Row]
     ) -> tuple[np.ndarray, np.ndarray]:
         """``P(a|q)^(1/|a|)`` and the membership score of each row's answer."""
-        encoded = [encode_qa(tok, fmt, r["question"], r["answer"], self.max_length) for r in rows]
+        encoded = encode_answers(tok, fmt, [(r["question"], r["answer"]) for r in rows], self.max_length)
         s, n, per_token = score_encoded(model, encoded, tok.pad_token_id, self.batch_size)
         return normalized_prob(s, n), np.array([self.mia_score(t) for t in per_token])
 

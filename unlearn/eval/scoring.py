@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearn.config import ConfigError
 from unlearn.data.collate import collate
 from unlearn.data.format import PromptFormat, encode_qa, encode_text
 
@@ -90,6 +91,25 @@ def score_encoded(
     return s.nll_sum, s.n_tokens, s.token_nll
 
 
+def encode_answers(
+    tokenizer: Any, fmt: PromptFormat, pairs: Sequence[tuple[str, str]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """Each ``(question, answer)`` encoded for scoring, cut to ``max_length`` tokens; a row whose
+    prompt leaves no answer token is an error (``benchmark.eval.max_length``), not a probability
+    of ``exp(-0/1) = 1``: a long chat template or system prompt can fill the whole window. The
+    target model is scored first, so this stops a run before its unlearning."""
+    encoded = [encode_qa(tokenizer, fmt, q, a, max_length) for q, a in pairs]
+    empty = [i for i, e in enumerate(encoded) if all(label == -100 for label in e["labels"])]
+    if empty:
+        q = pairs[empty[0]][0]
+        raise ConfigError(
+            f"benchmark.eval.max_length={max_length} leaves no answer token in {len(empty)} of {len(pairs)} rows "
+            f"(the first: question {q[:80]!r}, whose prompt fills all {len(encoded[empty[0]]['input_ids'])} tokens): "
+            "raise benchmark.eval.max_length or shorten the prompt (model.prompt)"
+        )
+    return encoded
+
+
 def score_answers(
     model: nn.Module,
     tokenizer: Any,
@@ -99,7 +119,7 @@ def score_answers(
     batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(nll_sum, n_tokens)`` of each answer given its question."""
-    encoded = [encode_qa(tokenizer, fmt, q, a, max_length) for q, a in pairs]
+    encoded = encode_answers(tokenizer, fmt, pairs, max_length)
     total, count, _ = score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
     return total, count
 

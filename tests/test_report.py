@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,21 @@ def test_report_aggregates_seeds_and_lists_unfinished_runs(sweep, capsys):
     assert img.shape[0] >= 600 and img.shape[1] >= 800
     # not a blank canvas: dark ink (text, markers) on a light background
     assert (img[..., :3].mean(axis=-1) < 0.3).mean() > 0.002 and img[..., :3].std() > 0.05
+
+
+def test_a_mean_over_fewer_runs_than_the_cell_says_so(sweep):
+    """A metric one finished seed lacks (privleak without an oracle record, say) is averaged over the
+    others, and the table says over how many, not the cell's n."""
+    res = json.loads((sweep / "0_job" / "results.json").read_text())
+    del res["eval/toy/model_utility"]
+    write_json(sweep / "0_job" / "results.json", res)
+    assert main([str(sweep)]) == 0
+    table = pd.read_csv(sweep / "report" / "table_toy.csv")
+    cell = table[(table["method"] == "ga+none") & (table["rate"] == -0.5)].iloc[0]
+    assert cell["n"] == 3 and cell["eval/toy/model_utility_n"] == 2 and cell["eval/toy/forget_quality_n"] == 3
+    md = (sweep / "report" / "report.md").read_text()
+    assert "| ga+none | sum | -0.5 | 3 | 0.2 ± 0.1 | 0.395 (n=2) |" in md
+    assert "| ga+none | sum | 0.5 | 3 (+1 failed) | 0.2 ± 0.1 | 0.405 |" in md
 
 
 def _front(made, bench):

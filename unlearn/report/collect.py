@@ -290,7 +290,9 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
     Columns: the factors, ``n`` (ok runs), ``n_failed``/``n_diverged``, ``n_unfinished`` (every run
     not ok: failed, diverged, collapsed, interrupted, damaged, ...) and ``unfinished`` (those counts in
-    words, ``"1 diverged, 2 collapsed"``), ``<m>_mean``, ``<m>_std``; rows sorted by the factors,
+    words, ``"1 diverged, 2 collapsed"``), ``<m>_mean``, ``<m>_std``, ``<m>_n`` (the ok runs that
+    report ``m``: a metric some seeds lack, e.g. privleak without an oracle record, is averaged over
+    fewer); rows sorted by the factors,
     numbers (rates, learning rates) by :func:`rate_key`.
     """
     factors = factor_names(df, metrics)
@@ -313,6 +315,7 @@ def cells(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             vals = ok[m].dropna().to_numpy() if m in ok else np.array([])
             row[f"{m}_mean"] = float(vals.mean()) if vals.size else np.nan
             row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else np.nan)
+            row[f"{m}_n"] = int(vals.size)  # fewer than n where some ok runs lack the metric
         out.append(row)
     # labels are strings ('auto' among numbers): order numbers as numbers, 'auto' last
     out.sort(key=lambda row: tuple(rate_key(row[f]) for f in factors))

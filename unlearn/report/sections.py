@@ -20,6 +20,12 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.3g} ± {std:.2g}" if std and not math.isnan(std) else f"{mean:.3g}"
 
 
+def _fewer(row: pd.Series, m: str) -> str:
+    """`` (n=k)`` where the mean of ``m`` is over fewer runs than the cell's ``n``."""
+    k = row.get(f"{m}_n")
+    return f" (n={int(k)})" if k is not None and 0 < k < row["n"] else ""
+
+
 ALWAYS_SHOWN = ("method", "combiner", "rate")
 
 
@@ -34,7 +40,8 @@ def _row(vals: list[str]) -> str:
 
 def markdown(c: pd.DataFrame, metrics: list[str], title: str) -> str:
     """A Markdown table: the factors that vary in this sweep (plus method, combiner, r), the number
-    of finished seeds (and of the runs that did not finish, by status), and mean ± std of each metric."""
+    of finished seeds (and of the runs that did not finish, by status), and mean ± std of each metric
+    (with its own count where fewer finished runs report it)."""
     factors = _shown(c)
     head = factors + ["n"] + [m.split("/")[-1] for m in metrics]
     lines = [f"## {title}", "", _row(head), "|" + "---|" * len(head)]
@@ -42,7 +49,7 @@ def markdown(c: pd.DataFrame, metrics: list[str], title: str) -> str:
         vals = [str(row[f]) for f in factors] + [
             str(int(row["n"])) + (f" (+{row['unfinished']})" if row["n_unfinished"] else "")
         ]
-        vals += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
+        vals += [_pm(row[f"{m}_mean"], row[f"{m}_std"]) + _fewer(row, m) for m in metrics]
         lines.append(_row(vals))
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ import pytest
 
 from unlearn.report.__main__ import main, report
 from unlearn.report.collect import combiner_option, load_runs
-from unlearn.report.pareto import _log_axis, error_low
+from unlearn.report.pareto import Axes, _label, _log_axis, error_low, plot
 from unlearn.rundir import write_json
 
 LRS = ("1e-3", "4e-3", "1.6e-2")
@@ -171,6 +171,19 @@ def test_curves_told_apart_by_another_factor_keep_their_own_summary_keys(tmp_pat
     # forget_prob 0.25 lies 3/4 of the way from lr 1e-3 to 4e-3: utility 0.8 - 0.75*0.2 = 0.65 (+0.1)
     assert oracle["matched/toy/oracle/ga+nll/sum/alpha=1.0/model_utility"] == pytest.approx(0.65)
     assert oracle["matched/toy/oracle/ga+nll/sum/alpha=0.5/model_utility"] == pytest.approx(0.75)
+
+
+def test_a_match_metric_of_unknown_direction_gets_no_front_and_no_arrow(lr_sweep, tmp_path):
+    """forget_prob falls as unlearning goes further (lower is better); of a metric named by
+    --match the report knows no direction, so it draws no Pareto front and claims none."""
+    from unlearn.report.collect import cells, frame
+
+    c = cells(frame(load_runs(lr_sweep)), ["eval/toy/forget_quality", "eval/toy/model_utility"])
+    known = plot(c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", False), "t", tmp_path / "a.png", "optim.lr")
+    unknown = plot(c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", None), "t", tmp_path / "b.png", "optim.lr")
+    assert len(known.front) > 0 and len(unknown.front) == 0
+    assert _label("forget_quality", None) == "forget_quality"
+    assert _label("forget_prob", False, log=True) == "forget_prob (log scale)   [← lower is better]"
 
 
 def test_a_level_a_curve_does_not_reach_is_a_dash_and_the_match_metric_can_be_chosen(lr_sweep, tmp_path):

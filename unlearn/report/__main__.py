@@ -148,7 +148,7 @@ def bench_sections(
             on_match = Axes(
                 forget=m,
                 utility=ax.utility,
-                forget_higher_is_better=False,
+                forget_higher_is_better=False if m.endswith("/forget_prob") else None,  # else --match's: unknown
                 forget_log=True,
                 utility_higher_is_better=ax.utility_higher_is_better,
             )

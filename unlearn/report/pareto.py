@@ -19,11 +19,13 @@ if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the r
 
 @dataclass(frozen=True)
 class Axes:
-    """Which metrics a benchmark's plot uses and which way is better (from ``benchmark.report``)."""
+    """Which metrics a benchmark's plot uses and which way is better (from ``benchmark.report``).
+    ``forget_higher_is_better=None``: not known (a metric matched on by ``--match``), so no front
+    is drawn and the axis claims no direction."""
 
     forget: str
     utility: str
-    forget_higher_is_better: bool = False
+    forget_higher_is_better: bool | None = False
     forget_log: bool = False
     utility_higher_is_better: bool = True
 
@@ -39,9 +41,12 @@ def pareto_mask(x: np.ndarray, y: np.ndarray, x_high: bool, y_high: bool) -> np.
     return keep
 
 
-def _label(metric: str, higher: bool, log: bool = False) -> str:
+def _label(metric: str, higher: bool | None, log: bool = False) -> str:
+    scale = " (log scale)" if log else ""
+    if higher is None:
+        return metric + scale
     arrow = "higher is better →" if higher else "← lower is better"
-    return f"{metric}{' (log scale)' if log else ''}   [{arrow}]"
+    return f"{metric}{scale}   [{arrow}]"
 
 
 def _short(metric: str) -> str:
@@ -170,8 +175,11 @@ def plot(
                 for xi, yi, v in zip(x, y, g[along], strict=True)
             ]
     x, y = data[fx].to_numpy(), data[fy].to_numpy()
-    mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
-    front = data[mask].iloc[np.argsort(x[mask], kind="stable")]
+    if axes.forget_higher_is_better is None:
+        front = data.iloc[:0]
+    else:
+        mask = pareto_mask(x, y, axes.forget_higher_is_better, axes.utility_higher_is_better)
+        front = data[mask].iloc[np.argsort(x[mask], kind="stable")]
     if len(front):
         handles += ax.plot(front[fx], front[fy], color="black", lw=6, alpha=0.12, zorder=0, label="Pareto front")
     # levels sit close together: named once each kind in the legend, not in text that would collide

@@ -213,3 +213,16 @@ def test_a_rank_that_is_not_zero_writes_nothing(tmp_path):
     (own / "results.json").write_text("{}")  # something of the user's: kept
     drop_stray_dir(own, tmp_path / "rank0")
     assert own.exists()
+
+
+def test_a_failed_rank_ends_the_others_under_srun():
+    """Rank 0 evaluates alone before training: when it stops there, SLURM must end the other tasks,
+    which would otherwise wait at a collective for the process group's 6 h timeout (SLURM's default
+    keeps them; torchrun ends them by itself). The sbatch script's srun and launcher=slurm's
+    submitit srun both ask for it."""
+    from conftest import compose
+
+    sbatch = (REPO / "scripts" / "slurm_fsdp.sbatch").read_text()
+    assert any(line.startswith("srun --kill-on-bad-exit=1 ") for line in sbatch.splitlines())
+    cfg = compose(["launcher=slurm"])
+    assert "export SLURM_KILL_BAD_EXIT=1" in list(cfg.hydra.launcher.setup)

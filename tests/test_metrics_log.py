@@ -38,3 +38,22 @@ def test_each_row_has_a_wall_clock_time(tmp_path):
     times = [r["time"] for r in rows]
     assert all(isinstance(t, float) and t0 - 1 <= t <= time.time() + 1 for t in times)
     assert times == sorted(times)
+
+
+def test_a_row_torn_by_a_kill_does_not_block_the_resume(tmp_path):
+    """A killed process can leave its last appended row half-written: the resume drops it and logs
+    that step again (it used to fail with a JSONDecodeError at every rerun). Damage before the
+    last line is still an error."""
+    import pytest
+
+    path = tmp_path / "metrics.jsonl"
+    _log(path, range(4))
+    with path.open("a") as f:
+        f.write('{"step": 4, "phase": "unlearn", "time": 17')
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2, 3]
+    _log(path, range(2, 6), start_step=2)
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2, 3, 4, 5]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{torn", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2 is not a JSON row"):
+        read_metrics(path)

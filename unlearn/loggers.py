@@ -62,10 +62,22 @@ class JsonlLogger(Logger):
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file. A last line that does not parse is a row that a killed process
+    left half-written (rows are appended): it is dropped, so that the run can resume (the
+    resumed attempt logs that step again). A bad line before the last is damage, and an error."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(p.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{p}: line {i} is not a JSON row ({e}); only the last line may be torn") from e
+    return rows
 
 
 def wandb_logger(

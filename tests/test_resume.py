@@ -75,6 +75,8 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(case, whole,
         # recorded and reported, without a traceback
         assert proc.returncode == 130, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr, proc.stderr[-3000:]
+        # the folder to name: the default one is named by the time it was made, so the same command alone would not
+        assert f"the same command with hydra.run.dir={cut.resolve()} resumes it" in proc.stderr, proc.stderr[-3000:]
         assert _results(cut)["status"] == "interrupted"
     else:
         assert proc.returncode == 3, f"the run should have been killed: {proc.stderr[-3000:]}"

@@ -84,6 +84,16 @@ def test_evaluation_key_follows_the_oracle_record(tmp_path, no_model_build):
     assert len({key(None), key(ORACLE), key(OTHER_ARRAYS), key(OTHER_METRICS)}) == 4
 
 
+def test_evaluation_key_follows_the_dtype_the_model_is_evaluated_in(tmp_path, no_model_build):
+    """A base or given-path target evaluated in fp32 (auto on a CPU) is another entry than in bf16
+    (auto on a GPU): a shared cache handed one's numbers to the other."""
+    ref = ModelRef({"base": "stub"}, None)
+    fp32 = digest(evaluation_key(_setup(tmp_path), ref, SPLITS))
+    bf16 = digest(evaluation_key(_setup(tmp_path, "model.dtype=bf16"), ref, SPLITS))
+    assert fp32 != bf16
+    assert fp32 == digest(evaluation_key(_setup(tmp_path, "model.dtype=fp32"), ref, SPLITS))  # auto on this CPU
+
+
 class CountingEvaluator:
     reports_diverged = False
 

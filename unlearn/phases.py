@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
+import torch
 
 from unlearn import resume
 from unlearn.cache import RECIPE_VERSION, digest
@@ -194,10 +195,14 @@ def evaluation_key(
     job: Job, ref: ModelRef, splits: Mapping[str, Rows], oracle: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The cache key of ``ref``'s evaluation. The oracle's record is in it (its arrays and metrics,
-    which forget quality and PrivLeak are computed against), so a changed oracle is a new entry."""
+    which forget quality and PrivLeak are computed against), so a changed oracle is a new entry;
+    so are the dtype and the kind of device the model is evaluated in (``model.dtype: auto`` is
+    fp32 on a CPU and bf16 on a GPU, and a cache may be shared between machines)."""
     oracle_part = None if oracle is None else digest({"arrays": oracle.get("arrays"), "metrics": oracle.get("metrics")})
     return {
         "model": ref.key,
+        "dtype": str(job.dtype),
+        "device": torch.device(job.device).type,
         "evaluator": job.evaluator_config,
         "splits": digest({k: splits[k] for k in sorted(splits)}),
         "prompt": job.prompt,

@@ -212,3 +212,22 @@ def test_where_the_cache_lives_is_not_part_of_the_hash():
     assert cfg.model.spec.cache_dir == cfg.smoothing.provider.cache_dir == "/b"
     assert here == there
     assert h("paths.cache_dir=/a", "smoothing.rate=0.5") != here  # the hash still sees the rest
+
+
+def test_with_accumulation_each_optimizer_step_is_one_metrics_row_across_a_resume(tmp_path, cache_dir):
+    """With train.accumulate=2 Lightning counts micro-batches and logged the last step's values
+    again after each one, under that count, while a resume cuts the file at the checkpoint's
+    optimizer step: rows 1 = 2, 3 = 4, ..., and 8-16 lost after a resume. Each optimizer step is
+    now one row, numbered by the step, as without accumulation."""
+    args = [*ARGS, "train.accumulate=2"]
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    whole_dir.mkdir(), cut_dir.mkdir()
+    assert run_cli(args, cwd=whole_dir, cache=cache_dir).returncode == 0
+    proc = run_cli([*args, "train.callbacks=[{_target_:killers.KillAt,step:5}]"], cwd=cut_dir, cache=cache_dir)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    proc = run_cli(args, cwd=cut_dir, cache=cache_dir)
+    assert proc.returncode == 0 and "resuming after step 4" in " ".join(proc.stderr.split()), proc.stderr[-3000:]
+    whole, cut = _steps(whole_dir / "run"), _steps(cut_dir / "run")
+    assert [s for s, _ in whole] == [s for s, _ in cut] == list(range(8))
+    for (_, x), (_, y) in zip(cut, whole, strict=True):
+        assert x == pytest.approx(y, rel=1e-5)

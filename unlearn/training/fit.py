@@ -85,6 +85,11 @@ class ProgressLines(L.Callback):
         )
 
 
+def accumulate_of(module: Any) -> int:
+    """Micro-batches per optimizer step of ``module`` (1 for one without a step config)."""
+    return int(getattr(getattr(module, "step_cfg", None), "accumulate", 1))
+
+
 def stream_length(steps: int, accumulate: int, batch_size: int, world: int = 1) -> int:
     return steps * accumulate * batch_size * world
 
@@ -134,7 +139,9 @@ def fit(
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=loop.live_bar(),
         enable_model_summary=False,
-        log_every_n_steps=loop.log_every_n_steps,
+        # Lightning counts micro-batches (manual optimization), and would log the last step's values
+        # again after each micro-batch: every N optimizer steps is every N·accumulate batches
+        log_every_n_steps=loop.log_every_n_steps * accumulate_of(module),
         num_sanity_val_steps=0,
         # the samplers above decide which items each rank takes; Lightning's wrapper around a
         # one-process data-parallel run's ResumeSampler would index past a resumed run's items

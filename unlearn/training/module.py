@@ -314,7 +314,10 @@ class UnlearnModule(L.LightningModule):
             return True
 
     def _log_step(self, stats: Mapping[str, Tensor]) -> None:
-        metrics: dict[str, Tensor | float] = {f"train/loss/{k}": v for k, v in self._losses.items()}
+        # "step" is the x-axis Lightning hands the loggers (metrics.jsonl, W&B): this optimizer
+        # step's index, as a resume truncates the metrics at (its own counter counts micro-batches)
+        metrics: dict[str, Tensor | float] = {"step": float(self.steps_done - 1)}
+        metrics.update({f"train/loss/{k}": v for k, v in self._losses.items()})
         metrics.update({f"train/grad/{k}": v for k, v in stats.items()})
         metrics["train/lr"] = self._scheduler().get_last_lr()[0]
         for c in self.objective.components():

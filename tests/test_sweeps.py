@@ -135,3 +135,18 @@ def test_optuna_searches_rate_and_lr_on_two_objectives(tmp_path, cache_dir):
     assert len(rates) == 2 and all(-1 <= r <= 1 for r in rates)
     best = (root / "optimization_results.yaml").read_text()
     assert "solutions" in best or "best" in best
+
+
+def test_a_diverged_trial_gives_the_sweeper_nan_even_when_it_was_evaluated():
+    """Harry Potter's evaluator scores a diverged run (its last finite weights), and those numbers
+    went to Optuna as a real trial; docs/sweeps.md promises a failed trial (NaN) for it."""
+    from omegaconf import OmegaConf
+
+    from unlearn.__main__ import _sweep_objective
+
+    cfg = OmegaConf.create({"objective_metric": ["eval/hp/bleu", "eval/hp/ppl"]})
+    values = {"eval/hp/bleu": 0.5, "eval/hp/ppl": 12.0}
+    assert _sweep_objective(cfg, {"status": "ok", **values}) == [0.5, 12.0]
+    assert _sweep_objective(cfg, {"status": "collapsed", **values}) == [0.5, 12.0]  # a real, bad result
+    diverged = _sweep_objective(cfg, {"status": "diverged", **values})
+    assert len(diverged) == 2 and all(v != v for v in diverged)

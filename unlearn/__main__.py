@@ -148,9 +148,10 @@ def _sweep_objective(cfg: DictConfig, results: dict[str, Any]) -> Any:
     keys = cfg.get("objective_metric")
     if not keys:
         return None
+    scored = results.get("status") in (None, "ok", "collapsed")  # a diverged run may still be evaluated
 
     def one(key: str) -> float:
-        value = results.get(str(key))
+        value = results.get(str(key)) if scored else None
         return float(value) if is_number(value) else float("nan")
 
     return one(keys) if isinstance(keys, str) else [one(k) for k in keys]

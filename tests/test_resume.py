@@ -231,3 +231,19 @@ def test_with_accumulation_each_optimizer_step_is_one_metrics_row_across_a_resum
     assert [s for s, _ in whole] == [s for s, _ in cut] == list(range(8))
     for (_, x), (_, y) in zip(cut, whole, strict=True):
         assert x == pytest.approx(y, rel=1e-5)
+
+
+def test_settings_that_only_change_how_a_run_is_watched_or_fed_leave_its_hash():
+    """Rerunning a named sweep with another progress interval, thread count or number of loader
+    workers must find its finished jobs (a changed hash reruns each and drops its checkpoints)."""
+    from conftest import job_config
+
+    from unlearn.resume import config_hash
+
+    def h(*overrides):
+        return config_hash(job_config(["experiment=smoke", *overrides]), 1)
+
+    base = h()
+    for o in ("trainer.progress_every=3", "trainer.threads=1", "trainer.num_workers=2"):
+        assert h(o) == base, o
+    assert h("train.steps=3") != base

@@ -34,6 +34,9 @@ IGNORED = (
     "objective_metric",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.progress_every",
+    "trainer.num_workers",  # data-loading processes; the batches are the same
+    "trainer.threads",  # torch threads: the same run, to the order of a float sum
     "train.checkpoint_every",
     "train.keep_checkpoint",
     "train.callbacks",

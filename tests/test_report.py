@@ -121,6 +121,29 @@ def test_a_mean_over_fewer_runs_than_the_cell_says_so(sweep):
     assert "| ga+none | sum | 0.5 | 3 (+1 failed) | 0.2 ± 0.1 | 0.405 |" in md
 
 
+def test_a_job_in_two_folders_counts_once(sweep, capsys):
+    """Growing a sweep renumbers its folders, so a finished job can run again under a new number:
+    the same config hash in two folders is one sample of its cell, not two."""
+    import shutil
+
+    for d in sorted(sweep.iterdir()):
+        if (d / "results.json").exists():
+            res = json.loads((d / "results.json").read_text())
+            res["config_hash"] = d.name  # one hash per job
+            write_json(d / "results.json", res)
+    again = sweep / "99_job"
+    shutil.copytree(sweep / "0_job", again)  # job 0 (sga, rate -0.5, seed 0) ran again as job 99
+    res = json.loads((again / "results.json").read_text())
+    res["eval/toy/forget_quality"] = 0.7  # (a changed value shows which one is counted)
+    write_json(again / "results.json", res)
+    assert main([str(sweep)]) == 0
+    assert "leaving out 0_job" in capsys.readouterr().err
+    table = pd.read_csv(sweep / "report" / "table_toy.csv")
+    cell = table[(table["method"] == "ga+none") & (table["rate"] == -0.5)].iloc[0]
+    assert cell["n"] == 3  # not 4
+    assert cell["eval/toy/forget_quality_mean"] == pytest.approx((0.7 + 0.2 + 0.3) / 3)
+
+
 def _front(made, bench):
     return [
         tuple(row) for row in made["fronts"][bench][["method", "combiner", "rate"]].astype(str).itertuples(index=False)

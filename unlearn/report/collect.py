@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from unlearn.labels import method_label
+from unlearn.resume import COMPLETE
 from unlearn.rules import is_number
 from unlearn.rundir import read_json
 
@@ -255,7 +256,35 @@ def load_runs(root: Path) -> list[Run]:
         if damage:
             results = {"status": DAMAGED, "reason": "; ".join(damage)}
         runs.append(Run(d, config, results, _overrides(d, prov), prov, _choices(d)))
-    return runs
+    return one_per_job(runs)
+
+
+def one_per_job(runs: list[Run]) -> list[Run]:
+    """Each job (``config_hash``: its config, seed included) once. A sweep run again with more
+    values numbers its job folders anew, so a job can sit in two folders (its old number's, and the
+    new one's where it ran again); counted twice, it weighed double in its cell's mean and std.
+    Kept: a finished run before an unfinished one, then the most recently written."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        h = r.results.get("config_hash")
+        if isinstance(h, str):
+            groups.setdefault(h, []).append(r)
+    left_out: set[Path] = set()
+    for same in groups.values():
+        if len(same) > 1:
+            keep = max(
+                same, key=lambda r: (r.results.get("status") in COMPLETE, (r.path / "results.json").stat().st_mtime)
+            )
+            left_out |= {r.path for r in same if r is not keep}
+    if left_out:
+        import sys
+
+        print(
+            f"report: {len(left_out)} run folder(s) repeat a job of another folder (the same config hash); each job "
+            f"is counted once, leaving out {', '.join(sorted(p.name for p in left_out))}",
+            file=sys.stderr,
+        )
+    return [r for r in runs if r.path not in left_out]
 
 
 def frame(runs: list[Run]) -> pd.DataFrame:

@@ -150,3 +150,30 @@ def test_a_diverged_trial_gives_the_sweeper_nan_even_when_it_was_evaluated():
     assert _sweep_objective(cfg, {"status": "collapsed", **values}) == [0.5, 12.0]  # a real, bad result
     diverged = _sweep_objective(cfg, {"status": "diverged", **values})
     assert len(diverged) == 2 and all(v != v for v in diverged)
+
+
+def test_a_finished_job_under_another_number_of_its_sweep_is_not_run_again(tmp_path):
+    """A sweep run again with more values numbers its jobs anew (lr=2e-3 was job 1, is job 2 once
+    seed=0,1 is swept too): the job finds its finished run under the old number. Outside a sweep
+    (or under another name) nothing is taken from a neighbour."""
+    from conftest import job_config
+
+    from unlearn.__main__ import _finished
+    from unlearn.job import world_of
+    from unlearn.resume import config_hash
+    from unlearn.rundir import write_json
+
+    cfg = job_config(["experiment=smoke", "optim.lr=2e-3"])
+    h = config_hash(cfg, world_of(cfg))
+    sweep = tmp_path / "multirun" / "s1"
+    old, new = sweep / "1_simnpo+nll+sago_optim.lr=0.002", sweep / "2_simnpo+nll+sago_optim.lr=0.002"
+    write_json(old / "results.json", {"status": "ok", "config_hash": h, "eval/toy/forget_prob": 0.1})
+    new.mkdir()
+    done, where = _finished(new, cfg, multirun=True)
+    assert where == str(old) and done["eval/toy/forget_prob"] == 0.1
+    assert _finished(new, cfg, multirun=False) is None
+    other = sweep / "3_simnpo+nll+sago_optim.lr=0.004"
+    other.mkdir()
+    assert _finished(other, cfg, multirun=True) is None
+    write_json(old / "results.json", {"status": "ok", "config_hash": "another job", "eval/toy/forget_prob": 0.1})
+    assert _finished(new, cfg, multirun=True) is None

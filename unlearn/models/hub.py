@@ -16,7 +16,7 @@ import torch
 
 from unlearn.benchmarks.hub import hub_reachable, offline_mode
 from unlearn.config import ConfigError
-from unlearn.models.load import checkpoint_fingerprint, ensure_pad, quiet_transformers
+from unlearn.models.load import causal_lm, checkpoint_fingerprint, ensure_pad, quiet_transformers
 
 ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flex_attention")
 
@@ -66,7 +66,7 @@ class HubModel:
         return kw
 
     def _from_pretrained(self, dtype: torch.dtype) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         kw = self._kwargs()
         model_kw = {
@@ -75,7 +75,7 @@ class HubModel:
             **({"attn_implementation": self.attn_implementation} if self.attn_implementation else {}),
         }
         tokenizer = AutoTokenizer.from_pretrained(self.where, **kw)
-        model = AutoModelForCausalLM.from_pretrained(self.where, **model_kw)
+        model = causal_lm(self.where, **model_kw)
         return model, ensure_pad(tokenizer)
 
     def load(self, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
@@ -91,6 +91,8 @@ class HubModel:
         try:
             with offline_mode(not online):  # offline, a copy in the local HF cache still loads
                 return self._from_pretrained(dtype)
+        except ConfigError:
+            raise  # the weights were found and do not fit their config: not an unavailable model
         except (OSError, ValueError) as e:
             why = (
                 "the Hugging Face hub is not reachable and the model is not in the local cache"

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from unlearn.config import ConfigError
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -49,15 +51,42 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def causal_lm(where: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(where, **kwargs)``, refusing weights that do not fit
+    the config: transformers leaves a tensor the checkpoint lacks randomly initialised and goes on
+    (a config.json for another architecture gave a run on a random model that reported results),
+    and a tensor of another shape raises its own report. Either is a :class:`ConfigError` naming
+    ``where``."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+    except RuntimeError as e:  # transformers' size-mismatch report
+        if "size mismatch" not in str(e) and "mismatched_sizes" not in str(e):
+            raise
+        raise ConfigError(
+            f"{where}: the weights do not have the shapes its config.json describes ({str(e).splitlines()[0][:200]})"
+        ) from e
+    missing, unused = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+    if missing:
+        raise ConfigError(
+            f"{where}: {len(missing)} of the {type(model).__name__}'s tensors (its config.json's model_type "
+            f"{model.config.model_type!r}) are not in the checkpoint, e.g. {missing[:3]}; "
+            + (f"{len(unused)} of the checkpoint's go unused, e.g. {unused[:3]}; " if unused else "")
+            + "is config.json for another architecture or size?"
+        )
+    return model
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """A causal LM and its tokenizer from a local Hugging Face folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     quiet_transformers()
     path = Path(path).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model = causal_lm(str(path), dtype=dtype)
     tokenizer = ensure_pad(AutoTokenizer.from_pretrained(str(path)))
     return model, tokenizer
 

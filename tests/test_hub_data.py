@@ -35,3 +35,21 @@ def test_offline_hub_fails_fast_and_says_how_to_give_a_local_path(monkeypatch, t
     with pytest.raises(DataUnavailable, match=r"cannot load locuslab/TOFU .*local copy with benchmark.data.path="):
         load_rows("tofu", "locuslab/TOFU", config="forget01", split="train", path_key="benchmark.data.path")
     assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize("bad", [42, ["Paris"], None])
+def test_a_text_field_that_is_not_a_string_names_the_row_when_the_data_loads(tmp_path, bad):
+    """A number, list or null among the answers stopped the run with a TypeError at encoding, after
+    the target and oracle had been fine-tuned."""
+    p = tmp_path / "d.jsonl"
+    rows = [{"question": "q0", "answer": "a0"}, {"question": "q1", "answer": "a1"}, {"question": "q2", "answer": bad}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataUnavailable, match=r"tofu: .*d\.jsonl row 2 field 'answer' is \w+ .*row 0's is a string"):
+        load_rows("tofu", None, path=str(p), required=["question", "answer"])
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"question": "q0", "answer": "a0"}\n{"question": "q\xff", "answer": "a1"}\n')
+    with pytest.raises(DataUnavailable, match=r"d\.jsonl:2: not UTF-8 text \(byte 0xff at offset 50\)"):
+        load_rows("tofu", None, path=str(p), required=["question", "answer"])

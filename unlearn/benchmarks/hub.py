@@ -60,7 +60,11 @@ def offline_mode(active: bool = True) -> Iterator[None]:
 def _read_json_rows(path: Path, split: str) -> list[Any]:
     """A JSON document (a list, or a dict of splits) or JSON lines: hub dumps often name JSON lines
     ``.json`` (TOFU's files do)."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataUnavailable(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -137,7 +141,9 @@ def _read_hub(
 
 
 def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, source: str) -> None:
-    """Every row must have every required field; the error names the data set and the field."""
+    """Every row must have every required field, and a text field (a string in the first row) a
+    string in every row: a number or null among the answers stopped the run with a traceback at
+    encoding, after any fine-tuning. The error names the data set, the row and the field."""
     if not rows:
         raise DataUnavailable(f"{dataset}: {source} has no rows")
     for field in required:
@@ -147,6 +153,20 @@ def check_fields(rows: Sequence[Row], required: Sequence[str], dataset: str, sou
                     f"{dataset}: {source} row {i} has no field {field!r} (fields: {sorted(r)}); "
                     f"expected {list(required)}"
                 )
+        if not isinstance(rows[0][field], str):
+            continue  # lists and numbers (choices, answer indices) are checked by their data set
+        for i, r in enumerate(rows):
+            v = r[field]
+            if not isinstance(v, str):
+                raise DataUnavailable(
+                    f"{dataset}: {source} row {i} field {field!r} is {type(v).__name__} {_short(v)}, where row 0's "
+                    "is a string"
+                )
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_rows(

@@ -16,6 +16,7 @@ from conftest import job_config, run_cli
 from unlearn.config import ConfigError
 from unlearn.job import build_job
 from unlearn.rundir import RunDir
+from unlearn.validation import Problems
 
 
 def _garbage_config(tmp: Path) -> Path:
@@ -375,3 +376,17 @@ def test_trainer_threads_are_set_and_recorded_in_provenance(tmp_path, no_model_b
         assert prov["threads"] == 1 and prov["device"]["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_constructors_problem_under_a_section_is_not_taken_for_a_repeat_of_another():
+    """combiner.kappa=inf (the table's check) and combiner.alpha=-1 (the constructor's, reported as
+    'combiner: combiner.alpha ...') are two problems: the second was dropped as an echo of the
+    first, so a user fixed one and met the other on the next run."""
+    problems = Problems()
+    problems.add("combiner.kappa must be a finite number, got inf")
+    problems.add("combiner: combiner.alpha must be >= 0, got -1")
+    problems.add("combiner: combiner.kappa must be > 0, got inf")  # an echo of the first: dropped
+    assert problems.items == [
+        "combiner.kappa must be a finite number, got inf",
+        "combiner: combiner.alpha must be >= 0, got -1",
+    ]

@@ -90,9 +90,18 @@ def _overlaps(a: str, b: str) -> bool:
 
 
 def _lead_key(message: str) -> str:
-    """The dotted key a message starts with (``optim.lr must be ...`` → ``optim.lr``)."""
+    """The dotted key a message starts with (``optim.lr must be ...`` → ``optim.lr``); after a
+    section's prefix, the key under it (``combiner: combiner.alpha must ...`` → ``combiner.alpha``,
+    so that it is not taken for a repeat of another ``combiner.*`` problem)."""
     head = message.split(" ", 1)[0].split(":", 1)[0].split("=", 1)[0]
-    return head if head and all(p.isidentifier() or p.isdigit() for p in head.split(".")) else ""
+    if not (head and all(p.isidentifier() or p.isdigit() for p in head.split("."))):
+        return ""
+    prefix = head + ": "
+    if message.startswith(prefix):
+        inner = _lead_key(message[len(prefix) :])
+        if inner.startswith(head + "."):
+            return inner
+    return head
 
 
 # -- rules ----------------------------------------------------------------------------------------

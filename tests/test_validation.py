@@ -390,3 +390,19 @@ def test_a_constructors_problem_under_a_section_is_not_taken_for_a_repeat_of_ano
         "combiner.kappa must be a finite number, got inf",
         "combiner: combiner.alpha must be >= 0, got -1",
     ]
+
+
+def test_a_model_folder_whose_weights_have_other_shapes_than_its_config_is_named_up_front(tiny, tmp_path):
+    """transformers refused such a folder only when it loaded it, after the oracle's fine-tuning."""
+    import json
+
+    from unlearn.models.load import save_checkpoint
+    from unlearn.validation import model_folder_problem
+
+    model, tok = tiny
+    d = save_checkpoint(model, tok, tmp_path / "m")
+    assert model_folder_problem(d, "benchmark.target.path") is None
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "hidden_size": 2 * cfg["hidden_size"]}))
+    why = model_folder_problem(d, "benchmark.target.path")
+    assert why is not None and why.startswith("benchmark.target.path: ") and "where its config.json makes it" in why

@@ -440,6 +440,32 @@ def model_folder_problem(path: str | Path, key: str) -> str | None:
             return f"{key}: {f} {why}"
     if not any((p / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         return f"{key}: {p} has no tokenizer files (tokenizer.json or tokenizer_config.json)"
+    return _shapes_problem(p, key, [f for f in weights if f.suffix == ".safetensors"])
+
+
+def _shapes_problem(p: Path, key: str, files: list[Path]) -> str | None:
+    """A tensor that both the safetensors headers and config.json name, with another shape in
+    each: transformers refuses the folder when it loads it, which may be after an hour of
+    fine-tuning the other model; read from the headers and the model built on the meta device."""
+    try:
+        from transformers import AutoConfig
+
+        from unlearn.plan.arch import meta_model
+
+        expected = {n: list(t.shape) for n, t in meta_model(AutoConfig.from_pretrained(str(p))).state_dict().items()}
+    except Exception:  # noqa: BLE001  (an architecture this transformers cannot build: the loader says why)
+        return None
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            want = expected.get(name)
+            if want is not None and isinstance(info, dict) and list(info.get("shape", want)) != want:
+                return (
+                    f"{key}: {f} holds {name} of shape {info['shape']}, where its config.json makes it {want}: "
+                    "is config.json for another model size?"
+                )
     return None
 
 

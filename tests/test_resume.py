@@ -247,3 +247,26 @@ def test_settings_that_only_change_how_a_run_is_watched_or_fed_leave_its_hash():
     for o in ("trainer.progress_every=3", "trainer.threads=1", "trainer.num_workers=2"):
         assert h(o) == base, o
     assert h("train.steps=3") != base
+
+
+def test_a_checkpoints_step_is_read_without_reading_its_tensors(tmp_path):
+    """A resume asks for the checkpoint's step three times before Lightning loads it; at paper scale
+    the file (weights and AdamW state) is ~100 GB, and each read of it took that much memory."""
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 7, "state_dict": {"w": torch.ones(64, 2**20)}}, ckpt)  # 256 MiB
+    # VmHWM, the peak of this process's memory since its exec (ru_maxrss would carry pytest's own peak
+    # over the fork into the child)
+    code = (
+        "from pathlib import Path; import torch\n"
+        "from unlearn.resume import checkpoint_step\n"
+        "def peak():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024\n"
+        "before = peak()\n"
+        f"assert checkpoint_step(Path({str(ckpt)!r})) == 7\n"
+        "print(peak() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) < 32, out.stdout  # MiB more at peak, of 256

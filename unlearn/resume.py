@@ -136,12 +136,14 @@ def checkpoint_step(ckpt: Path | None) -> int:
 
     Loaded with ``weights_only=True``: unpickling a checkpoint may otherwise call anything, so a
     file planted in the run folder would run code. Lightning's own load of it is as restricted
-    (:func:`unlearn.training.fit.fit` passes ``weights_only=True``)."""
+    (:func:`unlearn.training.fit.fit` passes ``weights_only=True``). Memory-mapped: no tensor is
+    read for the one number (a 7B model's checkpoint with AdamW state is ~100 GB, and a resume
+    asks for its step three times before Lightning loads it)."""
     if ckpt is None:
         return 0
     import torch
 
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:

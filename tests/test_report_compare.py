@@ -179,8 +179,12 @@ def test_a_match_metric_of_unknown_direction_gets_no_front_and_no_arrow(lr_sweep
     from unlearn.report.collect import cells, frame
 
     c = cells(frame(load_runs(lr_sweep)), ["eval/toy/forget_quality", "eval/toy/model_utility"])
-    known = plot(c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", False), "t", tmp_path / "a.png", "optim.lr")
-    unknown = plot(c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", None), "t", tmp_path / "b.png", "optim.lr")
+    known = plot(
+        c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", False), "t", tmp_path / "a.png", "optim.lr"
+    )
+    unknown = plot(
+        c, Axes("eval/toy/forget_quality", "eval/toy/model_utility", None), "t", tmp_path / "b.png", "optim.lr"
+    )
     assert len(known.front) > 0 and len(unknown.front) == 0
     assert _label("forget_quality", None) == "forget_quality"
     assert _label("forget_prob", False, log=True) == "forget_prob (log scale)   [← lower is better]"

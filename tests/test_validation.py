@@ -116,8 +116,9 @@ BAD = [
     (["task=eval", "save_model=true"], r"save_model=true has no effect with task=eval"),
     (
         ["method=npo", "forget.beta=1e-4"],
-        r"train\.max_abs_loss=10000 is below forget loss NPO\(beta=0\.0001\)'s value before any update, 13862\.9, so "
-        r"the divergence guard would stop the run at step 0 as diverged: set train\.max_abs_loss above it \(e\.g\. 1e\+06\)",
+        r"train\.max_abs_loss=10000 is below forget loss NPO\(beta=0\.0001\)'s value before any update, 13862\.9, "
+        r"so the divergence guard would stop the run at step 0 as diverged: set train\.max_abs_loss above it "
+        r"\(e\.g\. 1e\+06\)",
     ),
     # paths exist and have the right form
     (

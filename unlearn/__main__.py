@@ -74,7 +74,9 @@ def app(cfg: DictConfig) -> Any:
         run_dir.status("interrupted", "KeyboardInterrupt (Ctrl-C)")
         # the default folders are named by the time they were made, so the same command alone starts a new one
         how = f"sweep={cfg.get('sweep')}" if meta["multirun"] else f"hydra.run.dir={run_dir.path}"
-        print(f"[unlearn] interrupted; the same command with {how} resumes it from its last checkpoint", file=sys.stderr)
+        print(
+            f"[unlearn] interrupted; the same command with {how} resumes it from its last checkpoint", file=sys.stderr
+        )
         sys.exit(130)
     except Exception as e:  # a failed job is recorded; in a sweep the others go on
         (run_dir.file("traceback.txt")).write_text(traceback.format_exc())

@@ -63,8 +63,10 @@ def _read_json_rows(path: Path, split: str) -> list[Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataUnavailable(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+        at = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataUnavailable(
+            f"{path}:{at}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -60,7 +60,8 @@ def causal_lm(where: str, **kwargs: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+        model, info = loaded
     except RuntimeError as e:  # transformers' size-mismatch report
         if "size mismatch" not in str(e) and "mismatched_sizes" not in str(e):
             raise

@@ -220,8 +220,10 @@ def test_rmu_refuses_layers_the_model_does_not_have(tiny, toy_splits):
     ctx = context(m, tok, {"forget": toy_splits["forget"][:2]})
     with pytest.raises(ConfigError, match=r"forget.layer must be a decoder layer index in \[0, 1\].*got 7"):
         RMU(layer=7, update_layers=[0]).prepare(ctx)
-    with pytest.raises(ConfigError, match=r"forget.update_layers must be .*got 5"):
-        RMU(layer=1, update_layers=[5]).prepare(ctx)
+    with pytest.raises(ConfigError, match=r"forget.update_layers must be .*got -1"):
+        RMU(layer=1, update_layers=[-1]).prepare(ctx)
+    with pytest.raises(ValueError, match=r"forget.update_layers \[5\] lie above forget.layer=1"):
+        RMU(layer=1, update_layers=[5])  # the forward pass stops at forget.layer: 5 would never change
     with pytest.raises(ConfigError, match="forget.update_params .* select no trainable parameter"):
         RMU(layer=1, update_layers=[1], update_params=["mlp.nope"]).prepare(ctx)
     with pytest.raises(ConfigError, match="retain.layer must be a decoder layer index"):

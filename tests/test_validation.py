@@ -115,6 +115,10 @@ BAD = [
     ),
     (["task=eval", "save_model=true"], r"save_model=true has no effect with task=eval"),
     (
+        ["method=rmu", "forget.layer=1", "forget.update_layers=[1,2]"],
+        r"forget\.update_layers \[2\] lie above forget\.layer=1: the forward pass stops at forget\.layer",
+    ),
+    (
         ["method=npo", "forget.beta=1e-4"],
         r"train\.max_abs_loss=10000 is below forget loss NPO\(beta=0\.0001\)'s value before any update, 13862\.9, "
         r"so the divergence guard would stop the run at step 0 as diverged: set train\.max_abs_loss above it "

@@ -42,9 +42,19 @@ def mean_over_ranks(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if world == 1 or not values:
         return dict(values)
     keys = sorted(values)  # same order on every rank
-    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    dev = collective_device()
+    stacked = torch.stack([values[k].detach().to(dev, torch.float32).reshape(()) for k in keys])
     _all_reduce(stacked)
-    return dict(zip(keys, (stacked / world).unbind(), strict=True))
+    return {k: v.to(values[k].device) for k, v in zip(keys, (stacked / world).unbind(), strict=True)}
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must be for the process group's collectives: the current GPU under NCCL, else
+    the CPU. Scalars made on the CPU (a tensor's element count) and on the GPU (its dot products)
+    are stacked there: ``torch.stack`` refuses a mix of devices."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sum_over_ranks(parts: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -58,10 +68,11 @@ def sum_over_ranks(parts: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tens
     slots = [(i, k) for i, p in enumerate(out) for k in sorted(p)]
     if not slots:
         return out
-    flat = torch.stack([out[i][k].detach().reshape(()).to(torch.float64) for i, k in slots])
+    dev = collective_device()
+    flat = torch.stack([out[i][k].detach().reshape(()).to(dev, torch.float64) for i, k in slots])
     _all_reduce(flat)
     for (i, k), v in zip(slots, flat.unbind(), strict=True):
-        out[i][k] = v.to(out[i][k].dtype)
+        out[i][k] = v.to(out[i][k].device, out[i][k].dtype)
     return out
 
 

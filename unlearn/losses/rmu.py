@@ -102,6 +102,13 @@ class RMU(Component):
         self.update_layers = [_int_or_none(i, "forget.update_layers") for i in update_layers]
         if not self.update_layers:
             raise ValueError("forget.update_layers must list at least one layer index, got []")
+        above = [i for i in self.update_layers if i is not None and self.layer is not None and i > self.layer]
+        if above:
+            raise ValueError(
+                f"forget.update_layers {above} lie above forget.layer={self.layer}: the forward pass stops at "
+                "forget.layer, where RMU reads the activations, so those layers would get no gradient and never "
+                f"change while counted as trained; list layers <= {self.layer}"
+            )
         if isinstance(update_params, str) or not update_params:
             raise ValueError(
                 "forget.update_params must be a non-empty list of parameter names inside a layer (e.g. "

@@ -270,5 +270,7 @@ class GradientEMA:
         if self.value[i] is None:
             self.value[i] = g.detach().clone()
         else:
+            if self.value[i].device != g.device:  # restored from a checkpoint, which Lightning loads onto the CPU
+                self.value[i] = self.value[i].to(g.device)
             self.value[i].mul_(self.decay).add_(g, alpha=1.0 - self.decay)
         return self.value[i]

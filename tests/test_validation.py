@@ -106,10 +106,6 @@ BAD = [
     ),
     (["train.retain_ema=0.9", "method=ga"], r"train\.retain_ema=0\.9 has no effect with a single task"),
     (
-        ["retain=none", "combiner=sago"],
-        r"combiner SAGO has no effect with a single task \(the other is 'none': the update is the forget gradient",
-    ),
-    (
         ["train.keep_checkpoint=true", "train.checkpoint_every=0"],
         r"train\.keep_checkpoint=true has no effect with train\.checkpoint_every=0",
     ),

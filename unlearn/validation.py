@@ -540,20 +540,6 @@ def check_start_below_guard(step: Any, objective: Any, problems: Problems) -> No
         )
 
 
-def check_single_task_combiner(combiner: Any, objective: Any, problems: Problems) -> None:
-    """With one task (``forget`` or ``retain`` is ``none``) the step bypasses the combiner, so a
-    combiner other than ``sum`` would be recorded as run without having acted."""
-    from unlearn.combiners import Sum
-
-    if combiner is None or isinstance(combiner, Sum) or (objective.forget is not None and objective.retain is not None):
-        return
-    task = "forget" if objective.retain is None else "retain"
-    problems.add(
-        f"combiner {type(combiner).__name__} has no effect with a single task (the other is 'none': the update is "
-        f"the {task} gradient times its weight): set combiner=sum, or give the missing task a loss"
-    )
-
-
 def check_step_together(step: Any, combiner: Any, objective: Any, problems: Problems) -> None:
     """``train.retain_ema`` needs two tasks and a combiner that takes the reference gradient;
     ``train.stream=true`` a combiner that can stream."""
@@ -563,7 +549,6 @@ def check_step_together(step: Any, combiner: Any, objective: Any, problems: Prob
         return
     if objective is not None:
         check_start_below_guard(step, objective, problems)
-        check_single_task_combiner(combiner, objective, problems)
     if step.stream and combiner is not None:  # train.stream=true with a combiner that cannot stream
         with problems.collect():
             check_combiner(step, combiner)
